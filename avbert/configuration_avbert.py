@@ -1,0 +1,221 @@
+"""AVBERT model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.generation.configuration_utils import GenerationConfig
+
+FUSION_MODES = ("mid", "late", "early")
+ORTHOGONAL_MAPS = ("matrix_exp", "cayley")
+ORTHOGONAL_INITS = ("cayley", "henaff")
+CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
+
+# Keyword arguments that `PreTrainedConfig` itself consumes or that `from_pretrained` passes along. Anything else that
+# is not a field of `AVBertConfig` is a typo or a key of another model and is refused (see `__post_init__`).
+_BASE_CONFIG_KWARGS = frozenset(
+    {
+        "num_labels",
+        "torch_dtype",
+        "name_or_path",
+        "_name_or_path",
+        "_commit_hash",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "auto_map",
+        "custom_pipelines",
+        "per_layer_config",
+        "use_return_dict",
+        "model_type",
+    }
+)
+
+
+@strict
+class AVBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of an AVBERT model ("Parameter Efficient Multimodal Transformers for Video Representation Learning",
+    Lee et al., ICLR 2021). The defaults are the released Kinetics-Sounds architecture: a 3D ResNet-50 visual encoder,
+    a half-width 2D ResNet-50 audio encoder on log-mel spectrograms, and one factorized transformer layer shared across
+    6 layers and across the visual, audio and multimodal stages (3,843,840 transformer parameters).
+
+    Modalities and fusion:
+        use_visual (`bool`, defaults to `True`): build the visual encoder (input `pixel_values`).
+        use_audio (`bool`, defaults to `True`): build the audio encoder (input `input_features`).
+        use_transformer (`bool`, defaults to `True`): build the transformer on top of the per-clip CNN features.
+            `False` gives the CNN-only models of the original UCF101 and ESC-50 recipes.
+        fusion (`str`, defaults to `"mid"`): `"mid"` (visual and audio stages, then a multimodal stage), `"late"`
+            (visual and audio stages only) or `"early"` (one multimodal stage on the projected CNN features).
+        num_clips (`int`, defaults to 10): clips per video the processors produce; the model accepts any number up
+            to `max_position_embeddings - 1`.
+
+    Visual encoder (3D ResNet, PySlowFast "slow-only" layout):
+        num_channels (`int`, defaults to 3), num_frames (`int`, defaults to 32): frames per clip.
+        visual_base_width (`int`, defaults to 64): stem width; stage k has bottleneck width `base * 2**k` and output
+            width `4 * base * 2**k`.
+        visual_depths (`list[int]`, defaults to `(3, 4, 6, 3)`): bottleneck blocks per stage (ResNet-50).
+        visual_temporal_kernel_sizes (`list[int]`, defaults to `(1, 1, 3, 3)`): temporal kernel of the first
+            convolution of every block of each stage.
+        visual_stem_temporal_kernel_size (`int`, defaults to 5): temporal kernel of the stem (temporal stride 2).
+
+    Audio encoder (2D ResNet on `(1, mel, time)` log-mel spectrograms):
+        num_mel_bins (`int`, defaults to 80), audio_num_frames (`int`, defaults to 128): spectrogram size per clip.
+        audio_base_width (`int`, defaults to 32), audio_depths (`list[int]`, defaults to `(3, 4, 6, 3)`).
+        audio_num_separable_stages (`int`, defaults to 2): leading stages whose 3x3 convolution is split into a
+            frequency (3x1) and a time (1x3) convolution.
+        batch_norm_eps (`float`, defaults to 1e-5), batch_norm_momentum (`float`, defaults to 0.1).
+        zero_init_final_batch_norm (`bool`, defaults to `True`): initialise the last BatchNorm of every residual
+            block with a zero scale.
+
+    Transformer:
+        hidden_size, num_attention_heads, intermediate_size, num_hidden_layers, hidden_act, hidden_dropout_prob
+            (embeddings), attention_probs_dropout_prob (attention probabilities and attention output, as in the
+            original ALBERT layer), max_position_embeddings, type_vocab_size, layer_norm_eps: as in BERT/ALBERT.
+        sharing_across_layers (`bool`, defaults to `True`): one layer applied `num_hidden_layers` times.
+        sharing_across_models (`bool`, defaults to `True`): one transformer for the visual, audio and multimodal
+            stages, which differ only in their private low-rank factors.
+        use_decomposition (`bool`, defaults to `True`): factorize the six projections of the layer into a private
+            `in -> r` map, L2 normalization, a private `r x r` orthogonal matrix and a shared `r -> out` map.
+        orthogonal_size (`int`, defaults to 128): the rank `r`.
+        orthogonal_map (`str`, defaults to `"matrix_exp"`): how the orthogonal matrix is derived from its skew
+            generator: `"matrix_exp"` (the original) or `"cayley"`.
+        orthogonal_init (`str`, defaults to `"cayley"`): initial rotation angles, `"cayley"` (in [0, 1)) or
+            `"henaff"` (uniform in [-pi, pi)).
+
+    Heads and losses:
+        classifier_dropout (`float`, defaults to 0.5), head_layer_norm_eps (`float`, defaults to 1e-5).
+        classifier_loss (`str`, defaults to `"cross_entropy"`): `"cross_entropy"` or `"multi_margin"` (the ESC-50
+            linear evaluation), with margin `multi_margin_margin` (defaults to 0.1).
+        freeze_encoder (`bool`, defaults to `False`): linear evaluation; the backbone runs frozen, in eval mode and
+            without gradients, and only the classifier learns.
+        initializer_range (`float`, defaults to 0.01): std of every Linear and Embedding at initialization (the
+            original's FC_INIT_STD).
+    """
+
+    model_type = "avbert"
+
+    use_visual: bool = True
+    use_audio: bool = True
+    use_transformer: bool = True
+    fusion: str = "mid"
+    num_clips: int = 10
+
+    num_channels: int = 3
+    num_frames: int = 32
+    visual_base_width: int = 64
+    visual_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    visual_temporal_kernel_sizes: list[int] | tuple[int, ...] = (1, 1, 3, 3)
+    visual_stem_temporal_kernel_size: int = 5
+
+    num_mel_bins: int = 80
+    audio_num_frames: int = 128
+    audio_base_width: int = 32
+    audio_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    audio_num_separable_stages: int = 2
+
+    batch_norm_eps: float = 1e-5
+    batch_norm_momentum: float = 0.1
+    zero_init_final_batch_norm: bool = True
+
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 6
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 22
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    sharing_across_layers: bool = True
+    sharing_across_models: bool = True
+    use_decomposition: bool = True
+    orthogonal_size: int = 128
+    orthogonal_map: str = "matrix_exp"
+    orthogonal_init: str = "cayley"
+
+    classifier_dropout: float | int = 0.5
+    head_layer_norm_eps: float = 1e-5
+    classifier_loss: str = "cross_entropy"
+    multi_margin_margin: float = 0.1
+    freeze_encoder: bool = False
+    initializer_range: float = 0.01
+
+    def __post_init__(self, **kwargs):
+        generation_keys = GenerationConfig._get_default_generation_params().keys()
+        unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KWARGS and k not in generation_keys)
+        if unknown:
+            raise ValueError(f"AVBertConfig got unknown configuration keys: {', '.join(unknown)}")
+        super().__post_init__(**kwargs)
+
+    # Every `validate_*` method runs on construction and again on `save_pretrained` (huggingface_hub `@strict`).
+    def validate_modalities(self):
+        if not (self.use_visual or self.use_audio):
+            raise ValueError("AVBertConfig needs at least one modality: use_visual or use_audio must be True.")
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
+        if self.num_clips < 1:
+            raise ValueError(f"num_clips must be positive, got {self.num_clips}.")
+
+    def validate_encoders(self):
+        if len(self.visual_depths) != len(self.visual_temporal_kernel_sizes):
+            raise ValueError(
+                "visual_depths and visual_temporal_kernel_sizes must have one entry per stage, got "
+                f"{list(self.visual_depths)} and {list(self.visual_temporal_kernel_sizes)}."
+            )
+        if any(k % 2 == 0 for k in (*self.visual_temporal_kernel_sizes, self.visual_stem_temporal_kernel_size)):
+            raise ValueError("Temporal kernel sizes must be odd so that 'same' padding keeps the frame count.")
+        if not 0 <= self.audio_num_separable_stages <= len(self.audio_depths):
+            raise ValueError(
+                f"audio_num_separable_stages must be in [0, {len(self.audio_depths)}], "
+                f"got {self.audio_num_separable_stages}."
+            )
+        if min(*self.visual_depths, *self.audio_depths, self.visual_base_width, self.audio_base_width) < 1:
+            raise ValueError("Encoder depths and widths must be positive.")
+
+    def validate_transformer(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.orthogonal_map not in ORTHOGONAL_MAPS:
+            raise ValueError(f"orthogonal_map must be one of {ORTHOGONAL_MAPS}, got {self.orthogonal_map!r}.")
+        if self.orthogonal_init not in ORTHOGONAL_INITS:
+            raise ValueError(f"orthogonal_init must be one of {ORTHOGONAL_INITS}, got {self.orthogonal_init!r}.")
+        if self.use_decomposition and self.orthogonal_size < 1:
+            raise ValueError(f"orthogonal_size must be positive, got {self.orthogonal_size}.")
+        if self.use_transformer and self.num_clips + 1 > self.max_position_embeddings:
+            raise ValueError(
+                f"num_clips={self.num_clips} needs {self.num_clips + 1} positions (summary token + clips) but "
+                f"max_position_embeddings is {self.max_position_embeddings}."
+            )
+        if self.use_transformer and self.fusion != "mid" and not (self.use_visual and self.use_audio):
+            raise ValueError(f"fusion={self.fusion!r} combines two modalities; it needs use_visual and use_audio.")
+
+    def validate_heads(self):
+        if self.classifier_loss not in CLASSIFIER_LOSSES:
+            raise ValueError(f"classifier_loss must be one of {CLASSIFIER_LOSSES}, got {self.classifier_loss!r}.")
+
+    @property
+    def visual_feature_size(self) -> int:
+        """Width of the pooled visual CNN feature (2048 for the default ResNet-50)."""
+        return 4 * self.visual_base_width * 2 ** (len(self.visual_depths) - 1)
+
+    @property
+    def audio_feature_size(self) -> int:
+        """Width of the pooled audio CNN feature (1024 for the default half-width ResNet-50)."""
+        return 4 * self.audio_base_width * 2 ** (len(self.audio_depths) - 1)
+
+    @property
+    def transformer_stages(self) -> tuple[str, ...]:
+        """The transformer passes of one forward, in order; a stage's index is its modality group."""
+        if not self.use_transformer:
+            return ()
+        if not (self.use_visual and self.use_audio):
+            return ("visual",) if self.use_visual else ("audio",)
+        return {"mid": ("visual", "audio", "multimodal"), "late": ("visual", "audio"), "early": ("multimodal",)}[
+            self.fusion
+        ]
+
+
+__all__ = ["AVBertConfig"]

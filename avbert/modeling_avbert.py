@@ -1,0 +1,998 @@
+"""PyTorch AVBERT: per-clip visual and audio CNNs under one parameter-shared, low-rank factorized transformer."""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_avbert import AVBertConfig
+
+
+@dataclass
+class AVBertModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Output of the last transformer stage. With both modalities the sequence is
+        `[summary_v, v_1..v_S, summary_a, a_1..a_S]` (mid and early fusion: the multimodal stage; late fusion: the
+        two single-modality stages concatenated); with one modality it is `[summary, x_1..x_S]`. `None` for
+        CNN-only configurations.
+    visual_features (`torch.FloatTensor` of shape `(batch_size, num_clips, visual_feature_size)`):
+        Globally pooled visual CNN feature of every clip.
+    audio_features (`torch.FloatTensor` of shape `(batch_size, num_clips, audio_feature_size)`):
+        Globally pooled audio CNN feature of every clip.
+    visual_last_hidden_state, audio_last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + num_clips, hidden)`):
+        Outputs of the single-modality stages (mid and late fusion).
+    hidden_states, attentions:
+        Per-layer states and attention maps of the last stage (`num_hidden_layers + 1` and `num_hidden_layers`
+        entries), returned when `output_hidden_states` / `output_attentions` are set.
+    visual_hidden_states, visual_attentions, audio_hidden_states, audio_attentions:
+        The same for the single-modality stages.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    visual_features: torch.FloatTensor | None = None
+    audio_features: torch.FloatTensor | None = None
+    visual_last_hidden_state: torch.FloatTensor | None = None
+    audio_last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    audio_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class AVBertClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+        Per-clip classification loss, summed over the heads (clip head and sequence head) as in the original.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Whole-video scores: the log of the mean softmax over clips and heads, so `logits.softmax(-1)` equals the
+        original's averaged test score.
+    clip_logits (`torch.FloatTensor` of shape `(batch_size, num_clips, num_labels)`):
+        Pre-softmax output of the clip head (on the pooled CNN features of each clip).
+    sequence_logits (`torch.FloatTensor` of shape `(batch_size, num_clips, num_labels)`):
+        Pre-softmax output of the sequence head (on `[summary, token]` pairs of the transformer output); `None` for
+        models without a transformer.
+    hidden_states, attentions:
+        As in [`AVBertModelOutput`] (last transformer stage).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    clip_logits: torch.FloatTensor | None = None
+    sequence_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CNN encoders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AVBertBottleneck3d(nn.Module):
+    """3D bottleneck block: (tk x 1 x 1) -> (1 x 3 x 3, spatial stride) -> 1 x 1 x 1, with a projection shortcut."""
+
+    def __init__(
+        self,
+        config: AVBertConfig,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        temporal_kernel_size: int,
+        spatial_stride: int,
+    ):
+        super().__init__()
+        norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
+        self.conv1 = nn.Conv3d(
+            in_channels,
+            bottleneck_channels,
+            kernel_size=(temporal_kernel_size, 1, 1),
+            padding=(temporal_kernel_size // 2, 0, 0),
+            bias=False,
+        )
+        self.bn1 = nn.BatchNorm3d(bottleneck_channels, **norm_kwargs)
+        self.conv2 = nn.Conv3d(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=(1, 3, 3),
+            stride=(1, spatial_stride, spatial_stride),
+            padding=(0, 1, 1),
+            bias=False,
+        )
+        self.bn2 = nn.BatchNorm3d(bottleneck_channels, **norm_kwargs)
+        self.conv3 = nn.Conv3d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out_channels, **norm_kwargs)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = None
+        if in_channels != out_channels or spatial_stride != 1:
+            self.downsample = nn.Sequential(
+                nn.Conv3d(
+                    in_channels, out_channels, kernel_size=1, stride=(1, spatial_stride, spatial_stride), bias=False
+                ),
+                nn.BatchNorm3d(out_channels, **norm_kwargs),
+            )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        hidden_states = self.act(self.bn1(self.conv1(hidden_states)))
+        hidden_states = self.act(self.bn2(self.conv2(hidden_states)))
+        hidden_states = self.bn3(self.conv3(hidden_states))
+        return self.act(hidden_states + shortcut)
+
+
+class AVBertVisualEncoder(nn.Module):
+    """
+    3D ResNet (PySlowFast slow-only layout): a (5 x 7 x 7) stem with temporal stride 2 and a spatial max-pool, then
+    bottleneck stages with temporal kernels only where `visual_temporal_kernel_sizes` asks for them.
+    `(N, 3, T, H, W)` clips -> `(N, 4 * base * 2**(stages-1), T/2, H/32, W/32)` feature maps.
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        width = config.visual_base_width
+        stem_kernel = config.visual_stem_temporal_kernel_size
+        self.stem_conv = nn.Conv3d(
+            config.num_channels,
+            width,
+            kernel_size=(stem_kernel, 7, 7),
+            stride=(2, 2, 2),
+            padding=(stem_kernel // 2, 3, 3),
+            bias=False,
+        )
+        self.stem_bn = nn.BatchNorm3d(width, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+        self.stem_act = nn.ReLU(inplace=True)
+        self.stem_pool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+        stages = []
+        in_channels = width
+        for index, (depth, temporal_kernel) in enumerate(
+            zip(config.visual_depths, config.visual_temporal_kernel_sizes, strict=True)
+        ):
+            bottleneck = width * 2**index
+            out_channels = 4 * bottleneck
+            stride = 1 if index == 0 else 2
+            blocks = [
+                AVBertBottleneck3d(
+                    config,
+                    in_channels if block == 0 else out_channels,
+                    bottleneck,
+                    out_channels,
+                    temporal_kernel,
+                    stride if block == 0 else 1,
+                )
+                for block in range(depth)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = out_channels
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.stem_pool(self.stem_act(self.stem_bn(self.stem_conv(pixel_values))))
+        for stage in self.stages:
+            hidden_states = stage(hidden_states)
+        return hidden_states
+
+
+class AVBertBottleneck2d(nn.Module):
+    """
+    2D bottleneck block on (frequency, time) maps. In a separable block the 3x3 convolution is split into a
+    frequency (3x1) and a time (1x3) convolution, each with its own norm and activation; the stride goes on the
+    axis the convolution runs along.
+    """
+
+    def __init__(
+        self,
+        config: AVBertConfig,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        stride: int,
+        separable: bool,
+    ):
+        super().__init__()
+        norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
+        self.separable = separable
+        self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+        if separable:
+            self.conv2_freq = nn.Conv2d(
+                bottleneck_channels,
+                bottleneck_channels,
+                kernel_size=(3, 1),
+                stride=(stride, 1),
+                padding=(1, 0),
+                bias=False,
+            )
+            self.bn2_freq = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+            self.conv2_time = nn.Conv2d(
+                bottleneck_channels,
+                bottleneck_channels,
+                kernel_size=(1, 3),
+                stride=(1, stride),
+                padding=(0, 1),
+                bias=False,
+            )
+            self.bn2_time = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+        else:
+            self.conv2 = nn.Conv2d(
+                bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride, padding=1, bias=False
+            )
+            self.bn2 = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+        self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels, **norm_kwargs)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = None
+        if in_channels != out_channels or stride != 1:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels, **norm_kwargs),
+            )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        hidden_states = self.act(self.bn1(self.conv1(hidden_states)))
+        if self.separable:
+            hidden_states = self.act(self.bn2_freq(self.conv2_freq(hidden_states)))
+            hidden_states = self.act(self.bn2_time(self.conv2_time(hidden_states)))
+        else:
+            hidden_states = self.act(self.bn2(self.conv2(hidden_states)))
+        hidden_states = self.bn3(self.conv3(hidden_states))
+        return self.act(hidden_states + shortcut)
+
+
+class AVBertAudioEncoder(nn.Module):
+    """
+    2D ResNet on log-mel spectrograms: a separable (9x1 then 1x9) stem without stride, then bottleneck stages that all
+    halve both axes. `(N, 1, mel, time)` -> `(N, 4 * base * 2**(stages-1), mel/16, time/16)` feature maps.
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        width = config.audio_base_width
+        norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
+        self.stem_conv_freq = nn.Conv2d(1, width, kernel_size=(9, 1), padding=(4, 0), bias=False)
+        self.stem_bn_freq = nn.BatchNorm2d(width, **norm_kwargs)
+        self.stem_conv_time = nn.Conv2d(width, width, kernel_size=(1, 9), padding=(0, 4), bias=False)
+        self.stem_bn_time = nn.BatchNorm2d(width, **norm_kwargs)
+        self.stem_act = nn.ReLU(inplace=True)
+
+        stages = []
+        in_channels = width
+        for index, depth in enumerate(config.audio_depths):
+            bottleneck = width * 2**index
+            out_channels = 4 * bottleneck
+            separable = index < config.audio_num_separable_stages
+            blocks = [
+                AVBertBottleneck2d(
+                    config,
+                    in_channels if block == 0 else out_channels,
+                    bottleneck,
+                    out_channels,
+                    2 if block == 0 else 1,
+                    separable,
+                )
+                for block in range(depth)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            in_channels = out_channels
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.stem_act(self.stem_bn_freq(self.stem_conv_freq(input_features)))
+        hidden_states = self.stem_act(self.stem_bn_time(self.stem_conv_time(hidden_states)))
+        for stage in self.stages:
+            hidden_states = stage(hidden_states)
+        return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Factorized, parameter-shared transformer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def skew_generator_init(size: int, scheme: str) -> torch.Tensor:
+    """
+    A skew-symmetric generator whose exponential is a block diagonal of 2x2 rotations. "cayley" draws the angles as
+    tan(u/2) with u ~ U(0, pi/2) (the original's default), "henaff" draws them from U(-pi, pi).
+    """
+    num_blocks = size // 2
+    if scheme == "cayley":
+        angles = -torch.tan(torch.empty(num_blocks).uniform_(0, math.pi / 2) / 2)
+    else:
+        angles = torch.empty(num_blocks).uniform_(-math.pi, math.pi)
+    generator = torch.zeros(size, size)
+    rows = torch.arange(num_blocks) * 2
+    generator[rows, rows + 1] = angles
+    return generator - generator.T
+
+
+class AVBertOrthogonal(nn.Module):
+    """
+    An `r x r` orthogonal matrix `base @ phi(U - U^T)` with `U` the strict upper triangle of the learned `generator`
+    and `phi` the matrix exponential (`torch.linalg.matrix_exp`) or the Cayley map. It is derived from the generator
+    in float64 (the closest match to the original's float32 Pade port) on every call with gradients; without
+    gradients the result is kept until the generator or base change (tracked by their version counters), so it can
+    never go stale.
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        size = config.orthogonal_size
+        self.orthogonal_map = config.orthogonal_map
+        self.generator = nn.Parameter(torch.empty(size, size))
+        self.register_buffer("base", torch.eye(size))
+        self._cached: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+
+    def _compute(self) -> torch.Tensor:
+        upper = self.generator.double().triu(1)
+        skew = upper - upper.mT
+        if self.orthogonal_map == "matrix_exp":
+            rotation = torch.linalg.matrix_exp(skew)
+        else:
+            identity = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
+            rotation = torch.linalg.solve(identity + skew, identity - skew)
+        return (self.base.double() @ rotation).to(self.generator.dtype)
+
+    def forward(self) -> torch.Tensor:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._compute()
+        key = (
+            self.generator.data_ptr(),
+            self.generator._version,
+            self.base.data_ptr(),
+            self.base._version,
+            self.generator.dtype,
+        )
+        if key != self._cache_key:
+            self._cached, self._cache_key = self._compute(), key
+        return self._cached
+
+
+class AVBertFactorizedLinear(nn.Module):
+    """
+    `y = U (B_g^T normalize(V_g x)) + b`: a private `in -> r` map `V_g` (no bias), L2 normalization, a private
+    orthogonal `r x r` matrix `B_g`, and an `r -> out` map `U` with bias that all modality groups share.
+    """
+
+    def __init__(self, config: AVBertConfig, in_features: int, out_features: int, num_groups: int):
+        super().__init__()
+        rank = config.orthogonal_size
+        self.private = nn.ModuleList(nn.Linear(in_features, rank, bias=False) for _ in range(num_groups))
+        self.rotations = nn.ModuleList(AVBertOrthogonal(config) for _ in range(num_groups))
+        self.shared = nn.Linear(rank, out_features)
+
+    def rotation(self, group: int) -> torch.Tensor:
+        return self.rotations[group]()
+
+    def forward(self, hidden_states: torch.Tensor, group: int, rotation: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = F.normalize(self.private[group](hidden_states), dim=-1)
+        return self.shared(hidden_states @ rotation)
+
+
+class AVBertLinear(nn.Linear):
+    """A plain linear map shared by every modality group (`use_decomposition=False`)."""
+
+    def rotation(self, group: int) -> None:
+        return None
+
+    def forward(self, hidden_states: torch.Tensor, group: int, rotation: None) -> torch.Tensor:
+        return super().forward(hidden_states)
+
+
+def make_projection(
+    config: AVBertConfig, in_features: int, out_features: int, num_groups: int
+) -> AVBertFactorizedLinear | AVBertLinear:
+    if config.use_decomposition:
+        return AVBertFactorizedLinear(config, in_features, out_features, num_groups)
+    return AVBertLinear(in_features, out_features)
+
+
+class AVBertLayerRotations(NamedTuple):
+    """The orthogonal matrices of one layer's six projections for one modality group (all `None` without
+    decomposition). Computed once per transformer pass and reused by every application of the layer."""
+
+    query: torch.Tensor | None
+    key: torch.Tensor | None
+    value: torch.Tensor | None
+    attention_output: torch.Tensor | None
+    intermediate: torch.Tensor | None
+    output: torch.Tensor | None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class AVBertAttention(nn.Module):
+    """Multi-head self-attention with a post-LN residual. As in ALBERT, the attention-probability dropout rate is also
+    used on the output projection."""
+
+    def __init__(self, config: AVBertConfig, num_groups: int):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        hidden = config.hidden_size
+        self.query = make_projection(config, hidden, hidden, num_groups)
+        self.key = make_projection(config, hidden, hidden, num_groups)
+        self.value = make_projection(config, hidden, hidden, num_groups)
+        self.output = make_projection(config, hidden, hidden, num_groups)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+
+    def forward(
+        self, hidden_states: torch.Tensor, group: int, rotations: AVBertLayerRotations, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        heads_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.query(hidden_states, group, rotations.query).view(heads_shape).transpose(1, 2)
+        key = self.key(hidden_states, group, rotations.key).view(heads_shape).transpose(1, 2)
+        value = self.value(hidden_states, group, rotations.value).view(heads_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, attention_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            **kwargs,
+        )
+        context = context.reshape(*hidden_states.shape[:-1], -1)
+        context = self.dropout(self.output(context, group, rotations.attention_output))
+        return self.layer_norm(hidden_states + context), attention_weights
+
+
+class AVBertLayer(GradientCheckpointingLayer):
+    """Post-LN transformer layer (ALBERT style: no dropout after the feed-forward block)."""
+
+    def __init__(self, config: AVBertConfig, num_groups: int):
+        super().__init__()
+        self.attention = AVBertAttention(config, num_groups)
+        self.intermediate = make_projection(config, config.hidden_size, config.intermediate_size, num_groups)
+        self.output = make_projection(config, config.intermediate_size, config.hidden_size, num_groups)
+        self.activation = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def rotations(self, group: int) -> AVBertLayerRotations:
+        attention = self.attention
+        return AVBertLayerRotations(
+            query=attention.query.rotation(group),
+            key=attention.key.rotation(group),
+            value=attention.value.rotation(group),
+            attention_output=attention.output.rotation(group),
+            intermediate=self.intermediate.rotation(group),
+            output=self.output.rotation(group),
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor, group: int, rotations: AVBertLayerRotations, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_weights = self.attention(hidden_states, group, rotations, **kwargs)
+        feed_forward = self.activation(self.intermediate(attention_output, group, rotations.intermediate))
+        feed_forward = self.output(feed_forward, group, rotations.output)
+        return self.layer_norm(feed_forward + attention_output), attention_weights
+
+
+class AVBertEncoder(nn.Module):
+    """
+    `num_hidden_layers` applications of one shared layer (`sharing_across_layers`) or of distinct layers. `group`
+    selects the private factors (0 visual, 1 audio, 2 multimodal when one encoder serves every stage).
+    """
+
+    def __init__(self, config: AVBertConfig, num_groups: int):
+        super().__init__()
+        self.config = config
+        num_layers = 1 if config.sharing_across_layers else config.num_hidden_layers
+        self.layers = nn.ModuleList(AVBertLayer(config, num_groups) for _ in range(num_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        group: int,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> BaseModelOutput:
+        rotations = [layer.rotations(group) for layer in self.layers]
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for index in range(self.config.num_hidden_layers):
+            layer_index = index % len(self.layers)
+            hidden_states, attention_weights = self.layers[layer_index](
+                hidden_states, group, rotations[layer_index], **kwargs
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attention_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class AVBertFeatureProjection(nn.Module):
+    """Per-clip CNN features -> transformer width (linear + LayerNorm), with the modality's learned summary token
+    prepended: `(B, S, feature_size)` -> `(B, 1 + S, hidden_size)`."""
+
+    def __init__(self, config: AVBertConfig, feature_size: int):
+        super().__init__()
+        self.dense = nn.Linear(feature_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.summary_token = nn.Parameter(torch.empty(config.hidden_size))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.layer_norm(self.dense(features))
+        summary = self.summary_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        return torch.cat([summary, tokens], dim=1)
+
+
+class AVBertEmbeddings(nn.Module):
+    """Learned positions (and, for the multimodal stage, modality token types), then LayerNorm and dropout."""
+
+    def __init__(self, config: AVBertConfig, use_token_types: bool):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if use_token_types else None
+        )
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, tokens: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        embeddings = tokens + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(embeddings))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AVBertPreTrainedModel(PreTrainedModel):
+    config: AVBertConfig
+    base_model_prefix = "avbert"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "audio")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AVBertLayer", "AVBertBottleneck3d", "AVBertBottleneck2d"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original's initialization: MSRA (fan-out) convolutions, unit BatchNorm with a zero-scale last norm in
+        every residual block, N(0, initializer_range) for every Linear and Embedding, and orthogonal generators whose
+        exponential is a set of small 2x2 rotations."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, AVBertOrthogonal):
+            init.eye_(module.base)
+            init.copy_(module.generator, skew_generator_init(module.generator.shape[0], self.config.orthogonal_init))
+        elif isinstance(module, AVBertFeatureProjection):
+            init.normal_(module.summary_token, std=std)
+        # Children are initialized before their parent, so this overrides the unit init of the block's last norm.
+        if isinstance(module, (AVBertBottleneck3d, AVBertBottleneck2d)) and self.config.zero_init_final_batch_norm:
+            init.zeros_(module.bn3.weight)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Linear evaluation: the frozen backbone keeps its BatchNorm statistics and runs without dropout.
+        if self.config.freeze_encoder and self.base_model is not self:
+            self.base_model.eval()
+        return self
+
+    def freeze_encoder(self) -> None:
+        """Freeze the backbone for linear evaluation: no gradients and eval mode for everything but the heads."""
+        self.config.freeze_encoder = True
+        self.base_model.requires_grad_(False)
+        self.train(self.training)
+
+
+def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(tensor).__name__}.")
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got {tuple(tensor.shape)}.")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}.")
+
+
+class AVBertModel(AVBertPreTrainedModel):
+    """
+    The AVBERT backbone. Each clip goes through its modality's CNN and is pooled to one feature; the per-clip features
+    are projected to the transformer width, a summary token is prepended per modality, and the shared transformer
+    runs the stages the fusion mode asks for (mid: visual, audio, then multimodal over
+    `[summary_v, v_1..v_S, summary_a, a_1..a_S]` with positions restarting per modality and token types 0/1).
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__(config)
+        self.visual_encoder = AVBertVisualEncoder(config) if config.use_visual else None
+        self.audio_encoder = AVBertAudioEncoder(config) if config.use_audio else None
+
+        stages = config.transformer_stages
+        use_transformer = bool(stages)
+        self.visual_projection = (
+            AVBertFeatureProjection(config, config.visual_feature_size)
+            if use_transformer and config.use_visual
+            else None
+        )
+        self.audio_projection = (
+            AVBertFeatureProjection(config, config.audio_feature_size) if use_transformer and config.use_audio else None
+        )
+        self.visual_embeddings = AVBertEmbeddings(config, use_token_types=False) if "visual" in stages else None
+        self.audio_embeddings = AVBertEmbeddings(config, use_token_types=False) if "audio" in stages else None
+        self.multimodal_embeddings = AVBertEmbeddings(config, use_token_types=True) if "multimodal" in stages else None
+
+        # One encoder with a private group per stage, or one encoder per stage with a single group each.
+        self.transformer = None
+        self.visual_transformer = self.audio_transformer = self.multimodal_transformer = None
+        if use_transformer and config.sharing_across_models:
+            self.transformer = AVBertEncoder(config, num_groups=len(stages))
+        elif use_transformer:
+            if "visual" in stages:
+                self.visual_transformer = AVBertEncoder(config, num_groups=1)
+            if "audio" in stages:
+                self.audio_transformer = AVBertEncoder(config, num_groups=1)
+            if "multimodal" in stages:
+                self.multimodal_transformer = AVBertEncoder(config, num_groups=1)
+        self.post_init()
+
+    def _run_stage(self, stage: str, embeddings: torch.Tensor, **kwargs) -> BaseModelOutput:
+        if self.transformer is not None:
+            return self.transformer(embeddings, self.config.transformer_stages.index(stage), **kwargs)
+        encoder = {
+            "visual": self.visual_transformer,
+            "audio": self.audio_transformer,
+            "multimodal": self.multimodal_transformer,
+        }[stage]
+        return encoder(embeddings, 0, **kwargs)
+
+    def get_clip_features(
+        self, pixel_values: torch.Tensor | None = None, input_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Globally pooled CNN features `(batch, num_clips, feature_size)` of each given modality."""
+        if pixel_values is None and input_features is None:
+            raise ValueError("AVBertModel needs pixel_values, input_features, or both.")
+        visual_features = audio_features = None
+        if pixel_values is not None:
+            if self.visual_encoder is None:
+                raise ValueError("This AVBERT model has no visual encoder (use_visual=False) but got pixel_values.")
+            _check_clip_tensor("pixel_values", pixel_values, 6, "(batch, num_clips, channels, frames, height, width)")
+            batch, clips = pixel_values.shape[:2]
+            feature_map = self.visual_encoder(pixel_values.flatten(0, 1))
+            visual_features = feature_map.mean(dim=(2, 3, 4)).view(batch, clips, -1)
+        if input_features is not None:
+            if self.audio_encoder is None:
+                raise ValueError("This AVBERT model has no audio encoder (use_audio=False) but got input_features.")
+            _check_clip_tensor("input_features", input_features, 5, "(batch, num_clips, 1, mel_bins, time)")
+            batch, clips = input_features.shape[:2]
+            feature_map = self.audio_encoder(input_features.flatten(0, 1))
+            audio_features = feature_map.mean(dim=(2, 3)).view(batch, clips, -1)
+        both = visual_features is not None and audio_features is not None
+        if both and visual_features.shape[:2] != audio_features.shape[:2]:
+            raise ValueError(
+                "pixel_values and input_features must have the same (batch, num_clips), got "
+                f"{tuple(pixel_values.shape[:2])} and {tuple(input_features.shape[:2])}."
+            )
+        return visual_features, audio_features
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> AVBertModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_clips, num_channels, num_frames, height, width)`):
+            Normalized video clips, e.g. from [`AVBertVideoProcessor`].
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, time)`):
+            Log-mel spectrogram of the sound under each clip, e.g. from [`AVBertFeatureExtractor`].
+        Either input may be omitted; the stages of the missing modality are skipped.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        visual_features, audio_features = self.get_clip_features(pixel_values, input_features)
+        output = AVBertModelOutput(visual_features=visual_features, audio_features=audio_features)
+        stages = self.config.transformer_stages
+        if not stages:
+            return output
+
+        num_clips = (visual_features if visual_features is not None else audio_features).shape[1]
+        if num_clips + 1 > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Got {num_clips} clips per video, but max_position_embeddings={self.config.max_position_embeddings} "
+                f"allows at most {self.config.max_position_embeddings - 1}."
+            )
+        device = (visual_features if visual_features is not None else audio_features).device
+        positions = torch.arange(num_clips + 1, device=device).unsqueeze(0)
+        stage_kwargs = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions, **kwargs}
+
+        visual_tokens = self.visual_projection(visual_features) if visual_features is not None else None
+        audio_tokens = self.audio_projection(audio_features) if audio_features is not None else None
+        both = visual_tokens is not None and audio_tokens is not None
+
+        if "visual" in stages and visual_tokens is not None:
+            visual = self._run_stage("visual", self.visual_embeddings(visual_tokens, positions), **stage_kwargs)
+            visual_tokens = visual.last_hidden_state
+            output.visual_last_hidden_state = visual.last_hidden_state
+            output.visual_hidden_states, output.visual_attentions = visual.hidden_states, visual.attentions
+        if "audio" in stages and audio_tokens is not None:
+            audio = self._run_stage("audio", self.audio_embeddings(audio_tokens, positions), **stage_kwargs)
+            audio_tokens = audio.last_hidden_state
+            output.audio_last_hidden_state = audio.last_hidden_state
+            output.audio_hidden_states, output.audio_attentions = audio.hidden_states, audio.attentions
+
+        if "multimodal" in stages and both:
+            tokens = torch.cat([visual_tokens, audio_tokens], dim=1)
+            token_types = torch.arange(2, device=device).repeat_interleave(num_clips + 1).unsqueeze(0)
+            embeddings = self.multimodal_embeddings(tokens, positions.repeat(1, 2), token_types)
+            multimodal = self._run_stage("multimodal", embeddings, **stage_kwargs)
+            output.last_hidden_state = multimodal.last_hidden_state
+            output.hidden_states, output.attentions = multimodal.hidden_states, multimodal.attentions
+        elif both:  # late fusion
+            output.last_hidden_state = torch.cat([visual_tokens, audio_tokens], dim=1)
+        elif visual_features is not None and output.visual_last_hidden_state is not None:
+            output.last_hidden_state = output.visual_last_hidden_state
+            output.hidden_states, output.attentions = output.visual_hidden_states, output.visual_attentions
+        elif output.audio_last_hidden_state is not None:
+            output.last_hidden_state = output.audio_last_hidden_state
+            output.hidden_states, output.attentions = output.audio_hidden_states, output.audio_attentions
+        else:
+            raise ValueError(
+                f"fusion={self.config.fusion!r} runs one multimodal stage and needs both pixel_values and "
+                "input_features."
+            )
+        return output
+
+
+class AVBertClipHead(nn.Module):
+    """Dropout and a linear classifier on the concatenated CNN features of each clip."""
+
+    def __init__(self, config: AVBertConfig, in_features: int):
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(in_features, config.num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
+
+
+class AVBertSequenceHead(nn.Module):
+    """
+    Per-clip classifier on the transformer output: for each modality, `[summary output || token t output]` goes
+    through a bias-free linear map; the maps are summed, layer-normalized and classified.
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.visual_dense = nn.Linear(2 * hidden, hidden, bias=False) if config.use_visual else None
+        self.audio_dense = nn.Linear(2 * hidden, hidden, bias=False) if config.use_audio else None
+        self.layer_norm = nn.LayerNorm(hidden, eps=config.head_layer_norm_eps)
+        self.classifier = nn.Linear(hidden, config.num_labels)
+
+    @staticmethod
+    def _summary_token_pairs(sequence: torch.Tensor) -> torch.Tensor:
+        """`[summary, x_1..x_S]` -> `(B, S, 2H)` rows `[summary || x_t]`."""
+        summary = sequence[:, :1].expand(-1, sequence.shape[1] - 1, -1)
+        return torch.cat([summary, sequence[:, 1:]], dim=-1)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        dense_layers = [layer for layer in (self.visual_dense, self.audio_dense) if layer is not None]
+        parts = sequence_output.chunk(len(dense_layers), dim=1)
+        hidden = sum(
+            dense(self.dropout(self._summary_token_pairs(part)))
+            for dense, part in zip(dense_layers, parts, strict=True)
+        )
+        return self.classifier(self.layer_norm(hidden))
+
+
+class AVBertClassifierMixin:
+    """Loss and whole-video scores shared by the AVBERT classifiers."""
+
+    config: AVBertConfig
+
+    def _video_logits(self, *clip_level_logits: torch.Tensor) -> torch.Tensor:
+        """Average the heads' per-clip predictions into `(batch, num_labels)` logits."""
+        stacked = torch.cat(clip_level_logits, dim=1)  # (B, heads * S, C)
+        if self.config.problem_type in (None, "single_label_classification"):
+            # log of the mean softmax: softmax(logits) is the original's averaged test score.
+            return stacked.log_softmax(dim=-1).logsumexp(dim=1) - math.log(stacked.shape[1])
+        return stacked.mean(dim=1)
+
+    def _clip_loss(self, clip_level_logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Loss of every clip against its video's label, averaged over clips (the original's per-clip rows)."""
+        num_clips = clip_level_logits.shape[1]
+        flat_logits = clip_level_logits.flatten(0, 1)
+        flat_labels = labels.repeat_interleave(num_clips, dim=0)
+        num_items = kwargs.pop("num_items_in_batch", None)
+        if num_items is not None:  # the Trainer counts videos; the loss is a mean over clips
+            num_items = num_items * num_clips
+        if self.config.classifier_loss == "multi_margin":
+            loss = F.multi_margin_loss(
+                flat_logits, flat_labels.to(flat_logits.device), margin=self.config.multi_margin_margin, reduction="sum"
+            )
+            return loss / (num_items if num_items is not None else flat_labels.shape[0])
+        return self.loss_function(
+            labels=flat_labels, pooled_logits=flat_logits, config=self.config, num_items_in_batch=num_items, **kwargs
+        )
+
+
+class AVBertForVideoClassification(AVBertClassifierMixin, AVBertPreTrainedModel):
+    """
+    AVBERT video classifier. With a transformer (Kinetics-Sounds recipe) it has two heads, a clip head on the
+    concatenated CNN features and a sequence head on the transformer output; without one (UCF101 recipe) only the
+    clip head on the visual CNN features.
+    """
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__(config)
+        self.avbert = AVBertModel(config)
+        clip_features = config.visual_feature_size * config.use_visual + config.audio_feature_size * config.use_audio
+        self.clip_head = AVBertClipHead(config, clip_features)
+        self.sequence_head = AVBertSequenceHead(config) if config.use_transformer else None
+        self.post_init()
+        if config.freeze_encoder:
+            self.freeze_encoder()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> AVBertClassifierOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_clips, num_channels, num_frames, height, width)`):
+            Normalized video clips.
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, time)`):
+            Log-mel spectrograms of the clips' sound; required when the model has an audio encoder.
+        labels (`torch.LongTensor` of shape `(batch_size,)`):
+            One label per video; every clip is trained against it.
+        """
+        if self.config.use_visual and pixel_values is None:
+            raise ValueError("This AVBERT video classifier needs pixel_values.")
+        if self.config.use_audio and input_features is None:
+            raise ValueError(
+                "This AVBERT video classifier has an audio branch and needs input_features (log-mel of the sound "
+                "track); the video has no usable audio or the processor was not asked to load it."
+            )
+        outputs = self.avbert(
+            pixel_values=pixel_values,
+            input_features=input_features,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        clip_features = [f for f in (outputs.visual_features, outputs.audio_features) if f is not None]
+        clip_logits = self.clip_head(torch.cat(clip_features, dim=-1))
+        sequence_logits = None
+        if self.sequence_head is not None:
+            sequence_logits = self.sequence_head(outputs.last_hidden_state)
+        heads = [clip_logits] if sequence_logits is None else [clip_logits, sequence_logits]
+
+        loss = None
+        if labels is not None:
+            loss = sum(self._clip_loss(head_logits, labels, **kwargs) for head_logits in heads)
+        return AVBertClassifierOutput(
+            loss=loss,
+            logits=self._video_logits(*heads),
+            clip_logits=clip_logits,
+            sequence_logits=sequence_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel):
+    """AVBERT audio classifier (ESC-50 recipe): a linear head on the pooled audio CNN feature of every clip."""
+
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__(config)
+        if not config.use_audio:
+            raise ValueError("AVBertForAudioClassification needs an audio encoder (use_audio=True).")
+        self.avbert = AVBertModel(config)
+        self.clip_head = AVBertClipHead(config, config.audio_feature_size)
+        self.post_init()
+        if config.freeze_encoder:
+            self.freeze_encoder()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> AVBertClassifierOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, time)`):
+            Log-mel spectrograms of the clips.
+        labels (`torch.LongTensor` of shape `(batch_size,)`):
+            One label per recording; every clip is trained against it.
+        """
+        if input_features is None:
+            raise ValueError("AVBertForAudioClassification needs input_features.")
+        _, audio_features = self.avbert.get_clip_features(input_features=input_features)
+        clip_logits = self.clip_head(audio_features)
+        loss = self._clip_loss(clip_logits, labels, **kwargs) if labels is not None else None
+        return AVBertClassifierOutput(loss=loss, logits=self._video_logits(clip_logits), clip_logits=clip_logits)
+
+
+__all__ = [
+    "AVBertClassifierOutput",
+    "AVBertForAudioClassification",
+    "AVBertForVideoClassification",
+    "AVBertModel",
+    "AVBertModelOutput",
+    "AVBertPreTrainedModel",
+]
