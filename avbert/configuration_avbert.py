@@ -146,8 +146,13 @@ class AVBertConfig(PreTrainedConfig):
         if unknown:
             raise ValueError(f"AVBertConfig got unknown configuration keys: {', '.join(unknown)}")
         super().__post_init__(**kwargs)
+        # `@strict` runs the `validate_*` methods too (again on `save_pretrained`), but wraps their errors in its own
+        # exception type; running them here first gives users a plain ValueError.
+        self.validate_modalities()
+        self.validate_encoders()
+        self.validate_transformer()
+        self.validate_heads()
 
-    # Every `validate_*` method runs on construction and again on `save_pretrained` (huggingface_hub `@strict`).
     def validate_modalities(self):
         if not (self.use_visual or self.use_audio):
             raise ValueError("AVBertConfig needs at least one modality: use_visual or use_audio must be True.")

@@ -1,5 +1,6 @@
 """PyTorch AVBERT: per-clip visual and audio CNNs under one parameter-shared, low-rank factorized transformer."""
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class AVBertBottleneck3d(nn.Module):
         self.bn2 = nn.BatchNorm3d(bottleneck_channels, **norm_kwargs)
         self.conv3 = nn.Conv3d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm3d(out_channels, **norm_kwargs)
+        self.bn3.is_final_block_norm = True
         self.act = nn.ReLU(inplace=True)
         self.downsample = None
         if in_channels != out_channels or spatial_stride != 1:
@@ -235,6 +237,7 @@ class AVBertBottleneck2d(nn.Module):
             self.bn2 = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels, **norm_kwargs)
+        self.bn3.is_final_block_norm = True
         self.act = nn.ReLU(inplace=True)
         self.downsample = None
         if in_channels != out_channels or stride != 1:
@@ -609,7 +612,11 @@ class AVBertPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            init.ones_(module.weight)
+            # The last norm of a residual block starts at zero scale, so every block starts as an identity.
+            if getattr(module, "is_final_block_norm", False) and self.config.zero_init_final_batch_norm:
+                init.zeros_(module.weight)
+            else:
+                init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
@@ -628,9 +635,6 @@ class AVBertPreTrainedModel(PreTrainedModel):
             init.copy_(module.generator, skew_generator_init(module.generator.shape[0], self.config.orthogonal_init))
         elif isinstance(module, AVBertFeatureProjection):
             init.normal_(module.summary_token, std=std)
-        # Children are initialized before their parent, so this overrides the unit init of the block's last norm.
-        if isinstance(module, (AVBertBottleneck3d, AVBertBottleneck2d)) and self.config.zero_init_final_batch_norm:
-            init.zeros_(module.bn3.weight)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -755,11 +759,15 @@ class AVBertModel(AVBertPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                "Attention maps are only computed by eager attention; load the model with "
+                "attn_implementation='eager' (or call model.set_attn_implementation('eager')) to get them."
+            )
         visual_features, audio_features = self.get_clip_features(pixel_values, input_features)
-        output = AVBertModelOutput(visual_features=visual_features, audio_features=audio_features)
         stages = self.config.transformer_stages
         if not stages:
-            return output
+            return AVBertModelOutput(visual_features=visual_features, audio_features=audio_features)
 
         num_clips = (visual_features if visual_features is not None else audio_features).shape[1]
         if num_clips + 1 > self.config.max_position_embeddings:
@@ -773,40 +781,40 @@ class AVBertModel(AVBertPreTrainedModel):
 
         visual_tokens = self.visual_projection(visual_features) if visual_features is not None else None
         audio_tokens = self.audio_projection(audio_features) if audio_features is not None else None
-        both = visual_tokens is not None and audio_tokens is not None
-
+        visual = audio = None
         if "visual" in stages and visual_tokens is not None:
             visual = self._run_stage("visual", self.visual_embeddings(visual_tokens, positions), **stage_kwargs)
             visual_tokens = visual.last_hidden_state
-            output.visual_last_hidden_state = visual.last_hidden_state
-            output.visual_hidden_states, output.visual_attentions = visual.hidden_states, visual.attentions
         if "audio" in stages and audio_tokens is not None:
             audio = self._run_stage("audio", self.audio_embeddings(audio_tokens, positions), **stage_kwargs)
             audio_tokens = audio.last_hidden_state
-            output.audio_last_hidden_state = audio.last_hidden_state
-            output.audio_hidden_states, output.audio_attentions = audio.hidden_states, audio.attentions
 
-        if "multimodal" in stages and both:
+        if visual_tokens is not None and audio_tokens is not None:
             tokens = torch.cat([visual_tokens, audio_tokens], dim=1)
-            token_types = torch.arange(2, device=device).repeat_interleave(num_clips + 1).unsqueeze(0)
-            embeddings = self.multimodal_embeddings(tokens, positions.repeat(1, 2), token_types)
-            multimodal = self._run_stage("multimodal", embeddings, **stage_kwargs)
-            output.last_hidden_state = multimodal.last_hidden_state
-            output.hidden_states, output.attentions = multimodal.hidden_states, multimodal.attentions
-        elif both:  # late fusion
-            output.last_hidden_state = torch.cat([visual_tokens, audio_tokens], dim=1)
-        elif visual_features is not None and output.visual_last_hidden_state is not None:
-            output.last_hidden_state = output.visual_last_hidden_state
-            output.hidden_states, output.attentions = output.visual_hidden_states, output.visual_attentions
-        elif output.audio_last_hidden_state is not None:
-            output.last_hidden_state = output.audio_last_hidden_state
-            output.hidden_states, output.attentions = output.audio_hidden_states, output.audio_attentions
+            if "multimodal" in stages:
+                token_types = torch.arange(2, device=device).repeat_interleave(num_clips + 1).unsqueeze(0)
+                embeddings = self.multimodal_embeddings(tokens, positions.repeat(1, 2), token_types)
+                last = self._run_stage("multimodal", embeddings, **stage_kwargs)
+            else:  # late fusion: the two single-modality sequences side by side
+                last = BaseModelOutput(last_hidden_state=tokens)
+        elif "multimodal" in stages and not ("visual" in stages or "audio" in stages):
+            raise ValueError("Early fusion runs one multimodal stage and needs both pixel_values and input_features.")
         else:
-            raise ValueError(
-                f"fusion={self.config.fusion!r} runs one multimodal stage and needs both pixel_values and "
-                "input_features."
-            )
-        return output
+            last = visual if visual is not None else audio
+
+        return AVBertModelOutput(
+            last_hidden_state=last.last_hidden_state,
+            visual_features=visual_features,
+            audio_features=audio_features,
+            visual_last_hidden_state=visual.last_hidden_state if visual is not None else None,
+            audio_last_hidden_state=audio.last_hidden_state if audio is not None else None,
+            hidden_states=last.hidden_states,
+            attentions=last.attentions,
+            visual_hidden_states=visual.hidden_states if visual is not None else None,
+            visual_attentions=visual.attentions if visual is not None else None,
+            audio_hidden_states=audio.hidden_states if audio is not None else None,
+            audio_attentions=audio.attentions if audio is not None else None,
+        )
 
 
 class AVBertClipHead(nn.Module):
@@ -860,7 +868,8 @@ class AVBertClassifierMixin:
     def _video_logits(self, *clip_level_logits: torch.Tensor) -> torch.Tensor:
         """Average the heads' per-clip predictions into `(batch, num_labels)` logits."""
         stacked = torch.cat(clip_level_logits, dim=1)  # (B, heads * S, C)
-        if self.config.problem_type in (None, "single_label_classification"):
+        problem_type = self.config.problem_type
+        if problem_type == "single_label_classification" or (problem_type is None and self.config.num_labels > 1):
             # log of the mean softmax: softmax(logits) is the original's averaged test score.
             return stacked.log_softmax(dim=-1).logsumexp(dim=1) - math.log(stacked.shape[1])
         return stacked.mean(dim=1)
@@ -930,6 +939,7 @@ class AVBertForVideoClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
             input_features=input_features,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         clip_features = [f for f in (outputs.visual_features, outputs.audio_features) if f is not None]
         clip_logits = self.clip_head(torch.cat(clip_features, dim=-1))
@@ -958,9 +968,15 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
     input_modalities = ("audio",)
 
     def __init__(self, config: AVBertConfig):
-        super().__init__(config)
         if not config.use_audio:
             raise ValueError("AVBertForAudioClassification needs an audio encoder (use_audio=True).")
+        if config.use_visual or config.use_transformer:
+            # Only the audio CNN feeds this head: building the rest would hold unused weights (and break DDP, which
+            # expects every parameter to get a gradient). Loading an audio-visual checkpoint reports them as unused.
+            config = copy.deepcopy(config)
+            config.use_transformer = False
+            config.use_visual = False
+        super().__init__(config)
         self.avbert = AVBertModel(config)
         self.clip_head = AVBertClipHead(config, config.audio_feature_size)
         self.post_init()
