@@ -1,8 +1,17 @@
 """AVBERT for HuggingFace Transformers. Importing the package registers the family with the Auto classes."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForVideoClassification
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForVideoClassification,
+    AutoVideoProcessor,
+)
 
 from .configuration_avbert import AVBertConfig
+from .feature_extraction_avbert import AVBertFeatureExtractor
+from .media_decoding import MediaDecodeError
 from .modeling_avbert import (
     AVBertClassifierOutput,
     AVBertForAudioClassification,
@@ -11,6 +20,7 @@ from .modeling_avbert import (
     AVBertModelOutput,
     AVBertPreTrainedModel,
 )
+from .video_processing_avbert import AVBertVideoProcessor
 
 __version__ = "0.1.0"
 
@@ -18,6 +28,8 @@ AutoConfig.register(AVBertConfig.model_type, AVBertConfig)
 AutoModel.register(AVBertConfig, AVBertModel)
 AutoModelForVideoClassification.register(AVBertConfig, AVBertForVideoClassification)
 AutoModelForAudioClassification.register(AVBertConfig, AVBertForAudioClassification)
+AutoFeatureExtractor.register(AVBertConfig, AVBertFeatureExtractor)
+AutoVideoProcessor.register(AVBertConfig, AVBertVideoProcessor)
 
 # `save_pretrained` then writes an `auto_map` and copies the code, so a saved folder also loads with
 # `trust_remote_code=True` where this package is not installed.
@@ -25,13 +37,18 @@ AVBertConfig.register_for_auto_class()
 AVBertModel.register_for_auto_class("AutoModel")
 AVBertForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
 AVBertForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+AVBertFeatureExtractor.register_for_auto_class()
+AVBertVideoProcessor.register_for_auto_class()
 
 __all__ = [
     "AVBertClassifierOutput",
     "AVBertConfig",
+    "AVBertFeatureExtractor",
     "AVBertForAudioClassification",
     "AVBertForVideoClassification",
     "AVBertModel",
     "AVBertModelOutput",
     "AVBertPreTrainedModel",
+    "AVBertVideoProcessor",
+    "MediaDecodeError",
 ]

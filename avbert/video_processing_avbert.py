@@ -1,0 +1,682 @@
+"""AVBERT video processor: a video (file, bytes or frames) -> ``pixel_values`` (batch, clips, 3, frames, H, W).
+
+It reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
+fixtures): uniformly spaced clips of ``num_frames`` frames spanning ``num_frames * frame_sampling_rate / target_fps``
+seconds each, a nearest-neighbour short-side resize, a left/center/right (or top/center/bottom) crop in evaluation or a
+random scale, crop and flip shared by all clips of a video in training, and ``(x / 255 - 0.45) / 0.225``.
+
+Decisions worth knowing:
+
+- Files are decoded with :mod:`.media_decoding` (PyAV), never torchcodec: only the sampled frames are decoded, seeking
+  between clips, and they are resized while decoding so that large sources do not fill memory.
+- ``frame_sampling_rate`` is the original's ``DATA.SAMPLING_RATE`` (the frame stride). It is not called
+  ``sampling_rate`` because processors route flat keyword arguments to every sub-processor that declares them, and
+  ``sampling_rate`` is the audio rate of the feature extractor: ``processor(..., sampling_rate=44100)`` would set the
+  frame stride to 44100.
+- ``num_frames`` is the number of frames per clip. The video-classification pipeline passes ``num_frames`` (the
+  config's, 32) and ``do_sample_frames=True``; sampling is always clip based, so that call gives the normal output.
+  ``do_sample_frames=False`` is only meaningful for frame arrays: it says the array already holds
+  ``num_clips * num_frames`` frames in clip order (e.g. from :func:`.media_decoding.read_video_and_audio` with
+  :meth:`AVBertVideoProcessor.sample_clip_indices`), which are then not sampled again. For files it is ignored.
+- ``fps`` (transformers' "sample this many frames per second") is refused: the output rate is fixed by
+  ``target_fps`` and ``frame_sampling_rate``. The frame rate of a frame array comes from ``video_metadata``
+  (``{"fps": 25}``); without it 30 fps is assumed, the original's target rate.
+- One clip (``num_clips=1``) is centred in the video; the original divides by zero there.
+- Training crops may start at every offset, including the last one, which the original's
+  ``np.random.randint(0, dim - crop)`` never picks. Randomness comes from ``generator`` or ``seed``.
+- ``all_views=True`` (evaluation) returns the three spatial crops as separate batch rows, video-major:
+  ``(batch * 3, clips, 3, frames, H, W)``, row ``3 * b + c`` is video ``b``, crop ``c``. The model can take that as a
+  bigger batch; average its scores over each group of three, as the original's test ensemble does.
+- Only nearest-neighbour resizing is implemented (what the original used).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub.dataclasses import validate_typed_dict
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, validate_kwargs
+from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.video_processing_utils import BaseVideoProcessor
+from transformers.video_utils import VideoMetadata
+
+from .media_decoding import MediaSource, VideoStreamInfo, read_video_and_audio
+
+__all__ = ["AVBertVideoProcessor", "AVBertVideosKwargs"]
+
+DEFAULT_FPS = 30.0
+
+
+class AVBertVideosKwargs(VideosKwargs, total=False):
+    """Keyword arguments of :class:`AVBertVideoProcessor` on top of transformers' ``VideosKwargs``.
+
+    num_clips: clips per video, uniformly spaced over it.
+    frame_sampling_rate: frame stride at ``target_fps`` (the original's ``DATA.SAMPLING_RATE``).
+    target_fps: the frame rate the stride refers to; a clip spans ``num_frames * frame_sampling_rate / target_fps`` s.
+    spatial_crop: evaluation crop, 0/1/2 = left/center/right (top/center/bottom when the frames are taller than wide).
+    all_views: evaluation: return all three spatial crops as separate batch rows.
+    temporal_index: keep only these clips (of the ``num_clips`` uniformly spaced ones), e.g. one view of the original's
+        10 temporal views.
+    do_train_augmentation: random short-side scale, random crop and horizontal flip instead of the evaluation crop.
+    train_jitter_scales: (min, max) of the random short side.
+    train_crop_size: side of the random square crop.
+    flip_prob: probability of the horizontal flip.
+    seed / generator: source of the training randomness, for reproducible augmentation.
+    """
+
+    num_clips: int | None
+    frame_sampling_rate: int | None
+    target_fps: int | float | None
+    spatial_crop: int | None
+    all_views: bool | None
+    temporal_index: int | list[int] | tuple[int, ...] | None
+    do_train_augmentation: bool | None
+    train_jitter_scales: tuple[int, int] | list[int] | None
+    train_crop_size: int | None
+    flip_prob: int | float | None
+    seed: int | None
+    generator: torch.Generator | None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Temporal sampling (pure functions, shared by files and frame arrays)
+
+
+def clip_span(fps: float, num_frames: int, frame_sampling_rate: int, target_fps: float) -> float:
+    """Source frames covered by one clip: num_frames * rate * round(fps) / target_fps (no fps resampling)."""
+    rounded_fps = max(round(fps), 1)
+    return num_frames * frame_sampling_rate * rounded_fps / target_fps
+
+
+def clip_starts(total_frames: int, span: float, num_clips: int) -> list[float]:
+    """Float start positions delta * i / (S - 1), delta = max(total - span, 0); one clip is centred."""
+    delta = max(total_frames - span, 0.0)
+    if num_clips == 1:
+        return [delta / 2]
+    return [delta * index / (num_clips - 1) for index in range(num_clips)]
+
+
+def clip_frame_indices(total_frames: int, start: float, span: float, num_frames: int) -> np.ndarray:
+    """The original's rule, bit for bit: float32 linspace(start, start + span - 1), clamped, truncated."""
+    positions = torch.linspace(start, start + span - 1, num_frames)
+    return torch.clamp(positions, 0, total_frames - 1).long().numpy()
+
+
+def sample_clips(
+    total_frames: int,
+    fps: float | None,
+    *,
+    num_clips: int,
+    num_frames: int,
+    frame_sampling_rate: int,
+    target_fps: float,
+    temporal_index: int | Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float start positions ``(clips,)`` and frame indices ``(clips, num_frames)`` of the selected clips.
+
+    ``fps`` is the source frame rate; ``None`` or non-positive means 30. ``temporal_index`` keeps only those clips.
+    """
+    if total_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got total_frames={total_frames}")
+    span = clip_span(_effective_fps(fps), num_frames, frame_sampling_rate, target_fps)
+    starts = clip_starts(total_frames, span, num_clips)
+    selected = [starts[index] for index in _clip_selection(temporal_index, num_clips)]
+    indices = np.stack([clip_frame_indices(total_frames, start, span, num_frames) for start in selected])
+    return np.asarray(selected, dtype=np.float64), indices
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spatial transforms on uint8 frames (T, H, W, C): nearest resizing and cropping are gathers, so they are exact
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Output size of the original's short-side resize: the long side becomes floor(L / S * s)."""
+    if width < height:
+        return math.floor(float(height) / width * short_side), short_side
+    return short_side, math.floor(float(width) / height * short_side)
+
+
+@functools.lru_cache(maxsize=256)
+def nearest_source_indices(in_size: int, out_size: int) -> torch.Tensor:
+    """Source index of every output row/column of ``interpolate(mode="nearest")``, the original's resize.
+
+    Computed by interpolating the index ramp itself, so it is torch's own rounding rule and not a re-derivation.
+    """
+    ramp = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size, 1)
+    resized = torch.nn.functional.interpolate(ramp, size=(out_size, 1), mode="nearest")
+    return resized.view(out_size).long()
+
+
+def resize_frames(frames: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray | torch.Tensor:
+    """Nearest resize of channels-last frames (..., H, W, C) to (height, width)."""
+    rows = nearest_source_indices(frames.shape[-3], height)
+    cols = nearest_source_indices(frames.shape[-2], width)
+    if isinstance(frames, np.ndarray):
+        return frames[..., rows.numpy(), :, :][..., cols.numpy(), :]
+    return frames[..., rows, :, :][..., cols, :]
+
+
+def uniform_crop_offsets(height: int, width: int, crop: int, spatial_index: int) -> tuple[int, int]:
+    """The original's ``uniform_crop``: start/center/end along the long axis, centred on the other."""
+    y_offset = math.ceil((height - crop) / 2)
+    x_offset = math.ceil((width - crop) / 2)
+    if height > width:
+        y_offset = {0: 0, 1: y_offset, 2: height - crop}[spatial_index]
+    else:
+        x_offset = {0: 0, 1: x_offset, 2: width - crop}[spatial_index]
+    return y_offset, x_offset
+
+
+@dataclass(frozen=True)
+class _Augmentation:
+    """One video's training draw: the same scale, crop and flip for all of its clips and frames."""
+
+    short_side: int
+    uniforms: tuple[float, float, float]  # crop y, crop x, flip
+
+    @classmethod
+    def draw(cls, scales: tuple[int, int], generator: torch.Generator | None) -> _Augmentation:
+        values = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        low, high = scales
+        return cls(short_side=round(low + (high - low) * values[0]), uniforms=(values[1], values[2], values[3]))
+
+    def crop_offsets(self, height: int, width: int, crop: int) -> tuple[int, int]:
+        return int(self.uniforms[0] * (height - crop + 1)), int(self.uniforms[1] * (width - crop + 1))
+
+    def flips(self, probability: float) -> bool:
+        return self.uniforms[2] < probability
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The processor
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The effective settings of one call: call arguments over instance attributes."""
+
+    num_clips: int
+    num_frames: int
+    frame_sampling_rate: int
+    target_fps: float
+    temporal_index: tuple[int, ...] | None
+    do_sample_frames: bool
+    do_resize: bool
+    size: SizeDict
+    do_center_crop: bool
+    crop_size: int
+    spatial_crop: int
+    all_views: bool
+    train: bool
+    train_jitter_scales: tuple[int, int]
+    train_crop_size: int
+    flip_prob: float
+    generator: torch.Generator | None
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    input_data_format: ChannelDimension | None
+    device: Any
+    return_metadata: bool
+
+
+class AVBertVideoProcessor(BaseVideoProcessor):
+    r"""Video processor for AVBERT: clips of a video, resized, cropped and normalized as the original did.
+
+    Inputs: a path (str or ``os.PathLike``), bytes, a binary file object, a frame array or tensor ``(T, H, W, C)`` /
+    ``(T, C, H, W)`` (uint8 in [0, 255] or float on the same scale), a list of frames, or a list or 5-D batch of these.
+    Returns ``pixel_values`` of shape ``(batch, num_clips, 3, num_frames, H, W)``; see the module docstring for the
+    decisions taken where the original was silent or broken.
+
+    To decode a file once for both modalities (as ``AVBertProcessor`` does)::
+
+        decoded = read_video_and_audio(path, lambda info: vp.sample_clip_indices(info.num_frames, info.fps).ravel())
+        pixel_values = vp(decoded.frames, do_sample_frames=False)["pixel_values"]
+        start_times = vp.clip_start_times(decoded.info.video.num_frames, decoded.info.video.fps)
+    """
+
+    valid_kwargs = AVBertVideosKwargs
+    model_input_names = ["pixel_values"]
+
+    resample = PILImageResampling.NEAREST
+    image_mean = (0.45, 0.45, 0.45)
+    image_std = (0.225, 0.225, 0.225)
+    size = {"shortest_edge": 128}
+    default_to_square = False
+    crop_size = {"height": 128, "width": 128}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_sample_frames = True
+    num_frames = 32
+    num_clips = 10
+    frame_sampling_rate = 2
+    target_fps = 30
+    spatial_crop = 1
+    all_views = False
+    temporal_index = None
+    do_train_augmentation = False
+    train_jitter_scales = (128, 160)
+    train_crop_size = 112
+    flip_prob = 0.5
+    seed = None
+    generator = None
+
+    def __init__(self, **kwargs: Unpack[AVBertVideosKwargs]) -> None:
+        super().__init__(**kwargs)
+
+    # -- temporal sampling --------------------------------------------------------------------------------------------
+
+    def sample_clip_indices(
+        self,
+        total_frames: int,
+        fps: float | None,
+        num_clips: int | None = None,
+        num_frames: int | None = None,
+        temporal_index: int | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Frame indices ``(clips, num_frames)`` of the uniformly spaced clips, exactly as the original chose them.
+
+        ``fps`` is the source frame rate (``None`` or non-positive means 30); it is rounded, as in the original.
+        Unset arguments come from the instance.
+        """
+        return self._sample(total_frames, fps, num_clips, num_frames, temporal_index)[1]
+
+    def clip_start_times(
+        self,
+        total_frames: int,
+        fps: float | None,
+        num_clips: int | None = None,
+        num_frames: int | None = None,
+        temporal_index: int | Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Start time in seconds, relative to the first frame, of each clip: ``start / fps``.
+
+        Meant for aligning audio windows with clips by timestamp (the original aligned by fraction of duration).
+        """
+        starts = self._sample(total_frames, fps, num_clips, num_frames, temporal_index)[0]
+        return starts / _effective_fps(fps)
+
+    def _sample(
+        self,
+        total_frames: int,
+        fps: float | None,
+        num_clips: int | None,
+        num_frames: int | None,
+        temporal_index: int | Sequence[int] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return sample_clips(
+            total_frames,
+            fps,
+            num_clips=num_clips or self.num_clips,
+            num_frames=num_frames or self.num_frames,
+            frame_sampling_rate=self.frame_sampling_rate,
+            target_fps=self.target_fps,
+            temporal_index=temporal_index if temporal_index is not None else self.temporal_index,
+        )
+
+    def sample_frames(self, metadata: VideoMetadata, num_frames: int | None = None, **kwargs: Any) -> np.ndarray:
+        """transformers' sampling hook: the flattened clip indices (clips * num_frames) for ``metadata``."""
+        return self.sample_clip_indices(metadata.total_num_frames, metadata.fps, num_frames=num_frames).reshape(-1)
+
+    def fetch_videos(self, video_url_or_urls: Any, sample_indices_fn: Any = None) -> Any:
+        """Decode with PyAV (transformers would use torchcodec); returns frames and ``VideoMetadata`` like the base."""
+        if isinstance(video_url_or_urls, list):
+            return list(zip(*[self.fetch_videos(item, sample_indices_fn) for item in video_url_or_urls], strict=True))
+
+        def choose(info: VideoStreamInfo) -> np.ndarray:
+            metadata = _metadata_from_info(info)
+            return sample_indices_fn(metadata=metadata) if sample_indices_fn else np.arange(info.num_frames)
+
+        decoded = read_video_and_audio(video_url_or_urls, choose, load_audio=False)
+        metadata = _metadata_from_info(decoded.info.video)
+        metadata.frames_indices = decoded.indices.tolist()
+        return decoded.frames, metadata
+
+    # -- preprocessing ------------------------------------------------------------------------------------------------
+
+    def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideosKwargs]) -> BatchFeature:
+        """Turn one video or a batch into ``pixel_values`` (batch, clips, 3, frames, H, W); see the class docstring."""
+        validate_kwargs(
+            captured_kwargs=kwargs.keys(),
+            valid_processor_keys=[*self.valid_kwargs.__annotations__, "return_tensors"],
+        )
+        validate_typed_dict(self.valid_kwargs, kwargs)
+        options = self._options(kwargs)
+        inputs = _as_video_list(videos)
+        metadata = _metadata_list(kwargs.get("video_metadata"), len(inputs))
+        clips, used_metadata = [], []
+        for video, video_metadata in zip(inputs, metadata, strict=True):
+            video_clips, video_metadata = self._process_video(video, video_metadata, options)
+            clips.append(video_clips)
+            used_metadata.append(video_metadata)
+        pixel_values = _stack_batch(clips)
+        data: dict[str, Any] = {"pixel_values": pixel_values}
+        if options.return_metadata:
+            data["video_metadata"] = used_metadata
+        return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
+
+    def _options(self, kwargs: dict[str, Any]) -> _Options:
+        values = {
+            name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name, None)
+            for name in self.valid_kwargs.__annotations__
+        }
+        _validate_settings(values)
+        standard = self._standardize_kwargs(**values)
+        generator = values["generator"]
+        if generator is None and values["seed"] is not None:
+            generator = torch.Generator().manual_seed(int(values["seed"]))
+        crop = standard["crop_size"]
+        low, high = (int(scale) for scale in values["train_jitter_scales"])
+        return _Options(
+            num_clips=int(values["num_clips"]),
+            num_frames=int(values["num_frames"]),
+            frame_sampling_rate=int(values["frame_sampling_rate"]),
+            target_fps=float(values["target_fps"]),
+            temporal_index=_as_tuple(values["temporal_index"]),
+            do_sample_frames=values["do_sample_frames"] is not False,
+            do_resize=bool(values["do_resize"]),
+            size=standard["size"],
+            do_center_crop=bool(values["do_center_crop"]),
+            crop_size=int(crop.height) if crop is not None else 0,
+            spatial_crop=int(values["spatial_crop"]),
+            all_views=bool(values["all_views"]),
+            train=bool(values["do_train_augmentation"]),
+            train_jitter_scales=(low, high),
+            train_crop_size=int(values["train_crop_size"]),
+            flip_prob=float(values["flip_prob"]),
+            generator=generator,
+            do_rescale=bool(values["do_rescale"]),
+            rescale_factor=float(values["rescale_factor"]),
+            do_normalize=bool(values["do_normalize"]),
+            image_mean=tuple(float(v) for v in standard["image_mean"]),
+            image_std=tuple(float(v) for v in standard["image_std"]),
+            input_data_format=values["input_data_format"],
+            device=values["device"],
+            return_metadata=bool(values["return_metadata"]),
+        )
+
+    def _process_video(self, video: Any, metadata: dict[str, Any], options: _Options) -> tuple[torch.Tensor, Any]:
+        """One video -> (views, clips, 3, frames, H, W) with views = 3 for ``all_views``, else 1."""
+        augmentation = _Augmentation.draw(options.train_jitter_scales, options.generator) if options.train else None
+        short_side = augmentation.short_side if augmentation is not None else None
+        if _is_media_source(video):
+            frames, positions, video_metadata = self._decode(video, options, short_side)
+        else:
+            frames, positions, video_metadata = self._sample_array(video, metadata, options, short_side)
+        views = [_normalize(view, options) for view in self._crop_views(frames, options, augmentation)]
+        return _gather_clips(views, torch.from_numpy(positions).view(-1, options.num_frames)), video_metadata
+
+    def _flat_indices(self, total_frames: int, fps: float | None, options: _Options) -> np.ndarray:
+        """All clip frame indices of one video, clip after clip."""
+        return sample_clips(
+            total_frames,
+            fps,
+            num_clips=options.num_clips,
+            num_frames=options.num_frames,
+            frame_sampling_rate=options.frame_sampling_rate,
+            target_fps=options.target_fps,
+            temporal_index=options.temporal_index,
+        )[1].reshape(-1)
+
+    def _decode(
+        self, source: MediaSource, options: _Options, short_side: int | None
+    ) -> tuple[torch.Tensor, np.ndarray, VideoMetadata]:
+        """Decode each sampled frame once, resizing while decoding. Returns the unique frames and, for every clip
+        frame, its row among them (clips overlap or repeat frames in short videos)."""
+        flat_indices: list[np.ndarray] = []
+
+        def choose(info: VideoStreamInfo) -> np.ndarray:
+            flat_indices.append(self._flat_indices(info.num_frames, info.fps, options))
+            return np.unique(flat_indices[0])
+
+        transform = functools.partial(_resize_frame, options=options, short_side=short_side)
+        decoded = read_video_and_audio(source, choose, load_audio=False, frame_transform=transform)
+        positions = np.searchsorted(decoded.indices, flat_indices[0])
+        metadata = _metadata_from_info(decoded.info.video)
+        metadata.frames_indices = flat_indices[0].tolist()
+        return torch.from_numpy(decoded.frames), positions, metadata
+
+    def _sample_array(
+        self, video: Any, metadata: dict[str, Any], options: _Options, short_side: int | None
+    ) -> tuple[torch.Tensor, np.ndarray, VideoMetadata]:
+        """Frames given as an array: sample the clips (unless already sampled), then resize the unique frames."""
+        frames = _channels_last(video, options.input_data_format)
+        total = frames.shape[0]
+        fps = metadata.get("fps")
+        if options.do_sample_frames:
+            indices = self._flat_indices(total, fps, options)
+        else:
+            expected = len(_clip_selection(options.temporal_index, options.num_clips)) * options.num_frames
+            if total != expected:
+                raise ValueError(
+                    f"with do_sample_frames=False a video must hold clips * num_frames = {expected} frames in clip "
+                    f"order, got {total}"
+                )
+            indices = np.arange(total)
+        unique, positions = np.unique(indices, return_inverse=True)
+        selected = frames[torch.from_numpy(unique)]
+        height, width = _resized_size(selected.shape[1], selected.shape[2], options, short_side)
+        if (height, width) != tuple(selected.shape[1:3]):
+            selected = resize_frames(selected, height, width)
+        video_metadata = VideoMetadata(
+            total_num_frames=total,
+            fps=_effective_fps(fps),
+            width=int(frames.shape[2]),
+            height=int(frames.shape[1]),
+            frames_indices=indices.tolist(),
+        )
+        return selected, positions, video_metadata
+
+    def _crop_views(
+        self, frames: torch.Tensor, options: _Options, augmentation: _Augmentation | None
+    ) -> list[torch.Tensor]:
+        """The crops of the resized frames (U, H, W, C): one random crop (+flip) in training, 1 or 3 in evaluation."""
+        height, width = frames.shape[1], frames.shape[2]
+        if augmentation is not None:
+            crop = options.train_crop_size
+            _check_crop_fits(height, width, crop)
+            y, x = augmentation.crop_offsets(height, width, crop)
+            view = frames[:, y : y + crop, x : x + crop]
+            return [view.flip(2) if augmentation.flips(options.flip_prob) else view]
+        if not options.do_center_crop:
+            return [frames]
+        crop = options.crop_size
+        _check_crop_fits(height, width, crop)
+        indices = (0, 1, 2) if options.all_views else (options.spatial_crop,)
+        views = []
+        for index in indices:
+            y, x = uniform_crop_offsets(height, width, crop, index)
+            views.append(frames[:, y : y + crop, x : x + crop])
+        return views
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _validate_settings(values: dict[str, Any]) -> None:
+    """Refuse settings the original pipeline has no meaning for, with the reason."""
+    if values["fps"] is not None:
+        raise ValueError(
+            "AVBertVideoProcessor samples clips at `target_fps` / `frame_sampling_rate`, not at `fps`; give the frame "
+            "rate of frame arrays as `video_metadata={'fps': ...}`."
+        )
+    if values["spatial_crop"] not in (0, 1, 2):
+        raise ValueError(f"spatial_crop must be 0, 1 or 2, got {values['spatial_crop']}")
+    crop = values["crop_size"]
+    if isinstance(crop, dict) and crop.get("height") != crop.get("width"):
+        raise ValueError(f"only square crops are supported, got crop_size={crop}")
+    if values["do_resize"] and values["resample"] not in (None, PILImageResampling.NEAREST):
+        raise ValueError(f"only nearest resizing (the original's) is implemented, got resample={values['resample']}")
+    if values["do_train_augmentation"] and values["all_views"]:
+        raise ValueError("all_views is an evaluation option; training uses one random crop per video")
+
+
+def _effective_fps(fps: float | None) -> float:
+    return float(fps) if fps is not None and fps > 0 else DEFAULT_FPS
+
+
+def _as_tuple(value: int | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _clip_selection(temporal_index: Any, num_clips: int) -> list[int]:
+    selection = _as_tuple(temporal_index)
+    if selection is None:
+        return list(range(num_clips))
+    for index in selection:
+        if not 0 <= index < num_clips:
+            raise ValueError(f"temporal_index {index} is outside 0..{num_clips - 1}")
+    return list(selection)
+
+
+def _is_media_source(video: Any) -> bool:
+    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
+
+
+def _is_frame(value: Any) -> bool:
+    return (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3)) or _is_pil(value)
+
+
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.")
+
+
+def _as_video_list(videos: Any) -> list[Any]:
+    """One video or a batch -> a list of videos (a source, a 4-D array/tensor, or a list of frames)."""
+    if _is_media_source(videos):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        if videos.ndim == 4:
+            return [videos]
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(f"a frame array must be 4-D (one video) or 5-D (a batch), got shape {tuple(videos.shape)}")
+    if isinstance(videos, (list, tuple)) and videos:
+        if all(_is_frame(item) for item in videos):
+            return [list(videos)]
+        return [item for video in videos for item in _as_video_list(video)]
+    raise ValueError(f"unsupported video input of type {type(videos).__name__}")
+
+
+def _metadata_list(video_metadata: Any, count: int) -> list[dict[str, Any]]:
+    if video_metadata is None:
+        return [{}] * count
+    items = video_metadata if isinstance(video_metadata, (list, tuple)) else [video_metadata]
+    if len(items) != count:
+        raise ValueError(f"got {count} videos but {len(items)} video_metadata entries")
+    return [dict(item) for item in items]
+
+
+def _channels_last(video: Any, input_data_format: ChannelDimension | str | None) -> torch.Tensor:
+    """A video as a (T, H, W, 3) tensor: frames stacked, channels moved last, gray repeated, alpha dropped."""
+    if isinstance(video, list):
+        video = np.stack([np.asarray(frame) for frame in video])
+    frames = torch.from_numpy(np.ascontiguousarray(video)) if isinstance(video, np.ndarray) else video
+    if frames.ndim == 3:  # a list of gray frames
+        frames = frames[..., None]
+    channels_first = (
+        ChannelDimension(input_data_format) == ChannelDimension.FIRST
+        if input_data_format is not None
+        else frames.shape[-1] not in (1, 3, 4) and frames.shape[1] in (1, 3, 4)
+    )
+    if channels_first:
+        frames = frames.permute(0, 2, 3, 1)
+    if frames.shape[-1] == 1:
+        frames = frames.expand(*frames.shape[:-1], 3)
+    elif frames.shape[-1] == 4:
+        frames = frames[..., :3]
+    elif frames.shape[-1] != 3:
+        raise ValueError(f"frames must have 1, 3 or 4 channels, got shape {tuple(frames.shape)}")
+    if frames.shape[0] == 0:
+        raise ValueError("a video needs at least one frame")
+    return frames
+
+
+def _resized_size(height: int, width: int, options: _Options, short_side: int | None) -> tuple[int, int]:
+    """Frame size after the resize step: the training scale, the evaluation short side, or a fixed size."""
+    if short_side is not None:
+        return short_side_size(height, width, short_side)
+    if not options.do_resize:
+        return height, width
+    if options.size.shortest_edge is not None:
+        return short_side_size(height, width, options.size.shortest_edge)
+    if options.size.height is not None and options.size.width is not None:
+        return options.size.height, options.size.width
+    raise ValueError(f"size must give shortest_edge or height and width, got {options.size}")
+
+
+def _resize_frame(frame: np.ndarray, options: _Options, short_side: int | None) -> np.ndarray:
+    """Resize one decoded (H, W, C) frame; run by the decoder on every kept frame."""
+    height, width = _resized_size(frame.shape[0], frame.shape[1], options, short_side)
+    if (height, width) == frame.shape[:2]:
+        return frame
+    return resize_frames(frame[None], height, width)[0]
+
+
+def _check_crop_fits(height: int, width: int, crop: int) -> None:
+    if crop > height or crop > width:
+        raise ValueError(f"crop {crop} does not fit frames of {height}x{width}; resize them first (do_resize=True)")
+
+
+def _normalize(frames: torch.Tensor, options: _Options) -> torch.Tensor:
+    """(U, H, W, C) frames -> (C, U, H, W) float32: x / 255 then (x - mean) / std, the original's float32 steps.
+
+    Done on the unique frames, before clips repeat or share them.
+    """
+    frames = frames.to(options.device) if options.device is not None else frames
+    values = torch.empty(frames.permute(3, 0, 1, 2).shape, dtype=torch.float32, device=frames.device)
+    values.copy_(frames.permute(3, 0, 1, 2))
+    if options.do_rescale:
+        values.div_(1.0 / options.rescale_factor)  # divide: x / 255 differs from x * (1 / 255) in float32
+    if options.do_normalize:
+        values.sub_(torch.tensor(options.image_mean, dtype=torch.float32, device=values.device).view(-1, 1, 1, 1))
+        values.div_(torch.tensor(options.image_std, dtype=torch.float32, device=values.device).view(-1, 1, 1, 1))
+    return values
+
+
+def _gather_clips(views: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """(C, U, H, W) per view and (clips, T) frame rows -> (views, clips, C, T, H, W), written in place once."""
+    channels, _, height, width = views[0].shape
+    clips, frames = positions.shape
+    out = views[0].new_empty((len(views), clips, channels, frames, height, width))
+    positions = positions.to(views[0].device)
+    for view_index, values in enumerate(views):
+        for clip_index, clip in enumerate(positions):
+            torch.index_select(values, 1, clip, out=out[view_index, clip_index])
+    return out
+
+
+def _stack_batch(clips: list[torch.Tensor]) -> torch.Tensor:
+    """(views, clips, C, T, H, W) per video -> (batch * views, clips, C, T, H, W), video-major."""
+    shapes = {tuple(item.shape[1:]) for item in clips}
+    if len(shapes) > 1:
+        raise ValueError(f"videos of one batch must give clips of one shape, got {sorted(shapes)}; crop them")
+    return clips[0] if len(clips) == 1 else torch.cat(clips)
+
+
+def _metadata_from_info(info: VideoStreamInfo) -> VideoMetadata:
+    return VideoMetadata(
+        total_num_frames=info.num_frames,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration,
+        video_backend="pyav",
+    )

@@ -1,0 +1,367 @@
+"""PyAV decoding (avbert.media_decoding): bit-exactness with the fixture decode, the seeking reader against a plain
+sequential decode, odd media written on the fly, and errors that always name the file."""
+
+import fractions
+import hashlib
+import io
+import json
+import os
+import pickle
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from avbert.media_decoding import MediaDecodeError, probe, read_audio, read_frames, read_video_and_audio
+
+SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+VIDEOS = SHARED / "data" / "videos"
+ESC50_AUDIO = SHARED / "data" / "esc50" / "audio"
+META = SHARED / "fixtures" / "original" / "preprocessing" / "preprocessing_meta.json"
+KS_VIDEO = VIDEOS / "kinetics400" / "R6llTwEh07w.mp4"
+MEDIA_SUFFIXES = (".mp4", ".avi", ".mkv")
+
+needs_videos = pytest.mark.skipif(not VIDEOS.is_dir(), reason="shared videos not available (../shared/data/videos)")
+
+
+def shared_videos() -> list[Path]:
+    return sorted(path for path in VIDEOS.rglob("*") if path.suffix in MEDIA_SUFFIXES) if VIDEOS.is_dir() else []
+
+
+def sequential_frames(path: Path) -> np.ndarray:
+    """The reference: every frame of the first video stream, in decode order, converted as the fixtures were."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])])
+
+
+def write_video(
+    path: Path,
+    num_frames: int = 30,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 30,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    gop: int | None = None,
+    audio: str | None = None,
+    rotation: int | None = None,
+    container_format: str | None = None,
+    pts_ms: list[int] | None = None,
+) -> Path:
+    """Write a small synthetic video: a red ramp over time, a green top-left marker, a blue ramp across columns.
+
+    ``pts_ms`` gives variable frame timestamps (milliseconds); ``rotation`` writes a display matrix.
+    """
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if gop:
+            stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.codec_context.options = {"bframes": "2"}  # B-frames: decode order differs from pts order
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if pts_ms is not None:
+            stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+        audio_stream = container.add_stream(audio, rate=44100, layout="mono") if audio else None
+        for index in range(num_frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[..., 0] = (index * 8) % 256
+            image[: height // 4, : width // 4, 1] = 255
+            image[..., 2] = np.linspace(0, 255, width)[None, :]
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[index], fractions.Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if audio_stream is not None:
+            seconds = np.arange(int(44100 * num_frames / fps)) / 44100
+            samples = (0.3 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 44100, 0
+            container.mux(audio_stream.encode(frame))
+            container.mux(audio_stream.encode())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parity with the fixture's decode
+
+
+@needs_videos
+@pytest.mark.skipif(not META.is_file(), reason="preprocessing fixtures not available")
+def test_full_decode_matches_fixture_sha256():
+    meta = json.loads(META.read_text())["ks_video"]
+    frames = read_frames(KS_VIDEO, np.arange(303))
+    assert frames.shape == (303, 256, 340, 3) and frames.dtype == np.uint8
+    assert hashlib.sha256(frames.tobytes()).hexdigest() == meta["decoded_frames_sha256"]
+    waveform, sample_rate = read_audio(KS_VIDEO)
+    assert waveform.shape == (1, 441344) and waveform.dtype == np.float32 and sample_rate == 44100
+    assert hashlib.sha256(waveform.tobytes()).hexdigest() == meta["decoded_waveform_sha256 (float32 bytes)"]
+
+
+@needs_videos
+def test_read_video_and_audio_opens_once_and_agrees_with_the_single_readers():
+    indices = [302, 0, 0, 150, 500]
+    decoded = read_video_and_audio(KS_VIDEO, lambda info: [min(i, info.num_frames + 10) for i in indices])
+    assert np.array_equal(decoded.indices, [302, 0, 0, 150, 302])  # clamped to the last frame
+    assert np.array_equal(decoded.frames, read_frames(KS_VIDEO, indices))
+    waveform, sample_rate = read_audio(KS_VIDEO)
+    assert np.array_equal(decoded.waveform, waveform) and decoded.sample_rate == sample_rate
+    assert decoded.audio_start_time == 0.0
+    assert decoded.info.video.num_frames == 303 and decoded.info.video.fps == 30.0
+    silent = read_video_and_audio(VIDEOS / "kinetics400" / "mmaction2_test.mp4", [0])
+    assert silent.waveform is None and silent.info.audio is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every shared file, and the seeking reader against a sequential decode
+
+
+@needs_videos
+@pytest.mark.parametrize("path", shared_videos(), ids=lambda path: path.name)
+def test_probe_every_shared_video(path):
+    info = probe(path)
+    video = info.video
+    assert info.source == str(path)
+    assert video.fps > 0 and video.num_frames > 0 and video.duration > 0
+    assert video.width > 0 and video.height > 0 and video.rotation == 0
+    frames = read_frames(path, [0, video.num_frames - 1])
+    assert frames.shape == (2, video.height, video.width, 3)
+
+
+@needs_videos
+def test_probe_reports_the_manifest_facts():
+    info = probe(KS_VIDEO)
+    assert (info.video.width, info.video.height, info.video.num_frames, info.video.fps) == (340, 256, 303, 30.0)
+    assert (info.audio.sample_rate, info.audio.channels) == (44100, 1)
+    mkv = probe(VIDEOS / "kinetics400" / "flipping_a_pancake.mkv")  # the container reports 0 frames: counted
+    assert mkv.video.num_frames == 310 and mkv.audio.sample_rate == 48000
+    nasa = probe(VIDEOS / "misc" / "nasa_13013.mp4")  # two video streams: the first one is used
+    assert (nasa.video.width, nasa.video.height, nasa.video.fps) == (320, 180, 25.0)
+
+
+@needs_videos
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ucf101/v_SoccerJuggling_g23_c01.avi",  # XviD, 20 keyframes: seeks
+        "kinetics400/flipping_a_pancake.mkv",  # no frame count in the container, 1 ms timestamps
+        "activitynet/v_GGSY1Qvo990.mp4",  # 19.62 fps
+        "hmdb51/RATRACE_wave_f_nm_np1_fr_goo_37.avi",  # DivX packed B-frames: sequential, one frame fewer than listed
+    ],
+)
+def test_seeking_reader_equals_sequential_decode(name):
+    path = VIDEOS / name
+    reference = sequential_frames(path)
+    listed = read_video_and_audio(path, [0], load_audio=False).info.video.num_frames
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        indices = rng.integers(0, listed + 3, size=rng.integers(1, 40))
+        expected = reference[np.minimum(indices, len(reference) - 1)]
+        assert np.array_equal(read_frames(path, indices), expected)
+
+
+def test_seeking_skips_gops_and_is_exact(tmp_path):
+    path = write_video(tmp_path / "gop5.mp4", num_frames=120, gop=5)
+    reference = sequential_frames(path)
+    indices = [100, 3, 3, 57, 101, 119, 20]
+    decoded = read_video_and_audio(path, indices, load_audio=False)
+    assert np.array_equal(decoded.frames, reference[indices])
+    assert decoded.frames_decoded <= 20  # the needed parts of 5 GOPs of 5 frames, not 120
+
+
+@pytest.mark.parametrize(
+    ("name", "container_format"),
+    [("stream.ts", "mpegts"), ("raw.h264", "h264"), ("stream.webm", "webm"), ("stream.mov", "mov")],
+)
+def test_containers_that_seek_badly_or_not_at_all(tmp_path, name, container_format):
+    """MPEG-TS seeks land past their target and raw H.264 cannot seek: both must fall back to a sequential decode."""
+    codec = "libvpx-vp9" if container_format == "webm" else "libx264"
+    path = write_video(tmp_path / name, num_frames=60, gop=10, codec=codec, container_format=container_format)
+    reference = sequential_frames(path)
+    indices = np.random.default_rng(2).integers(0, 60, size=30)
+    assert np.array_equal(read_frames(path, indices), reference[indices])
+
+
+def test_edit_list_discarding_leading_frames(tmp_path):
+    """Packets before an MP4 edit list's start are demuxed but decode to nothing: not frames, and not truncation."""
+    path = tmp_path / "edit_list.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(31):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 8, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index, fractions.Fraction(1, 30)
+            for packet in stream.encode(frame if index < 30 else None):
+                packet.pts, packet.dts = packet.pts - 5, packet.dts - 5  # negative times: cut by an edit list
+                container.mux(packet)
+    reference = sequential_frames(path)
+    assert len(reference) == 25
+    decoded = read_video_and_audio(path, [24, 0, 3], load_audio=False)
+    assert decoded.info.video.num_frames == 25 and np.array_equal(decoded.frames, reference[[24, 0, 3]])
+
+
+def test_variable_frame_rate_is_indexed_by_decode_order(tmp_path):
+    steps = [33, 20, 50, 33, 17] * 12
+    path = write_video(
+        tmp_path / "vfr.mkv",
+        num_frames=60,
+        gop=7,
+        container_format="matroska",
+        pts_ms=list(np.cumsum([0, *steps[:59]])),
+    )
+    reference = sequential_frames(path)
+    indices = np.random.default_rng(1).integers(0, 60, size=30)
+    assert np.array_equal(read_frames(path, indices), reference[indices])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synthetic media: codecs, pixel formats, sizes, rotation, sources
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("h264_aac.mp4", {"audio": "aac"}),
+        ("mpeg4_aac.mp4", {"codec": "mpeg4", "audio": "aac"}),
+        ("gray.mkv", {"pix_fmt": "gray", "container_format": "matroska"}),
+        ("yuv444p.mp4", {"pix_fmt": "yuv444p"}),
+        ("yuv420p10le.mkv", {"pix_fmt": "yuv420p10le", "container_format": "matroska"}),
+        ("short.mp4", {"num_frames": 9}),  # 0.3 s, shorter than one clip
+        ("tiny.mp4", {"width": 33, "height": 17, "pix_fmt": "yuv444p"}),  # 4:4:4 allows odd sizes
+    ],
+)
+def test_synthetic_media(tmp_path, name, options):
+    path = write_video(tmp_path / name, **options)
+    reference = sequential_frames(path)
+    info = probe(path)
+    assert info.video.num_frames == len(reference) and info.video.fps == 30.0
+    assert (info.video.height, info.video.width) == reference.shape[1:3]
+    indices = [len(reference) + 5, 0, len(reference) // 2, 0]
+    frames = read_frames(path, indices)
+    assert frames.dtype == np.uint8 and np.array_equal(frames, reference[np.minimum(indices, len(reference) - 1)])
+    if options.get("pix_fmt") == "gray":
+        assert np.array_equal(frames[..., 0], frames[..., 2])
+    else:
+        assert frames[1, 0, -1, 2] > 200 and frames[1, -1, -1, 1] < 60  # blue ramp to the right, marker top-left
+    if options.get("audio"):
+        waveform, sample_rate = read_audio(path)
+        assert sample_rate == 44100 and waveform.shape[0] == 1 and 0.25 < np.abs(waveform).max() < 0.35
+
+
+@pytest.mark.parametrize(
+    ("rotation", "marker_corner"), [(90, "bottom_left"), (-90, "top_right"), (180, "bottom_right")]
+)
+def test_rotation_metadata_is_applied(tmp_path, rotation, marker_corner):
+    path = write_video(tmp_path / f"rotated{rotation}.mp4", rotation=rotation)
+    info = probe(path)
+    assert info.video.rotation == rotation
+    frame = read_frames(path, [0])[0]
+    expected_shape = (48, 64) if rotation == 180 else (64, 48)
+    assert frame.shape[:2] == expected_shape == (info.video.height, info.video.width)
+    rows, cols = np.nonzero(frame[..., 1] > 128)
+    top, left = rows.mean() < frame.shape[0] / 2, cols.mean() < frame.shape[1] / 2
+    corner = f"{'top' if top else 'bottom'}_{'left' if left else 'right'}"
+    assert corner == marker_corner
+
+
+def test_bytes_file_objects_and_paths_agree(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", audio="aac")
+    expected = read_frames(path, [4, 2])
+    assert np.array_equal(read_frames(str(path), [4, 2]), expected)
+    assert np.array_equal(read_frames(path.read_bytes(), [4, 2]), expected)
+    with open(path, "rb") as handle:
+        assert probe(handle).source == str(path)
+        assert np.array_equal(read_frames(handle, [4, 2]), expected)  # probe restored the position
+        assert handle.tell() == 0
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            chunk = self.data.read(len(buffer))
+            buffer[: len(chunk)] = chunk
+            return len(chunk)
+
+    assert np.array_equal(read_frames(Unseekable(path.read_bytes()), [4, 2]), expected)
+
+
+@needs_videos
+def test_int16_audio_is_scaled_by_32768():
+    path = VIDEOS / "ucf101" / "v_ApplyEyeMakeup_g01_c01.wav"  # packed s16 stereo
+    with wave.open(str(path)) as handle:
+        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").reshape(-1, handle.getnchannels())
+        rate = handle.getframerate()
+    waveform, sample_rate = read_audio(path)
+    assert sample_rate == rate == 16000
+    assert np.array_equal(waveform, (pcm.T.astype(np.float32) / 32768).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors: always MediaDecodeError, always naming the file
+
+
+def assert_decode_error(call, source_name: str, problem: str):
+    with pytest.raises(MediaDecodeError) as error:
+        call()
+    assert source_name in str(error.value) and problem in str(error.value)
+    return error.value
+
+
+def test_random_bytes(tmp_path):
+    garbage = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    assert_decode_error(lambda: read_frames(garbage, [0]), "<bytes>", "cannot open")
+    path = tmp_path / "garbage.mp4"
+    path.write_bytes(garbage)
+    for call in (probe, read_audio, lambda source: read_frames(source, [0])):
+        assert_decode_error(lambda call=call: call(path), str(path), "cannot open")
+
+
+def test_missing_file(tmp_path):
+    assert_decode_error(lambda: read_frames(tmp_path / "missing.mp4", [0]), "missing.mp4", "cannot open")
+
+
+@needs_videos
+def test_truncated_files(tmp_path):
+    data = KS_VIDEO.read_bytes()  # index at the end: cannot be opened
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: int(len(data) * 0.3)])
+    assert_decode_error(lambda: read_frames(truncated, [0]), str(truncated), "cannot open")
+    faststart = (VIDEOS / "activitynet" / "v_GGSY1Qvo990.mp4").read_bytes()  # index first: the frames are missing
+    assert_decode_error(lambda: read_frames(faststart[: len(faststart) // 3], [0]), "<bytes>", "truncated")
+
+
+@pytest.mark.skipif(not ESC50_AUDIO.is_dir(), reason="shared ESC-50 audio not available")
+def test_audio_only_file_has_no_video_stream():
+    flac = sorted(ESC50_AUDIO.glob("*.flac"))[0]
+    assert_decode_error(lambda: read_frames(flac, [0]), flac.name, "no video stream")
+    assert probe(flac).video is None
+    waveform, sample_rate = read_audio(flac)
+    assert waveform.shape == (1, 220500) and sample_rate == 44100
+
+
+def test_zero_frame_container(tmp_path):
+    path = tmp_path / "empty.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    assert probe(path).video.num_frames == 0
+    assert_decode_error(lambda: read_frames(path, [0]), str(path), "no video frames")
+    assert_decode_error(lambda: read_audio(path), str(path), "no audio stream")
+
+
+def test_bad_indices_and_pickling(tmp_path):
+    path = write_video(tmp_path / "clip.mp4")
+    with pytest.raises(MediaDecodeError, match="non-negative"):
+        read_frames(path, [-1])
+    assert read_frames(path, []).shape == (0, 48, 64, 3)
+    error = pickle.loads(pickle.dumps(MediaDecodeError("clip.mp4", "no video frames")))
+    assert isinstance(error, MediaDecodeError) and str(error) == "clip.mp4: no video frames"
