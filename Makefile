@@ -4,24 +4,31 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install system-deps test lint demo bench clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+# transformers' audio-classification pipeline decodes file paths with the `ffmpeg` program (Debian package `ffmpeg`).
+system-deps:
+	@command -v ffmpeg >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	  else echo "warning: install ffmpeg (e.g. apt-get install ffmpeg) for the audio pipeline on file paths"; fi; }
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: system-deps $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check avbert tests benchmarks
 	$(BIN)/ruff format --check avbert tests benchmarks
 
-test: $(STAMP) lint
+test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+demo: system-deps $(STAMP)
 	$(BIN)/python -m avbert.demo
 
 bench: $(STAMP)

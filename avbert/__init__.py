@@ -6,6 +6,7 @@ from transformers import (
     AutoModel,
     AutoModelForAudioClassification,
     AutoModelForVideoClassification,
+    AutoProcessor,
     AutoVideoProcessor,
 )
 
@@ -20,6 +21,7 @@ from .modeling_avbert import (
     AVBertModelOutput,
     AVBertPreTrainedModel,
 )
+from .processing_avbert import AVBertProcessor
 from .video_processing_avbert import AVBertVideoProcessor
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ AutoModelForVideoClassification.register(AVBertConfig, AVBertForVideoClassificat
 AutoModelForAudioClassification.register(AVBertConfig, AVBertForAudioClassification)
 AutoFeatureExtractor.register(AVBertConfig, AVBertFeatureExtractor)
 AutoVideoProcessor.register(AVBertConfig, AVBertVideoProcessor)
+AutoProcessor.register(AVBertConfig, AVBertProcessor)
 
 # `save_pretrained` then writes an `auto_map` and copies the code, so a saved folder also loads with
 # `trust_remote_code=True` where this package is not installed.
@@ -39,6 +42,7 @@ AVBertForVideoClassification.register_for_auto_class("AutoModelForVideoClassific
 AVBertForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 AVBertFeatureExtractor.register_for_auto_class()
 AVBertVideoProcessor.register_for_auto_class()
+AVBertProcessor.register_for_auto_class()
 
 __all__ = [
     "AVBertClassifierOutput",
@@ -49,6 +53,7 @@ __all__ = [
     "AVBertModel",
     "AVBertModelOutput",
     "AVBertPreTrainedModel",
+    "AVBertProcessor",
     "AVBertVideoProcessor",
     "MediaDecodeError",
 ]

@@ -21,7 +21,10 @@ import torch
 import yaml
 
 from .configuration_avbert import AVBertConfig
+from .feature_extraction_avbert import AVBertFeatureExtractor
 from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification, AVBertOrthogonal
+from .processing_avbert import AVBertProcessor
+from .video_processing_avbert import AVBertVideoProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +439,35 @@ def convert_checkpoint(
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
+        build_preprocessor(config, task).save_pretrained(output_dir)
     return model
+
+
+def build_preprocessor(config: AVBertConfig, task: str) -> AVBertProcessor | AVBertFeatureExtractor:
+    """The preprocessing the task's model was trained with: ESC-50 windows of 2 s spread over each recording; the video
+    tasks' clips of `num_frames` frames (every 2nd at 30 fps) with the sound under each clip when the model hears."""
+    if task == "esc50":
+        return AVBertFeatureExtractor(
+            feature_size=config.num_mel_bins,
+            num_time_frames=config.audio_num_frames,
+            num_clips=config.num_clips,
+            clip_samples=2 * 44100,
+        )
+    video_processor = AVBertVideoProcessor(
+        num_frames=config.num_frames,
+        num_clips=config.num_clips,
+        load_audio_in_video=config.use_audio,
+        num_mel_bins=config.num_mel_bins,
+        audio_time_frames=config.audio_num_frames,
+    )
+    clip_samples = int(44100 * config.num_frames * video_processor.frame_sampling_rate / video_processor.target_fps)
+    feature_extractor = AVBertFeatureExtractor(
+        feature_size=config.num_mel_bins,
+        num_time_frames=config.audio_num_frames,
+        num_clips=config.num_clips,
+        clip_samples=clip_samples,
+    )
+    return AVBertProcessor(feature_extractor=feature_extractor, video_processor=video_processor)
 
 
 def main(argv: list[str] | None = None) -> None:

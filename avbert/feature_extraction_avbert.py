@@ -173,8 +173,9 @@ def _to_mono_float32(audio: AudioInput, index: int) -> torch.Tensor:
         array = np.asarray(audio)
         if array.dtype.kind not in "fi":
             raise ValueError(f"Waveform {index} has non-numeric dtype {array.dtype}; expected float samples or PCM.")
-        # torch.from_numpy rejects non-native byte orders and negative strides, so make those a native C-order copy.
-        audio = torch.from_numpy(np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C"))
+        # torch.from_numpy rejects non-native byte orders and negative strides and warns on read-only buffers (e.g.
+        # audio decoded by the pipeline's ffmpeg), so those become a native, C-ordered, writable copy.
+        audio = torch.from_numpy(np.require(array, dtype=array.dtype.newbyteorder("="), requirements=["C", "W"]))
     audio = audio.detach().cpu()
     if audio.dtype.is_floating_point:
         waveform = audio.to(torch.float32)

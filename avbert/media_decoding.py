@@ -146,6 +146,11 @@ class DecodedMedia:
 # Opening sources
 
 
+def is_media_source(value: Any) -> bool:
+    """A path, encoded bytes or a binary file object: something to decode, as opposed to decoded frames."""
+    return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(value, "read")
+
+
 def _source_name(source: MediaSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,15 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .media_decoding import MediaSource, VideoStreamInfo, read_video_and_audio
+from .feature_extraction_avbert import AVBertFeatureExtractor
+from .media_decoding import (
+    DecodedMedia,
+    MediaDecodeError,
+    MediaSource,
+    VideoStreamInfo,
+    is_media_source,
+    read_video_and_audio,
+)
 
 __all__ = ["AVBertVideoProcessor", "AVBertVideosKwargs"]
 
@@ -70,6 +77,15 @@ class AVBertVideosKwargs(VideosKwargs, total=False):
     train_crop_size: side of the random square crop.
     flip_prob: probability of the horizontal flip.
     seed / generator: source of the training randomness, for reproducible augmentation.
+    load_audio_in_video: also decode the sound track of video files (same container, one pass) and return the log-mel
+        of the window under each clip as ``input_features``; a file without audio is refused. With training
+        augmentation the log-mels get the training masks too.
+    audio_alignment: ``"timestamp"`` (each clip's window starts at the clip's time) or ``"fraction"`` (the original:
+        the same fraction of the audio as of the video).
+    audio_sampling_rate / num_mel_bins / audio_time_frames: settings of the log-mel (see ``AVBertFeatureExtractor``)
+        when no ``audio_feature_extractor`` is passed; the window is the clip's duration.
+    audio_feature_extractor: an ``AVBertFeatureExtractor`` to compute the log-mels with (``AVBertProcessor`` passes
+        its own).
     """
 
     num_clips: int | None
@@ -84,6 +100,12 @@ class AVBertVideosKwargs(VideosKwargs, total=False):
     flip_prob: int | float | None
     seed: int | None
     generator: torch.Generator | None
+    load_audio_in_video: bool | None
+    audio_alignment: str | None
+    audio_sampling_rate: int | None
+    num_mel_bins: int | None
+    audio_time_frames: int | None
+    audio_feature_extractor: Any
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,6 +250,8 @@ class _Options:
     input_data_format: ChannelDimension | None
     device: Any
     return_metadata: bool
+    audio_extractor: AVBertFeatureExtractor | None
+    audio_alignment: str
 
 
 class AVBertVideoProcessor(BaseVideoProcessor):
@@ -274,6 +298,12 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     flip_prob = 0.5
     seed = None
     generator = None
+    load_audio_in_video = False
+    audio_alignment = "timestamp"
+    audio_sampling_rate = 44100
+    num_mel_bins = 80
+    audio_time_frames = 128
+    audio_feature_extractor = None
 
     def __init__(self, **kwargs: Unpack[AVBertVideosKwargs]) -> None:
         super().__init__(**kwargs)
@@ -358,13 +388,19 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         options = self._options(kwargs)
         inputs = _as_video_list(videos)
         metadata = _metadata_list(kwargs.get("video_metadata"), len(inputs))
-        clips, used_metadata = [], []
+        clips, used_metadata, log_mels = [], [], []
         for video, video_metadata in zip(inputs, metadata, strict=True):
-            video_clips, video_metadata = self._process_video(video, video_metadata, options)
+            video_clips, video_metadata, video_log_mels = self._process_video(video, video_metadata, options)
             clips.append(video_clips)
             used_metadata.append(video_metadata)
+            log_mels.append(video_log_mels)
         pixel_values = _stack_batch(clips)
         data: dict[str, Any] = {"pixel_values": pixel_values}
+        if options.audio_extractor is not None:
+            # One row per video and view, like pixel_values: every crop of a video hears the same sound.
+            data["input_features"] = torch.cat(
+                [mel.expand(len(view), *mel.shape[1:]) for mel, view in zip(log_mels, clips, strict=True)]
+            )
         if options.return_metadata:
             data["video_metadata"] = used_metadata
         return BatchFeature(data=data, tensor_type=kwargs.get("return_tensors"))
@@ -407,21 +443,101 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             input_data_format=values["input_data_format"],
             device=values["device"],
             return_metadata=bool(values["return_metadata"]),
+            audio_extractor=self._audio_extractor(values) if values["load_audio_in_video"] else None,
+            audio_alignment=str(values["audio_alignment"]),
         )
 
-    def _process_video(self, video: Any, metadata: dict[str, Any], options: _Options) -> tuple[torch.Tensor, Any]:
-        """One video -> (views, clips, 3, frames, H, W) with views = 3 for ``all_views``, else 1."""
+    @staticmethod
+    def _audio_extractor(values: dict[str, Any]) -> AVBertFeatureExtractor:
+        """The extractor for the sound track: the one passed in, or one whose window is exactly one clip's duration."""
+        if values["audio_feature_extractor"] is not None:
+            return values["audio_feature_extractor"]
+        clip_seconds = int(values["num_frames"]) * int(values["frame_sampling_rate"]) / float(values["target_fps"])
+        return AVBertFeatureExtractor(
+            feature_size=int(values["num_mel_bins"]),
+            sampling_rate=int(values["audio_sampling_rate"]),
+            num_time_frames=int(values["audio_time_frames"]),
+            clip_samples=int(int(values["audio_sampling_rate"]) * clip_seconds),
+        )
+
+    def _process_video(
+        self, video: Any, metadata: dict[str, Any], options: _Options
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """One video -> clips (views, clips, 3, frames, H, W) with views = 3 for ``all_views``, else 1, and, when the
+        sound track is loaded, its per-clip log-mels (1, clips, 1, mel, time)."""
         augmentation = _Augmentation.draw(options.train_jitter_scales, options.generator) if options.train else None
         short_side = augmentation.short_side if augmentation is not None else None
-        if _is_media_source(video):
-            frames, positions, video_metadata = self._decode(video, options, short_side)
+        log_mels = None
+        if is_media_source(video):
+            frames, positions, video_metadata, log_mels = self._decode(video, options, short_side)
+        elif options.audio_extractor is not None:
+            raise ValueError(
+                "load_audio_in_video needs a video file (path, bytes or file object); for frame arrays pass the audio "
+                "to AVBertProcessor as `audio=`."
+            )
         else:
             frames, positions, video_metadata = self._sample_array(video, metadata, options, short_side)
         views = [_normalize(view, options) for view in self._crop_views(frames, options, augmentation)]
-        return _gather_clips(views, torch.from_numpy(positions).view(-1, options.num_frames)), video_metadata
+        clips = _gather_clips(views, torch.from_numpy(positions).view(-1, options.num_frames))
+        return clips, video_metadata, log_mels
 
     def _flat_indices(self, total_frames: int, fps: float | None, options: _Options) -> np.ndarray:
         """All clip frame indices of one video, clip after clip."""
+        return self._sample_options(total_frames, fps, options)[1].reshape(-1)
+
+    def _decode(
+        self, source: MediaSource, options: _Options, short_side: int | None
+    ) -> tuple[torch.Tensor, np.ndarray, VideoMetadata, torch.Tensor | None]:
+        """Decode each sampled frame once, resizing while decoding, and the sound track if asked, in one pass over the
+        file. Returns the unique frames, for every clip frame its row among them (clips overlap or repeat frames in
+        short videos), and the per-clip log-mels."""
+        sampled: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def choose(info: VideoStreamInfo) -> np.ndarray:
+            sampled.append(self._sample_options(info.num_frames, info.fps, options))
+            return np.unique(sampled[0][1])
+
+        transform = functools.partial(_resize_frame, options=options, short_side=short_side)
+        load_audio = options.audio_extractor is not None
+        decoded = read_video_and_audio(source, choose, load_audio=load_audio, frame_transform=transform)
+        starts, flat_indices = sampled[0][0], sampled[0][1].reshape(-1)
+        positions = np.searchsorted(decoded.indices, flat_indices)
+        metadata = _metadata_from_info(decoded.info.video)
+        metadata.frames_indices = flat_indices.tolist()
+        log_mels = self._clip_log_mels(decoded, starts, options) if load_audio else None
+        return torch.from_numpy(decoded.frames), positions, metadata, log_mels
+
+    def _clip_log_mels(self, decoded: DecodedMedia, starts: np.ndarray, options: _Options) -> torch.Tensor:
+        """Log-mel of the sound under each clip, its window placed by the clip's timestamp (or fraction)."""
+        if decoded.waveform is None:
+            raise MediaDecodeError(
+                decoded.info.source, "no audio stream, but the sound track was asked for (load_audio_in_video)"
+            )
+        extractor = options.audio_extractor
+        video = decoded.info.video
+        span = clip_span(_effective_fps(video.fps), options.num_frames, options.frame_sampling_rate, options.target_fps)
+        seconds = audio_window_starts(
+            starts,
+            fps=_effective_fps(video.fps),
+            total_frames=video.num_frames,
+            span=span,
+            video_start_time=video.start_time,
+            audio_start_time=decoded.audio_start_time or 0.0,
+            audio_duration=decoded.waveform.shape[-1] / decoded.sample_rate,
+            clip_seconds=extractor.clip_samples / extractor.sampling_rate,
+            alignment=options.audio_alignment,
+        )
+        features = extractor(
+            decoded.waveform,
+            sampling_rate=decoded.sample_rate,
+            clip_starts=[seconds],
+            apply_masking=options.train,
+            return_tensors="pt",
+        )
+        return features["input_features"]
+
+    def _sample_options(self, total_frames: int, fps: float | None, options: _Options) -> tuple[np.ndarray, np.ndarray]:
+        """Float start positions and frame indices (clips, num_frames) of one video under the call's options."""
         return sample_clips(
             total_frames,
             fps,
@@ -430,25 +546,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             frame_sampling_rate=options.frame_sampling_rate,
             target_fps=options.target_fps,
             temporal_index=options.temporal_index,
-        )[1].reshape(-1)
-
-    def _decode(
-        self, source: MediaSource, options: _Options, short_side: int | None
-    ) -> tuple[torch.Tensor, np.ndarray, VideoMetadata]:
-        """Decode each sampled frame once, resizing while decoding. Returns the unique frames and, for every clip
-        frame, its row among them (clips overlap or repeat frames in short videos)."""
-        flat_indices: list[np.ndarray] = []
-
-        def choose(info: VideoStreamInfo) -> np.ndarray:
-            flat_indices.append(self._flat_indices(info.num_frames, info.fps, options))
-            return np.unique(flat_indices[0])
-
-        transform = functools.partial(_resize_frame, options=options, short_side=short_side)
-        decoded = read_video_and_audio(source, choose, load_audio=False, frame_transform=transform)
-        positions = np.searchsorted(decoded.indices, flat_indices[0])
-        metadata = _metadata_from_info(decoded.info.video)
-        metadata.frames_indices = flat_indices[0].tolist()
-        return torch.from_numpy(decoded.frames), positions, metadata
+        )
 
     def _sample_array(
         self, video: Any, metadata: dict[str, Any], options: _Options, short_side: int | None
@@ -508,6 +606,38 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 # Helpers
 
 
+def audio_window_starts(
+    clip_starts: np.ndarray,
+    *,
+    fps: float,
+    total_frames: int,
+    span: float,
+    video_start_time: float,
+    audio_start_time: float,
+    audio_duration: float,
+    clip_seconds: float,
+    alignment: str,
+) -> np.ndarray:
+    """Start of each clip's audio window, in seconds from the first audio sample.
+
+    ``"timestamp"``: the window starts where the clip starts in time (frame position / fps, shifted by the difference
+    of the streams' start times), so picture and sound coincide even when the sound track is shorter or offset.
+    ``"fraction"``: the original's rule, the same fraction of the audio as of the video,
+    ``int(delta_a * start / delta_v)`` samples with ``delta_a`` / ``delta_v`` the audio / video length minus one
+    clip; it divided by zero for videos no longer than a clip, where this gives 0.
+    """
+    if alignment == "timestamp":
+        return np.maximum(clip_starts / fps + (video_start_time - audio_start_time), 0.0)
+    if alignment != "fraction":
+        raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {alignment!r}")
+    rate = 44100  # the original computed the fraction on the 44.1 kHz waveform, in whole samples
+    delta_audio = max(round(audio_duration * rate) - int(clip_seconds * rate), 0)
+    delta_video = max(total_frames - span, 0.0)
+    if delta_video == 0:
+        return np.zeros(len(clip_starts))
+    return np.array([int(delta_audio * start / delta_video) for start in clip_starts]) / rate
+
+
 def _validate_settings(values: dict[str, Any]) -> None:
     """Refuse settings the original pipeline has no meaning for, with the reason."""
     if values["fps"] is not None:
@@ -522,6 +652,8 @@ def _validate_settings(values: dict[str, Any]) -> None:
         raise ValueError(f"only square crops are supported, got crop_size={crop}")
     if values["do_resize"] and values["resample"] not in (None, PILImageResampling.NEAREST):
         raise ValueError(f"only nearest resizing (the original's) is implemented, got resample={values['resample']}")
+    if values["audio_alignment"] not in ("timestamp", "fraction"):
+        raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {values['audio_alignment']!r}")
     if values["do_train_augmentation"] and values["all_views"]:
         raise ValueError("all_views is an evaluation option; training uses one random crop per video")
 
@@ -546,10 +678,6 @@ def _clip_selection(temporal_index: Any, num_clips: int) -> list[int]:
     return list(selection)
 
 
-def _is_media_source(video: Any) -> bool:
-    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
-
-
 def _is_frame(value: Any) -> bool:
     return (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3)) or _is_pil(value)
 
@@ -560,7 +688,7 @@ def _is_pil(value: Any) -> bool:
 
 def _as_video_list(videos: Any) -> list[Any]:
     """One video or a batch -> a list of videos (a source, a 4-D array/tensor, or a list of frames)."""
-    if _is_media_source(videos):
+    if is_media_source(videos):
         return [videos]
     if isinstance(videos, (np.ndarray, torch.Tensor)):
         if videos.ndim == 4:

@@ -1,0 +1,208 @@
+"""AVBertProcessor (one decode for frames and sound), the converter's processor, and the two pipelines on real media."""
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoFeatureExtractor, AutoProcessor, AutoVideoProcessor, pipeline
+
+from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor, MediaDecodeError
+from avbert.convert_original_checkpoint import convert_checkpoint
+
+SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = SHARED / "fixtures" / "original"
+VIDEOS = SHARED / "data" / "videos"
+ESC50 = SHARED / "data" / "esc50" / "audio"
+KS_VIDEO = VIDEOS / "kinetics400" / "R6llTwEh07w.mp4"
+SILENT_VIDEO = VIDEOS / "hmdb51" / "RATRACE_wave_f_nm_np1_fr_goo_37.avi"
+
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir() or not KS_VIDEO.is_file(), reason="shared data absent")
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the audio pipeline decodes with ffmpeg")
+
+
+def videos_with_audio() -> list[Path]:
+    with open(VIDEOS / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        VIDEOS / row["path"] for row in rows if row["has_audio"] == "True" and row["path"].endswith((".mp4", ".mkv"))
+    ]
+
+
+def small_processor(**video_kwargs) -> AVBertProcessor:
+    video = {"num_clips": 3, "num_frames": 8, "size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    return AVBertProcessor(
+        feature_extractor=AVBertFeatureExtractor(num_clips=3, clip_samples=23520),
+        video_processor=AVBertVideoProcessor(**{**video, **video_kwargs}),
+    )
+
+
+@needs_fixtures
+def test_kinetics_sounds_item_matches_the_original():
+    """The original's KS test item (center crop, 10 clips) from one processor call, with its proportional alignment."""
+    expected = load_file(FIXTURES / "preprocessing" / "preprocessing.safetensors")
+    processor = AVBertProcessor(
+        feature_extractor=AVBertFeatureExtractor(),
+        video_processor=AVBertVideoProcessor(audio_alignment="fraction"),
+    )
+    out = processor(videos=str(KS_VIDEO), return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 10, 3, 32, 128, 128)
+    assert out["input_features"].shape == (1, 10, 1, 80, 128)
+    clips = out["pixel_values"][0]
+    for clip_id, stored in zip(
+        expected["ks_full_visual_seq_uint8_clip_ids"].tolist(), expected["ks_full_visual_seq_uint8_clips"], strict=True
+    ):
+        reference = (stored.float() / 255 - 0.45) / 0.225
+        torch.testing.assert_close(clips[clip_id], reference, rtol=0, atol=1e-6)
+    # Log-mel: the fixture README's tolerance for another FFT build (bins above -5 agree much closer).
+    difference = (out["input_features"][0] - expected["ks_full_audio_seq"]).abs()
+    assert difference.max() <= 5e-3
+    assert difference[expected["ks_full_audio_seq"] > -5].max() <= 2e-4
+
+
+@needs_fixtures
+def test_timestamp_alignment_follows_the_clip_times():
+    processor = small_processor()
+    video_processor = processor.video_processor
+    stamped = processor(videos=str(KS_VIDEO), return_tensors="pt")["input_features"][0]
+    # The same windows, computed by hand from the clip start times and the decoded sound track.
+    with av.open(str(KS_VIDEO)) as container:
+        stream = container.streams.video[0]
+        total, fps = stream.frames, float(stream.average_rate)
+        audio = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)
+    starts = video_processor.clip_start_times(total, fps)
+    by_hand = processor.feature_extractor(audio, sampling_rate=44100, clip_starts=[starts], return_tensors="pt")
+    torch.testing.assert_close(stamped, by_hand["input_features"][0], rtol=0, atol=0)
+
+
+@needs_fixtures
+def test_decoded_inputs_and_audio_only():
+    processor = small_processor()
+    frames = np.random.default_rng(0).integers(0, 256, (90, 48, 64, 3), dtype=np.uint8)
+    waveform = np.random.default_rng(1).normal(0, 0.1, 48000 * 3).astype(np.float32)
+    both = processor(videos=frames, audio=waveform, sampling_rate=48000, return_tensors="pt")
+    assert both["pixel_values"].shape == (1, 3, 3, 8, 32, 32)
+    assert both["input_features"].shape == (1, 3, 1, 80, 128)
+    frames_only = processor(videos=frames, return_tensors="pt")  # arrays carry no sound: frames alone
+    assert set(frames_only) == {"pixel_values"}
+    audio_only = processor(audio=waveform, sampling_rate=48000, return_tensors="pt")
+    assert set(audio_only) == {"input_features"} and audio_only["input_features"].shape[1] == 3
+    with pytest.raises(ValueError, match="needs `videos`, `audio`, or both"):
+        processor()
+
+
+@needs_fixtures
+def test_all_views_repeat_the_sound_per_crop():
+    out = small_processor()(videos=str(KS_VIDEO), all_views=True, return_tensors="pt")
+    assert out["pixel_values"].shape[0] == 3 and out["input_features"].shape[0] == 3
+    assert torch.equal(out["input_features"][0], out["input_features"][2])
+    assert not torch.equal(out["pixel_values"][0], out["pixel_values"][2])
+
+
+@pytest.mark.skipif(not SILENT_VIDEO.is_file(), reason="shared data absent")
+def test_video_without_audio_is_refused_or_read_without_sound():
+    processor = small_processor()
+    with pytest.raises(MediaDecodeError, match=r"RATRACE.*no audio stream"):
+        processor(videos=str(SILENT_VIDEO))
+    out = processor(videos=str(SILENT_VIDEO), load_audio_in_video=False, return_tensors="pt")
+    assert set(out) == {"pixel_values"}
+
+
+def test_save_and_load(tmp_path):
+    processor = small_processor(audio_alignment="fraction")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, AVBertProcessor)
+    assert loaded.video_processor.audio_alignment == "fraction" and loaded.video_processor.num_clips == 3
+    assert loaded.feature_extractor.clip_samples == 23520
+    assert isinstance(AutoVideoProcessor.from_pretrained(tmp_path), AVBertVideoProcessor)
+    assert isinstance(AutoFeatureExtractor.from_pretrained(tmp_path), AVBertFeatureExtractor)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pipelines on converted original checkpoints
+
+
+@pytest.fixture(scope="module")
+def kinetics_sounds_folder(tmp_path_factory):
+    if not FIXTURES.is_dir():
+        pytest.skip("parity fixtures absent")
+    folder = tmp_path_factory.mktemp("ks")
+    tiny = FIXTURES / "tiny_ks"
+    convert_checkpoint(tiny / "finetuned_checkpoint.pyth", folder, "kinetics-sounds", tiny / "config.yaml")
+    return folder
+
+
+def replace_audio_with_silence(source: Path, target: Path) -> None:
+    """The same video packets (stream copy, so the frames decode identically) with a silent AAC sound track."""
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        video_in = inp.streams.video[0]
+        audio_in = inp.streams.audio[0]
+        video_out = out.add_stream_from_template(video_in)
+        audio_out = out.add_stream("aac", rate=audio_in.rate, layout="mono")
+        for packet in inp.demux(video_in):
+            if packet.dts is not None:
+                packet.stream = video_out
+                out.mux(packet)
+        samples = int(float(inp.duration / av.time_base) * audio_in.rate)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = audio_in.rate
+        for chunk in audio_out.encode(frame):
+            out.mux(chunk)
+        for chunk in audio_out.encode(None):
+            out.mux(chunk)
+
+
+@needs_fixtures
+def test_video_classification_pipeline_uses_the_sound(kinetics_sounds_folder, tmp_path):
+    classifier = pipeline("video-classification", model=str(kinetics_sounds_folder))
+    predictions = classifier(str(KS_VIDEO), top_k=3)
+    assert len(predictions) == 3 and all(set(p) == {"label", "score"} for p in predictions)
+    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+    all_labels = classifier(str(KS_VIDEO), top_k=10)
+    assert len(all_labels) == 5 and abs(sum(p["score"] for p in all_labels) - 1) < 1e-5
+
+    silent = tmp_path / "silent.mp4"
+    replace_audio_with_silence(KS_VIDEO, silent)
+    scores = {p["label"]: p["score"] for p in all_labels}
+    silent_scores = {p["label"]: p["score"] for p in classifier(str(silent), top_k=10)}
+    assert max(abs(scores[label] - silent_scores[label]) for label in scores) > 1e-3
+
+
+@needs_fixtures
+def test_video_classification_pipeline_on_every_real_video_with_sound(kinetics_sounds_folder):
+    classifier = pipeline("video-classification", model=str(kinetics_sounds_folder))
+    for path in videos_with_audio():
+        predictions = classifier(str(path), top_k=1)
+        assert 0 < predictions[0]["score"] <= 1, path
+
+
+@needs_fixtures
+def test_visual_only_model_classifies_a_silent_video(tmp_path):
+    tiny = FIXTURES / "tiny_visual"
+    convert_checkpoint(tiny / "finetuned_checkpoint.pyth", tmp_path, "ucf101", tiny / "config.yaml")
+    predictions = pipeline("video-classification", model=str(tmp_path))(str(SILENT_VIDEO), top_k=2)
+    assert len(predictions) == 2
+
+
+@needs_fixtures
+@needs_ffmpeg
+def test_audio_classification_pipeline(tmp_path):
+    tiny = FIXTURES / "tiny_audio"
+    convert_checkpoint(tiny / "finetuned_checkpoint.pyth", tmp_path, "esc50", tiny / "config.yaml")
+    classifier = pipeline("audio-classification", model=str(tmp_path))
+    clip = ESC50 / "4-182395-A-0.flac"
+    from_path = classifier(str(clip), top_k=5)
+    assert len(from_path) == 5 and abs(sum(p["score"] for p in from_path) - 1) < 1e-5
+    with av.open(str(clip)) as container:
+        waveform = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)[0]
+    waveform = waveform.astype(np.float32) / 32768 if waveform.dtype == np.int16 else waveform
+    from_array = classifier(waveform, top_k=5)
+    assert [p["label"] for p in from_array] == [p["label"] for p in from_path]
+    for a, b in zip(from_array, from_path, strict=True):
+        assert abs(a["score"] - b["score"]) < 1e-3  # ffmpeg's float decode vs PyAV's int16 / 32768
