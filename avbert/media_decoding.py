@@ -160,6 +160,34 @@ def _source_name(source: MediaSource) -> str:
     return name if isinstance(name, str) else "<file object>"
 
 
+class _OffsetFile(io.RawIOBase):
+    """The part of a seekable file object from a given offset on, seen as a whole file: FFmpeg seeks to absolute
+    positions, which must not land in whatever precedes the media in the user's file."""
+
+    def __init__(self, file: BinaryIO, start: int) -> None:
+        super().__init__()
+        self._file, self._start = file, start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._file.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            offset += self._start
+        return self._file.seek(offset, whence) - self._start
+
+    def tell(self) -> int:
+        return self._file.tell() - self._start
+
+
 class _Source:
     """A media source that can be opened more than once: a sequential re-decode needs a fresh demuxer, because not
     every container can seek back to its start (raw H.264 cannot; MPEG-TS lands past it).
@@ -177,11 +205,13 @@ class _Source:
         if isinstance(source, (str, os.PathLike)):
             self.path = os.fspath(source)
         elif isinstance(source, (bytes, bytearray, memoryview)):
-            self.file = io.BytesIO(source)
+            # A memoryview may be non-contiguous, which BytesIO refuses; tobytes() copies it into order.
+            self.file = io.BytesIO(source.tobytes() if isinstance(source, memoryview) else source)
         elif hasattr(source, "read"):
             try:
                 if source.seekable():
-                    self.file, self.user_file, self.start = source, source, source.tell()
+                    self.user_file, self.start = source, source.tell()
+                    self.file = _OffsetFile(source, self.start) if self.start else source
                 else:
                     self.file = io.BytesIO(source.read())
             except (OSError, AttributeError, ValueError) as error:
@@ -192,7 +222,7 @@ class _Source:
     def open(self) -> av.container.InputContainer:
         try:
             if self.file is not None:
-                self.file.seek(self.start)
+                self.file.seek(0)
             return av.open(self.path if self.path is not None else self.file, mode="r", metadata_errors="ignore")
         except Exception as error:
             raise MediaDecodeError(self.name, f"cannot open as media: {error}") from error
