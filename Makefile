@@ -29,7 +29,7 @@ test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 demo: system-deps $(STAMP)
-	$(BIN)/python -m avbert.demo
+	$(BIN)/python -m avbert.training.demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py

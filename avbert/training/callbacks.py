@@ -1,0 +1,68 @@
+"""Trainer callbacks for AVBERT runs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingCurveCallback(TrainerCallback):
+    """
+    Write `training_curves.png` (train loss per logging step; eval loss and accuracies per evaluation) into the output
+    folder at the end of training, so a run can be judged without starting TensorBoard. Only the main process plots.
+    """
+
+    def __init__(self, filename: str = "training_curves.png") -> None:
+        self.filename = filename
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        try:
+            path = plot_log_history(state.log_history, Path(args.output_dir) / self.filename)
+        except ImportError:
+            logger.warning("matplotlib is not installed; no training-curve plot written.")
+            return
+        if path is not None:
+            logger.info("Training curves written to %s", path)
+
+
+def plot_log_history(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Plot a `TrainerState.log_history`; returns the written path, or None when there is nothing to plot."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [e for e in log_history if "eval_loss" in e and "step" in e]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    accuracy_keys = sorted({k for e in evals for k in e if k.startswith("eval_") and "accuracy" in k})
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax_loss.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for key in accuracy_keys:
+        points = [(e["step"], e[key]) for e in evals if key in e]
+        ax_acc.plot(*zip(*points, strict=True), "o-", label=key.removeprefix("eval_"))
+    ax_acc.set_xlabel("optimizer step")
+    ax_acc.set_ylabel("accuracy")
+    if accuracy_keys:
+        ax_acc.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

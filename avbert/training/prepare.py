@@ -1,0 +1,346 @@
+"""``avbert-prepare``: download the original datasets (or take local copies), arranged for ``load_media_dataset``.
+
+    avbert-prepare esc50 --output-dir data/esc50                 # downloads into data/esc50/downloads/ first
+    avbert-prepare ucf101 --output-dir data/ucf101 --source ~/UCF101   # offline: an archive or an extracted folder
+    avbert-prepare folder --output-dir data/mine --source ~/videos      # any tree of media -> <class>/<file> + CSV
+
+The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
+ESC-50, ``train/`` + ``test/`` for Kinetics-Sounds), so that folder is what ``--data-dir`` of training takes.
+
+Why downloading is separate from arranging: the archives are large (UCF101 6.5 GB) and the servers slow or gone, so
+downloads resume with HTTP range requests, and every arranging function also takes an archive or folder the user got
+some other way (``--source``), which is also what the tests use. Without network access the command stops at once
+and says which file to fetch by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import shutil
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+from avbert.media_decoding import MediaDecodeError, probe
+
+__all__ = ["PrepareError", "arrange_esc50", "arrange_folder", "arrange_kinetics_sounds", "arrange_ucf101", "main"]
+
+UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
+UCF101_SPLITS_ZIP = "UCF101TrainTestSplits-RecognitionTask.zip"
+UCF101_SPLITS_URL = f"https://www.crcv.ucf.edu/data/UCF101/{UCF101_SPLITS_ZIP}"
+ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+KINETICS_SOUNDS_DRIVE_ID = "1KYz08ikUemlqa6Gc0EkA31OH2GuSJnTS"
+# drive.usercontent with confirm=t skips the "cannot scan this file for viruses" page that large files get.
+KINETICS_SOUNDS_URL = (
+    f"https://drive.usercontent.google.com/download?id={KINETICS_SOUNDS_DRIVE_ID}&export=download&confirm=t"
+)
+TIMEOUT_S = 30
+_CHUNK = 1 << 20
+
+
+class PrepareError(RuntimeError):
+    """A problem the user has to fix (no network, missing tool, unexpected archive); the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Downloading
+
+
+def download(url: str, dest: Path, what: str) -> Path:
+    """Fetch ``url`` to ``dest``, resuming a ``dest.part`` left by an interrupted run (HTTP range request)."""
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"User-Agent": "avbert-prepare"} | ({"Range": f"bytes={offset}-"} if offset else {})
+    manual = f"download {what} manually from {url} and pass --source PATH"
+    print(f"downloading {what} from {url} to {dest}" + (f" (resuming at {offset} bytes)" if offset else ""))
+    try:
+        with urlopen(Request(url, headers=headers), timeout=TIMEOUT_S) as response:
+            if "text/html" in response.headers.get("Content-Type", ""):
+                raise PrepareError(f"{url} returned a web page instead of {what} (quota or sign-in?); {manual}")
+            resumed = offset and response.status == 206  # a server that ignores Range sends the whole file: restart
+            with part.open("ab" if resumed else "wb") as f:
+                shutil.copyfileobj(response, f, _CHUNK)
+    except HTTPError as error:
+        if not (error.code == 416 and offset):  # 416 on a resume: the .part is already complete
+            raise PrepareError(f"downloading {what} failed: HTTP {error.code} {error.reason}; {manual}") from error
+    except URLError as error:
+        raise PrepareError(f"no network access ({error.reason}): {manual}") from error
+    except (TimeoutError, ConnectionError) as error:
+        raise PrepareError(f"download of {what} interrupted ({error}); run again to resume, or {manual}") from error
+    part.rename(dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Placing files
+
+
+def _place(src: Path, dest: Path, mode: str) -> None:
+    """Put ``src`` at ``dest`` by "move" (our own extracted archive), "link" (a user's folder, no copy) or "copy"."""
+    if dest.exists() or dest.is_symlink():
+        raise PrepareError(f"{dest} already exists; remove it or choose another --output-dir")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "move":
+        shutil.move(src, dest)
+    elif mode == "link":
+        dest.symlink_to(src.absolute(), target_is_directory=src.is_dir())
+    elif src.is_dir():
+        shutil.copytree(src, dest)
+    else:
+        shutil.copy2(src, dest)
+
+
+def _extract_zip(archive: Path, staging: Path) -> Path:
+    """Extract once into ``staging`` (a marker file says it finished, so a rerun does not extract again)."""
+    done = staging / ".extracted"
+    if not done.is_file():
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(staging)
+        except zipfile.BadZipFile as error:
+            message = f"{archive} is not a valid zip archive ({error}); delete it and download it again"
+            raise PrepareError(message) from error
+        done.touch()
+    return staging
+
+
+def _extract_rar(archive: Path, staging: Path) -> Path:
+    """UCF101 is a RAR; ``rarfile`` (plus an unrar tool) is optional, so say how to do without it."""
+    if importlib.util.find_spec("rarfile") is None:
+        raise PrepareError(
+            f"{archive} is a RAR archive and the 'rarfile' module is not installed: extract it yourself "
+            f"(e.g. `unrar x {archive}`) and pass the extracted folder as --source, or `pip install rarfile`"
+        )
+    import rarfile
+
+    done = staging / ".extracted"
+    if not done.is_file():
+        try:
+            with rarfile.RarFile(archive) as rf:
+                rf.extractall(staging)
+        except rarfile.Error as error:
+            message = f"cannot extract {archive} ({error}); extract it yourself and pass --source FOLDER"
+            raise PrepareError(message) from error
+        done.touch()
+    return staging
+
+
+def _unpack(source: Path, staging: Path) -> tuple[Path, str]:
+    """A folder as it is (linked or copied later), or an archive extracted into ``staging`` (moved later)."""
+    if source.is_dir():
+        return source, "link"
+    if not source.is_file():
+        raise PrepareError(f"--source {source} does not exist")
+    if source.suffix.lower() == ".rar":
+        return _extract_rar(source, staging), "move"
+    return _extract_zip(source, staging), "move"
+
+
+def _find_dir(root: Path, wanted: Callable[[Path], bool], what: str, depth: int = 3) -> Path:
+    """The first folder at or below ``root`` (breadth first, ``depth`` levels) that looks like ``what``."""
+    level = [root]
+    for _ in range(depth + 1):
+        for folder in level:
+            if wanted(folder):
+                return folder
+        level = sorted(child for folder in level for child in folder.iterdir() if child.is_dir())
+    raise PrepareError(f"no {what} found in {root}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arranging (offline)
+
+
+def arrange_esc50(source: Path, output_dir: Path, copy: bool = False) -> Path:
+    """ESC-50 (``ESC-50-master.zip`` or its extracted folder) -> ``output_dir/{audio,meta}``."""
+    root, mode = _unpack(source, output_dir / "downloads" / "esc50")
+    found = _find_dir(root, lambda d: (d / "audio").is_dir(), "ESC-50 'audio' folder")
+    mode = "copy" if copy and mode == "link" else mode
+    for name in ("audio", "meta"):
+        if (found / name).is_dir():
+            _place(found / name, output_dir / name, mode)
+    return output_dir
+
+
+def arrange_ucf101(source: Path, output_dir: Path, splits_source: Path | None = None, copy: bool = False) -> Path:
+    """UCF101 (``UCF101.rar`` or the extracted ``UCF-101`` folder) + its split lists -> ``<Class>/`` + ``splits/``.
+
+    The split lists come from ``splits_source`` (the zip or its folder), or are looked for inside ``source``.
+    """
+    root, mode = _unpack(source, output_dir / "downloads" / "ucf101")
+    videos = _find_dir(root, _is_ucf101_video_root, "UCF101 class folders (<Class>/v_*.avi)")
+    splits_root = root
+    if splits_source is not None:
+        splits_root, _ = _unpack(splits_source, output_dir / "downloads" / "ucf101-splits")
+    splits = _find_dir(splits_root, lambda d: (d / "classInd.txt").is_file(), "UCF101 split lists (classInd.txt)")
+    mode = "copy" if copy and mode == "link" else mode
+    for class_dir in sorted(d for d in videos.iterdir() if d.is_dir()):
+        _place(class_dir, output_dir / class_dir.name, mode)
+    (output_dir / "splits").mkdir(parents=True, exist_ok=True)
+    for split_file in sorted(splits.glob("*.txt")):
+        shutil.copy2(split_file, output_dir / "splits" / split_file.name)
+    return output_dir
+
+
+def _is_ucf101_video_root(folder: Path) -> bool:
+    return any(next(child.glob("v_*.avi"), None) for child in folder.iterdir() if child.is_dir())
+
+
+def arrange_kinetics_sounds(source: Path, output_dir: Path, copy: bool = False) -> Path:
+    """Kinetics-Sounds (``kinetics-sounds.zip`` or its extracted folder) -> ``output_dir/{train,test}/<class>/``."""
+    root, mode = _unpack(source, output_dir / "downloads" / "kinetics-sounds")
+    found = _find_dir(root, lambda d: (d / "train").is_dir() and (d / "test").is_dir(), "'train' and 'test' folders")
+    mode = "copy" if copy and mode == "link" else mode
+    for name in ("train", "val", "test"):
+        if (found / name).is_dir():
+            _place(found / name, output_dir / name, mode)
+    return output_dir
+
+
+@dataclass
+class FolderReport:
+    """What ``arrange_folder`` did: files kept (relative dataset paths) and files skipped, with the reason."""
+
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _media_problem(path: Path) -> str | None:
+    """Why ``path`` is not usable media, or ``None``: probing now beats a decode error in hour three of training."""
+    try:
+        info = probe(path)
+    except MediaDecodeError as error:
+        return str(error).removeprefix(f"{path}: ")
+    if info.video is None and info.audio is None:
+        return "no video or audio stream"
+    return None
+
+
+def arrange_folder(source: Path, output_dir: Path, copy: bool = False) -> FolderReport:
+    """Any tree of media -> ``output_dir/<class>/<file>`` (class = the file's parent folder) + ``dataset.csv``.
+
+    Files that are not readable media, or that sit directly in ``source`` (no class folder), are skipped and
+    reported, never dropped silently. Links by default; ``copy=True`` copies.
+    """
+    if not source.is_dir():
+        raise PrepareError(f"--source {source} is not a folder")
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".") and output_dir not in p.parents
+    )
+    report = FolderReport()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(_media_problem, files))
+    for path, problem in zip(files, problems, strict=True):
+        relative = path.relative_to(source)
+        if problem is None and len(relative.parts) < 2:
+            problem = "not in a class folder (the class is the name of the file's folder)"
+        if problem is not None:
+            report.skipped.append((path, problem))
+            continue
+        label = path.parent.name
+        name = path.name if len(relative.parts) == 2 else "__".join(relative.parts[1:])  # keep nested names apart
+        _place(path, output_dir / label / name, "copy" if copy else "link")
+        report.kept.append((f"{label}/{name}", label))
+    with (output_dir / "dataset.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(sorted(report.kept))  # the order of the "folder" layout
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _prepare_esc50(args: argparse.Namespace) -> None:
+    source = args.source or download(ESC50_URL, args.output_dir / "downloads" / "ESC-50-master.zip", "ESC-50")
+    arrange_esc50(source, args.output_dir, copy=args.copy)
+
+
+def _prepare_ucf101(args: argparse.Namespace) -> None:
+    downloads = args.output_dir / "downloads"
+    source = args.source or download(UCF101_URL, downloads / "UCF101.rar", "UCF101 (6.5 GB)")
+    arrange_ucf101(source, args.output_dir, splits_source=_ucf101_splits(source, downloads), copy=args.copy)
+
+
+def _ucf101_splits(source: Path, downloads: Path) -> Path | None:
+    """The split lists: already inside ``source`` (None), their zip inside or next to it, or else a download."""
+    if source.is_dir() and next(source.rglob("classInd.txt"), None) is not None:
+        return None
+    for folder in (source, source.parent):
+        if (folder / UCF101_SPLITS_ZIP).is_file():
+            return folder / UCF101_SPLITS_ZIP
+    what = f"the UCF101 split lists ({UCF101_SPLITS_ZIP}; put it next to the --source)"
+    return download(UCF101_SPLITS_URL, downloads / UCF101_SPLITS_ZIP, what)
+
+
+def _prepare_kinetics_sounds(args: argparse.Namespace) -> None:
+    what = f"Kinetics-Sounds (Google Drive file {KINETICS_SOUNDS_DRIVE_ID}, e.g. with `gdown`)"
+    source = args.source or download(KINETICS_SOUNDS_URL, args.output_dir / "downloads" / "kinetics-sounds.zip", what)
+    arrange_kinetics_sounds(source, args.output_dir, copy=args.copy)
+
+
+def _prepare_folder(args: argparse.Namespace) -> None:
+    if args.source is None:
+        raise PrepareError("'folder' needs --source FOLDER (the tree of media files to arrange)")
+    report = arrange_folder(args.source, args.output_dir, copy=args.copy)
+    classes = len({label for _, label in report.kept})
+    print(
+        f"{len(report.kept)} files in {classes} classes -> {args.output_dir} (list: {args.output_dir / 'dataset.csv'})"
+    )
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} files:", file=sys.stderr)
+        for path, reason in report.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+_COMMANDS = {
+    "ucf101": _prepare_ucf101,
+    "esc50": _prepare_esc50,
+    "kinetics-sounds": _prepare_kinetics_sounds,
+    "folder": _prepare_folder,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avbert-prepare",
+        description="Download AVBERT's datasets (or take local copies) and arrange them for training.",
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", choices=sorted(_COMMANDS))
+    parser.add_argument("--output-dir", type=Path, required=True, help="the dataset folder to create")
+    parser.add_argument("--source", type=Path, help="an already downloaded archive or extracted folder (offline)")
+    parser.add_argument("--copy", action="store_true", help="copy files from a --source folder instead of linking")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``avbert-prepare``; returns the exit status (1 with a message on stderr for user errors)."""
+    args = _parser().parse_args(argv)
+    args.output_dir = args.output_dir.expanduser().absolute()
+    args.source = args.source.expanduser().absolute() if args.source else None
+    try:
+        _COMMANDS[args.dataset](args)
+    except (PrepareError, ValueError) as error:
+        print(f"avbert-prepare: error: {error}", file=sys.stderr)
+        return 1
+    if args.dataset != "folder":
+        print(f"{args.dataset} ready in {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
