@@ -5,6 +5,7 @@ from transformers import (
     AutoFeatureExtractor,
     AutoModel,
     AutoModelForAudioClassification,
+    AutoModelForPreTraining,
     AutoModelForVideoClassification,
     AutoProcessor,
     AutoVideoProcessor,
@@ -16,6 +17,7 @@ from .media_decoding import MediaDecodeError
 from .modeling_avbert import (
     AVBertClassifierOutput,
     AVBertForAudioClassification,
+    AVBertForPreTraining,
     AVBertForVideoClassification,
     AVBertModel,
     AVBertModelOutput,
@@ -30,6 +32,7 @@ AutoConfig.register(AVBertConfig.model_type, AVBertConfig)
 AutoModel.register(AVBertConfig, AVBertModel)
 AutoModelForVideoClassification.register(AVBertConfig, AVBertForVideoClassification)
 AutoModelForAudioClassification.register(AVBertConfig, AVBertForAudioClassification)
+AutoModelForPreTraining.register(AVBertConfig, AVBertForPreTraining)
 AutoFeatureExtractor.register(AVBertConfig, AVBertFeatureExtractor)
 AutoVideoProcessor.register(AVBertConfig, AVBertVideoProcessor)
 AutoProcessor.register(AVBertConfig, AVBertProcessor)
@@ -40,6 +43,7 @@ AVBertConfig.register_for_auto_class()
 AVBertModel.register_for_auto_class("AutoModel")
 AVBertForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
 AVBertForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+AVBertForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 AVBertFeatureExtractor.register_for_auto_class()
 AVBertVideoProcessor.register_for_auto_class()
 AVBertProcessor.register_for_auto_class()
@@ -49,6 +53,7 @@ __all__ = [
     "AVBertConfig",
     "AVBertFeatureExtractor",
     "AVBertForAudioClassification",
+    "AVBertForPreTraining",
     "AVBertForVideoClassification",
     "AVBertModel",
     "AVBertModelOutput",

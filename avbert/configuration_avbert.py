@@ -8,6 +8,7 @@ FUSION_MODES = ("mid", "late", "early")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley")
 ORTHOGONAL_INITS = ("cayley", "henaff")
 CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
+NEGATIVE_SAMPLING = ("cans", "random", "easy", "hard")
 
 # Keyword arguments that `PreTrainedConfig` itself consumes or that `from_pretrained` passes along. Anything else that
 # is not a field of `AVBertConfig` is a typo or a key of another model and is refused (see `__post_init__`).
@@ -89,6 +90,20 @@ class AVBertConfig(PreTrainedConfig):
             without gradients, and only the classifier learns.
         initializer_range (`float`, defaults to 0.01): std of every Linear and Embedding at initialization (the
             original's FC_INIT_STD).
+
+    Self-supervised pretraining ([`AVBertForPreTraining`]; choices the paper leaves open, see docs/pretraining.md):
+        mask_ratio (`float`, defaults to 0.15): fraction of the clip positions of each modality masked per sequence.
+        contrastive_temperature (`float`, defaults to 1.0): divides the masked-embedding-prediction scores (the
+            paper's formula is a plain dot product).
+        num_negatives (`int`, defaults to 16): negatives per masked position, drawn from the batch.
+        negative_sampling (`str`, defaults to `"cans"`): `"cans"` (content-aware: probability proportional to the
+            similarity of CNN embeddings), `"random"`, `"easy"` (proportional to dissimilarity) or `"hard"` (the most
+            similar ones).
+        cans_outlier_quantile (`float`, defaults to 0.05): distances below/above this quantile are clipped before
+            they are rescaled to [0, 1], so outliers do not squash the distribution.
+        pair_negative_ratio (`float`, defaults to 0.5): fraction of a batch whose sound track is swapped with another
+            video's for correct-pair prediction.
+        mep_loss_weight, pair_loss_weight (`float`, default 1.0): weights of the two objectives.
     """
 
     model_type = "avbert"
@@ -140,6 +155,15 @@ class AVBertConfig(PreTrainedConfig):
     freeze_encoder: bool = False
     initializer_range: float = 0.01
 
+    mask_ratio: float = 0.15
+    contrastive_temperature: float = 1.0
+    num_negatives: int = 16
+    negative_sampling: str = "cans"
+    cans_outlier_quantile: float = 0.05
+    pair_negative_ratio: float = 0.5
+    mep_loss_weight: float = 1.0
+    pair_loss_weight: float = 1.0
+
     def __post_init__(self, **kwargs):
         generation_keys = GenerationConfig._get_default_generation_params().keys()
         unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KWARGS and k not in generation_keys)
@@ -152,6 +176,7 @@ class AVBertConfig(PreTrainedConfig):
         self.validate_encoders()
         self.validate_transformer()
         self.validate_heads()
+        self.validate_pretraining()
 
     def validate_modalities(self):
         if not (self.use_visual or self.use_audio):
@@ -200,6 +225,16 @@ class AVBertConfig(PreTrainedConfig):
     def validate_heads(self):
         if self.classifier_loss not in CLASSIFIER_LOSSES:
             raise ValueError(f"classifier_loss must be one of {CLASSIFIER_LOSSES}, got {self.classifier_loss!r}.")
+
+    def validate_pretraining(self):
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}.")
+        if self.negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {self.negative_sampling!r}.")
+        if self.num_negatives < 1 or self.contrastive_temperature <= 0:
+            raise ValueError("num_negatives must be positive and contrastive_temperature > 0.")
+        if not 0 <= self.cans_outlier_quantile < 0.5 or not 0 <= self.pair_negative_ratio <= 1:
+            raise ValueError("cans_outlier_quantile must be in [0, 0.5) and pair_negative_ratio in [0, 1].")
 
     @property
     def visual_feature_size(self) -> int:

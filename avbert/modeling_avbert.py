@@ -635,6 +635,9 @@ class AVBertPreTrainedModel(PreTrainedModel):
             init.copy_(module.generator, skew_generator_init(module.generator.shape[0], self.config.orthogonal_init))
         elif isinstance(module, AVBertFeatureProjection):
             init.normal_(module.summary_token, std=std)
+        elif isinstance(module, AVBertForPreTraining):
+            init.normal_(module.visual_mask_token, std=std)
+            init.normal_(module.audio_mask_token, std=std)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -769,18 +772,42 @@ class AVBertModel(AVBertPreTrainedModel):
         if not stages:
             return AVBertModelOutput(visual_features=visual_features, audio_features=audio_features)
 
-        num_clips = (visual_features if visual_features is not None else audio_features).shape[1]
+        visual_tokens = self.visual_projection(visual_features) if visual_features is not None else None
+        audio_tokens = self.audio_projection(audio_features) if audio_features is not None else None
+        output = self.encode_tokens(
+            visual_tokens,
+            audio_tokens,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        # A fresh output keeps the fields in declaration order (last_hidden_state first in tuples).
+        return AVBertModelOutput(**{**output, "visual_features": visual_features, "audio_features": audio_features})
+
+    def encode_tokens(
+        self,
+        visual_tokens: torch.Tensor | None,
+        audio_tokens: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> AVBertModelOutput:
+        """
+        The transformer stages on projected clip tokens `(batch, 1 + clips, hidden)` (summary token first), as
+        returned by `visual_projection` / `audio_projection`: pretraining masks some of them before calling this.
+        """
+        stages = self.config.transformer_stages
+        reference = visual_tokens if visual_tokens is not None else audio_tokens
+        num_clips = reference.shape[1] - 1
         if num_clips + 1 > self.config.max_position_embeddings:
             raise ValueError(
                 f"Got {num_clips} clips per video, but max_position_embeddings={self.config.max_position_embeddings} "
                 f"allows at most {self.config.max_position_embeddings - 1}."
             )
-        device = (visual_features if visual_features is not None else audio_features).device
+        device = reference.device
         positions = torch.arange(num_clips + 1, device=device).unsqueeze(0)
         stage_kwargs = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions, **kwargs}
 
-        visual_tokens = self.visual_projection(visual_features) if visual_features is not None else None
-        audio_tokens = self.audio_projection(audio_features) if audio_features is not None else None
         visual = audio = None
         if "visual" in stages and visual_tokens is not None:
             visual = self._run_stage("visual", self.visual_embeddings(visual_tokens, positions), **stage_kwargs)
@@ -804,8 +831,6 @@ class AVBertModel(AVBertPreTrainedModel):
 
         return AVBertModelOutput(
             last_hidden_state=last.last_hidden_state,
-            visual_features=visual_features,
-            audio_features=audio_features,
             visual_last_hidden_state=visual.last_hidden_state if visual is not None else None,
             audio_last_hidden_state=audio.last_hidden_state if audio is not None else None,
             hidden_states=last.hidden_states,
@@ -1002,6 +1027,275 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
         clip_logits = self.clip_head(audio_features)
         loss = self._clip_loss(clip_logits, labels, **kwargs) if labels is not None else None
         return AVBertClassifierOutput(loss=loss, logits=self._video_logits(clip_logits), clip_logits=clip_logits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Self-supervised pretraining (not in the original repository; from the paper, choices in docs/pretraining.md)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AVBertForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        `mep_loss_weight * (visual + audio + multimodal masked-embedding losses) + pair_loss_weight * pair_loss`.
+    visual_mep_loss, audio_mep_loss, multimodal_mep_loss (`torch.FloatTensor` of shape `()`):
+        InfoNCE losses of masked embedding prediction in each stage.
+    pair_loss (`torch.FloatTensor` of shape `()`):
+        Cross-entropy of correct pair prediction (are this picture and this sound from the same video).
+    pair_logits (`torch.FloatTensor` of shape `(batch_size, 2)`), pair_labels (`torch.LongTensor` of `(batch_size,)`):
+        Scores and targets of correct pair prediction (1 = the sound belongs to the video).
+    visual_mask, audio_mask (`torch.BoolTensor` of shape `(batch_size, num_clips)`):
+        The masked clip positions (the audio mask in the order of the swapped sound tracks).
+    """
+
+    loss: torch.FloatTensor | None = None
+    visual_mep_loss: torch.FloatTensor | None = None
+    audio_mep_loss: torch.FloatTensor | None = None
+    multimodal_mep_loss: torch.FloatTensor | None = None
+    pair_loss: torch.FloatTensor | None = None
+    pair_logits: torch.FloatTensor | None = None
+    pair_labels: torch.LongTensor | None = None
+    visual_mask: torch.BoolTensor | None = None
+    audio_mask: torch.BoolTensor | None = None
+
+
+def sample_clip_mask(
+    batch_size: int, num_clips: int, ratio: float, device: torch.device | None = None, generator=None
+) -> torch.Tensor:
+    """Exactly `max(1, round(ratio * num_clips))` clip positions per sequence, chosen uniformly at random."""
+    count = max(1, round(ratio * num_clips))
+    ranks = torch.rand(batch_size, num_clips, device=device, generator=generator).argsort(dim=1).argsort(dim=1)
+    return ranks < count
+
+
+def negative_sampling_probabilities(
+    embeddings: torch.Tensor, anchors: torch.Tensor, strategy: str, outlier_quantile: float
+) -> torch.Tensor:
+    """
+    `(num_anchors, num_candidates)` probabilities of drawing each candidate clip as a negative for each anchor (never
+    the anchor itself). Content-aware negative sampling: cosine distances between CNN embeddings are clipped at the
+    `outlier_quantile` and `1 - outlier_quantile` quantiles of each anchor's distances (outliers dropped), rescaled to
+    [0, 1], and candidates are drawn proportionally to their similarity `1 - d` ("cans") or dissimilarity `d`
+    ("easy"); "random" is uniform.
+    """
+    normalized = F.normalize(embeddings.detach().float(), dim=-1)
+    distance = 1 - normalized[anchors] @ normalized.T
+    is_anchor = torch.zeros_like(distance, dtype=torch.bool)
+    is_anchor[torch.arange(len(anchors), device=anchors.device), anchors] = True
+    if strategy == "random":
+        weights = torch.ones_like(distance)
+    else:
+        masked = distance.masked_fill(is_anchor, float("nan"))
+        low = masked.nanquantile(outlier_quantile, dim=1, keepdim=True)
+        high = masked.nanquantile(1 - outlier_quantile, dim=1, keepdim=True)
+        rescaled = (distance.clamp(low, high) - low) / (high - low).clamp_min(1e-12)
+        weights = 1 - rescaled if strategy == "cans" else rescaled
+    weights = weights.masked_fill(is_anchor, 0.0)
+    # A row without weight (all candidates equally distant, at the clip point) falls back to uniform.
+    empty = weights.sum(dim=1, keepdim=True) <= 0
+    weights = torch.where(empty, (~is_anchor).float(), weights)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def sample_negatives(
+    embeddings: torch.Tensor,
+    anchors: torch.Tensor,
+    num_negatives: int,
+    strategy: str,
+    outlier_quantile: float,
+    generator=None,
+) -> torch.Tensor:
+    """`(num_anchors, num_negatives)` candidate indices: the most similar ones ("hard") or drawn by
+    [`negative_sampling_probabilities`] (without replacement while enough candidates have weight)."""
+    if strategy == "hard":
+        normalized = F.normalize(embeddings.detach().float(), dim=-1)
+        similarity = normalized[anchors] @ normalized.T
+        similarity[torch.arange(len(anchors), device=anchors.device), anchors] = -float("inf")
+        return similarity.topk(min(num_negatives, embeddings.shape[0] - 1), dim=1).indices
+    probabilities = negative_sampling_probabilities(embeddings, anchors, strategy, outlier_quantile)
+    replacement = num_negatives > int((probabilities > 0).sum(dim=1).min())
+    return torch.multinomial(probabilities, num_negatives, replacement=replacement, generator=generator)
+
+
+def masked_embedding_loss(
+    predictions: torch.Tensor, targets: torch.Tensor, anchors: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE: each prediction must score its own target above its sampled negatives (dot products)."""
+    candidates = torch.cat([anchors[:, None], negatives], dim=1)
+    scores = torch.einsum("nh,nkh->nk", predictions, targets[candidates]) / temperature
+    return F.cross_entropy(scores, torch.zeros(len(anchors), dtype=torch.long, device=scores.device))
+
+
+class AVBertPredictionHead(nn.Module):
+    """FFN(o_t) of the paper: maps a transformer output to the space of the projected CNN embeddings."""
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layer_norm(self.activation(self.dense(hidden_states))))
+
+
+class AVBertForPreTraining(AVBertPreTrainedModel):
+    """
+    Self-supervised pretraining of the whole model (CNNs, projections, transformer) as described in the paper:
+
+    - masked embedding prediction: `mask_ratio` of the clip tokens of each modality are replaced by a learned mask
+      token before the transformer; in the visual, audio and multimodal stages the output at a masked position must
+      pick out the true projected CNN embedding of that clip among `num_negatives` negatives of the same modality
+      (InfoNCE), drawn from the batch by content-aware negative sampling;
+    - correct pair prediction: for `pair_negative_ratio` of the videos the sound track is swapped with another
+      video's, and a classifier on the two summary outputs of the multimodal stage tells matched from swapped pairs.
+
+    `AVBertForVideoClassification.from_pretrained` / `AVBertForAudioClassification.from_pretrained` on a saved
+    pretraining run keep the encoders and the transformer and start new heads.
+    """
+
+    # The losses are means over masked positions and videos: let the Trainer scale them for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__(config)
+        if not (config.use_visual and config.use_audio and config.use_transformer and config.fusion == "mid"):
+            raise ValueError("AVBertForPreTraining needs both modalities, the transformer and mid fusion.")
+        self.avbert = AVBertModel(config)
+        self.visual_mask_token = nn.Parameter(torch.empty(config.hidden_size))
+        self.audio_mask_token = nn.Parameter(torch.empty(config.hidden_size))
+        self.visual_prediction_head = AVBertPredictionHead(config)
+        self.audio_prediction_head = AVBertPredictionHead(config)
+        self.multimodal_prediction_head = AVBertPredictionHead(config)
+        self.pair_head = nn.Sequential(
+            nn.Linear(2 * config.hidden_size, config.hidden_size), nn.Tanh(), nn.Linear(config.hidden_size, 2)
+        )
+        self.post_init()
+
+    def _stage_loss(
+        self,
+        head: AVBertPredictionHead,
+        outputs: torch.Tensor,
+        mask: torch.Tensor,
+        targets: torch.Tensor,
+        embeddings: torch.Tensor,
+        generator=None,
+    ) -> torch.Tensor:
+        """InfoNCE over the masked clips of one modality; candidates are all that modality's clips in the batch."""
+        anchors = mask.flatten().nonzero().squeeze(1)
+        if anchors.numel() == 0:  # e.g. the multimodal stage when every pair of the batch was swapped
+            return outputs.sum() * 0.0
+        negatives = sample_negatives(
+            embeddings,
+            anchors,
+            self.config.num_negatives,
+            self.config.negative_sampling,
+            self.config.cans_outlier_quantile,
+            generator,
+        )
+        predictions = head(outputs[mask])
+        return masked_embedding_loss(
+            predictions, targets.flatten(0, 1), anchors, negatives, self.config.contrastive_temperature
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        visual_mask: torch.BoolTensor | None = None,
+        audio_mask: torch.BoolTensor | None = None,
+        pair_labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AVBertForPreTrainingOutput:
+        r"""
+        pixel_values, input_features:
+            As for [`AVBertModel`]; both are required.
+        visual_mask, audio_mask (`torch.BoolTensor` of shape `(batch_size, num_clips)`, *optional*):
+            Clip positions to mask; drawn with `mask_ratio` when omitted.
+        pair_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            1 keeps a video's own sound track, 0 swaps it with the next video's (in batch order); drawn with
+            `pair_negative_ratio` when omitted.
+        """
+        if pixel_values is None or input_features is None:
+            raise ValueError("AVBertForPreTraining needs both pixel_values and input_features.")
+        config = self.config
+        visual_features, audio_features = self.avbert.get_clip_features(pixel_values, input_features)
+        batch_size, num_clips = visual_features.shape[:2]
+        device = visual_features.device
+        if visual_mask is None:
+            visual_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+        if audio_mask is None:
+            audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+        if pair_labels is None:
+            pair_labels = (torch.rand(batch_size, device=device) >= config.pair_negative_ratio).long()
+            if batch_size == 1:
+                pair_labels.fill_(1)  # a single video has no other sound track to swap in
+        order = torch.arange(batch_size, device=device)
+        audio_order = torch.where(pair_labels.bool(), order, (order + 1) % batch_size)
+
+        # Swapping the sound tracks before the audio stage is the same as after it (clips do not see other videos).
+        audio_features, audio_mask = audio_features[audio_order], audio_mask[audio_order]
+        visual_tokens = self.avbert.visual_projection(visual_features)
+        audio_tokens = self.avbert.audio_projection(audio_features)
+        visual_targets, audio_targets = visual_tokens[:, 1:], audio_tokens[:, 1:]
+        masked_visual = torch.where(
+            visual_mask[..., None], self.visual_mask_token.to(visual_tokens.dtype), visual_targets
+        )
+        masked_audio = torch.where(audio_mask[..., None], self.audio_mask_token.to(audio_tokens.dtype), audio_targets)
+        outputs = self.avbert.encode_tokens(
+            torch.cat([visual_tokens[:, :1], masked_visual], dim=1),
+            torch.cat([audio_tokens[:, :1], masked_audio], dim=1),
+        )
+
+        flat_visual, flat_audio = visual_features.flatten(0, 1), audio_features.flatten(0, 1)
+        visual_loss = self._stage_loss(
+            self.visual_prediction_head,
+            outputs.visual_last_hidden_state[:, 1:],
+            visual_mask,
+            visual_targets,
+            flat_visual,
+        )
+        audio_loss = self._stage_loss(
+            self.audio_prediction_head, outputs.audio_last_hidden_state[:, 1:], audio_mask, audio_targets, flat_audio
+        )
+        # In the multimodal stage only matched pairs predict their masked clips (a swapped sound track is no context).
+        matched = pair_labels.bool()[:, None]
+        multimodal = outputs.last_hidden_state
+        multimodal_loss = self._stage_loss(
+            self.multimodal_prediction_head,
+            multimodal[:, 1 : num_clips + 1],
+            visual_mask & matched,
+            visual_targets,
+            flat_visual,
+        ) + self._stage_loss(
+            self.multimodal_prediction_head,
+            multimodal[:, num_clips + 2 :],
+            audio_mask & matched,
+            audio_targets,
+            flat_audio,
+        )
+        multimodal_loss = multimodal_loss / 2
+        pair_logits = self.pair_head(torch.cat([multimodal[:, 0], multimodal[:, num_clips + 1]], dim=-1))
+        pair_loss = F.cross_entropy(pair_logits, pair_labels)
+        loss = (
+            config.mep_loss_weight * (visual_loss + audio_loss + multimodal_loss) + config.pair_loss_weight * pair_loss
+        )
+        output = AVBertForPreTrainingOutput(
+            loss=loss,
+            visual_mep_loss=visual_loss,
+            audio_mep_loss=audio_loss,
+            multimodal_mep_loss=multimodal_loss,
+            pair_loss=pair_loss,
+            pair_logits=pair_logits,
+            pair_labels=pair_labels,
+            visual_mask=visual_mask,
+            audio_mask=audio_mask,
+        )
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
