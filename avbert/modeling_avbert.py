@@ -1069,6 +1069,15 @@ def sample_clip_mask(
     return ranks < count
 
 
+def sample_pair_labels(
+    batch_size: int, negative_ratio: float, device: torch.device | None = None, generator=None
+) -> torch.Tensor:
+    """1 (keep the video's own sound track) or 0 (swap it in) per video, 0 with probability `negative_ratio`; a batch
+    of one video has no other sound track, so it is always 1."""
+    labels = (torch.rand(batch_size, device=device, generator=generator) >= negative_ratio).long()
+    return labels if batch_size > 1 else torch.ones_like(labels)
+
+
 def negative_sampling_probabilities(
     embeddings: torch.Tensor, anchors: torch.Tensor, strategy: str, outlier_quantile: float
 ) -> torch.Tensor:
@@ -1230,9 +1239,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         if audio_mask is None:
             audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
         if pair_labels is None:
-            pair_labels = (torch.rand(batch_size, device=device) >= config.pair_negative_ratio).long()
-            if batch_size == 1:
-                pair_labels.fill_(1)  # a single video has no other sound track to swap in
+            pair_labels = sample_pair_labels(batch_size, config.pair_negative_ratio, device)
         order = torch.arange(batch_size, device=device)
         audio_order = torch.where(pair_labels.bool(), order, (order + 1) % batch_size)
 

@@ -1,0 +1,220 @@
+"""
+`avbert-pretrain`: self-supervised pretraining of AVBERT (`AVBertForPreTraining`) on a folder of unlabeled videos.
+
+    avbert-pretrain --data-dir VIDEOS --output-dir runs/pretrain [--model FOLDER] [--config-overrides JSON]
+                    [--num_clips 30] [any TrainingArguments flag, e.g. --bf16 --per_device_train_batch_size 8]
+
+Every mp4 / mkv / avi / webm / mov file under `--data-dir` (recursive) is one training item: a sequence of
+`num_clips` uniformly spaced clips (default 30: the paper's 30-second inputs) with the sound under each clip.
+Files without a sound track or that cannot be decoded are reported and skipped. `--model` continues from a
+`save_pretrained` folder; otherwise a new `AVBertConfig(**config_overrides)` model is built. The losses (masked
+embedding prediction in the visual, audio and multimodal stages, correct pair prediction) are logged separately.
+The optimizer is the `Trainer`'s (AdamW with the `TrainingArguments` values): the paper's pretraining optimizer is
+not known here. `--resume_from_checkpoint true` continues an interrupted run from the newest checkpoint. The output
+folder holds the pretraining model and the processor; `AVBertForVideoClassification.from_pretrained(OUT)` and
+`AVBertForAudioClassification.from_pretrained(OUT)` start classifiers from it (new heads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, Features, Value
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from ..configuration_avbert import AVBertConfig
+from ..feature_extraction_avbert import AVBertFeatureExtractor
+from ..modeling_avbert import AVBertForPreTraining
+from ..processing_avbert import AVBertProcessor
+from ..video_processing_avbert import AVBertVideoProcessor
+from .data import AVBertDataCollator, MediaTransform
+
+logger = logging.getLogger(__name__)
+
+MEDIA_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
+OBJECTIVES = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
+DEFAULT_NUM_CLIPS = 30
+
+
+@dataclass
+class PretrainArguments:
+    """What to pretrain and on which videos (the rest of the command line is `TrainingArguments`)."""
+
+    data_dir: str = field(metadata={"help": "Folder of unlabeled videos with sound (searched recursively)."})
+    model: str | None = field(
+        default=None, metadata={"help": "save_pretrained folder to continue from (default: a new model)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "JSON dict of AVBertConfig fields for a new model, e.g. '{\"hidden_size\": 256}'."},
+    )
+    num_clips: int | None = field(
+        default=None,
+        metadata={"help": f"Clips per video (default {DEFAULT_NUM_CLIPS} for a new model, else the saved config's)."},
+    )
+    short_side: int = field(default=128, metadata={"help": "Frame short side (training jitter: x1 to x1.25)."})
+    crop_size: int = field(default=112, metadata={"help": "Side of the random square training crop."})
+
+
+def find_media_files(data_dir: str | Path) -> list[Path]:
+    """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted."""
+    root = Path(data_dir).expanduser().absolute()
+    if not root.is_dir():
+        raise ValueError(f"video folder not found: {root} is not a directory")
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in MEDIA_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise ValueError(f"no {'/'.join(s[1:] for s in MEDIA_SUFFIXES)} files under {root}")
+    return files
+
+
+def unlabeled_dataset(data_dir: str | Path) -> Dataset:
+    """`path` rows with a constant `label` 0, so `MediaTransform` and the collator can be reused unchanged."""
+    paths = [str(p) for p in find_media_files(data_dir)]
+    features = Features({"path": Value("string"), "label": Value("int64")})
+    return Dataset.from_dict({"path": paths, "label": [0] * len(paths)}, features=features)
+
+
+class PretrainingCollator(AVBertDataCollator):
+    """`AVBertDataCollator` (unreadable files reported and dropped) without the placeholder labels."""
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(features)
+        batch.pop("labels", None)
+        return batch
+
+
+def build_model(args: PretrainArguments) -> AVBertForPreTraining:
+    """A new model from `AVBertConfig(**config_overrides)`, or the `--model` folder, with `num_clips` applied."""
+    overrides: dict[str, Any] = json.loads(args.config_overrides) if args.config_overrides else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--config-overrides must be a JSON object, got {args.config_overrides!r}")
+    if args.model is not None:
+        model = AVBertForPreTraining.from_pretrained(args.model, **overrides)
+        if args.num_clips is not None:
+            if args.num_clips + 1 > model.config.max_position_embeddings:
+                raise ValueError(
+                    f"--num_clips {args.num_clips} needs max_position_embeddings >= {args.num_clips + 1}, but the "
+                    f"model in {args.model} has {model.config.max_position_embeddings}."
+                )
+            model.config.num_clips = args.num_clips
+        return model
+    num_clips = args.num_clips or overrides.get("num_clips", DEFAULT_NUM_CLIPS)
+    overrides["num_clips"] = num_clips
+    overrides.setdefault("max_position_embeddings", num_clips + 1)
+    return AVBertForPreTraining(AVBertConfig(**overrides))
+
+
+def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProcessor:
+    """Frames and sound of `config.num_clips` clips of `config.num_frames` frames; the sound window is one clip."""
+    video_processor = AVBertVideoProcessor(
+        num_clips=config.num_clips,
+        num_frames=config.num_frames,
+        size={"shortest_edge": args.short_side},
+        crop_size={"height": args.crop_size, "width": args.crop_size},
+        train_jitter_scales=(args.short_side, args.short_side * 5 // 4),
+        train_crop_size=args.crop_size,
+        load_audio_in_video=True,
+    )
+    clip_seconds = config.num_frames * video_processor.frame_sampling_rate / video_processor.target_fps
+    feature_extractor = AVBertFeatureExtractor(
+        num_clips=config.num_clips,
+        feature_size=config.num_mel_bins,
+        num_time_frames=config.audio_num_frames,
+        clip_samples=round(44100 * clip_seconds),
+    )
+    return AVBertProcessor(feature_extractor=feature_extractor, video_processor=video_processor)
+
+
+class PreTrainer(Trainer):
+    """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._objective_sums: dict[str, torch.Tensor] = {}
+        self._objective_steps = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            for key in OBJECTIVES:
+                value = outputs[key].detach().float()
+                self._objective_sums[key] = self._objective_sums.get(key, 0.0) + value
+            self._objective_steps += 1
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._objective_steps:
+            for key, total in self._objective_sums.items():
+                logs[key] = round(total.item() / self._objective_steps, 4)
+            self._objective_sums, self._objective_steps = {}, 0
+        super().log(logs, start_time)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArguments]:
+    parser = HfArgumentParser((PretrainArguments, TrainingArguments), description=__doc__)
+    # Pretraining defaults; explicit flags win (no labels: keep every column and pass no label_names).
+    parser.set_defaults(save_strategy="epoch", logging_steps=10, remove_unused_columns=False, label_names=[])
+    pretrain_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    training_args.remove_unused_columns = False
+    training_args.label_names = []
+    return pretrain_args, training_args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Pretrain and save model + processor to `--output-dir`; returns the training metrics."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    set_seed(training_args.seed)
+    dataset = unlabeled_dataset(args.data_dir)
+    model = build_model(args)
+    processor = build_processor(model.config, args)
+    logger.info(
+        "Pretraining on %d files, %d clips x %d frames, %s parameters",
+        len(dataset),
+        model.config.num_clips,
+        model.config.num_frames,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+    )
+    collator = PretrainingCollator()
+    # No processing_class: a ProcessorMixin without a tokenizer crashes Trainer.train() in 5.24 (saved below).
+    trainer = PreTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset.with_transform(MediaTransform(processor, "audio-visual", train=True)),
+        data_collator=collator,
+    )
+    resume: str | bool | None = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in {"true", "last", "latest"}:
+        resume = True  # the newest checkpoint-* in output_dir
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+    if collator.skipped:
+        logger.warning("Skipped %d unreadable items (this process): %s", len(collator.skipped), collator.skipped)
+    return result.metrics
+
+
+if __name__ == "__main__":
+    main()
