@@ -1,26 +1,37 @@
-"""Self-supervised AVBERT pretraining on the demo's synthetic audio-visual data, then a linear probe on its features.
+"""Self-supervised AVBERT pretraining on unlabeled synthetic audio-visual videos, then linear probes on its features.
 
 Examples:
-    .venv/bin/python benchmarks/bench_pretraining.py                       # the recorded run (writes BENCHMARKS.md)
-    .venv/bin/python benchmarks/bench_pretraining.py --epochs 2 --no-write  # a quick look
+    .venv/bin/python benchmarks/bench_pretraining.py                        # the recorded run (writes BENCHMARKS.md)
+    .venv/bin/python benchmarks/bench_pretraining.py --epochs 1 --unlabeled-per-class 20 --no-write  # a quick look
 
-What it measures (two numbers each, before and after):
+Protocol (the usual one for self-supervised learning: pretrain on unlabeled videos, probe on a labeled split):
 
-1. Pretraining losses. `make_synthetic_av_dataset(num_classes=4, videos_per_class=12, seed=0)` gives 36 training and
-   12 held-out videos; the labels are NOT used for pretraining. `AVBertForPreTraining` with the demo's small config
-   (`demo_config`, plus `num_negatives=8`) is trained with the `Trainer` on the training videos (the demo's training
-   augmentation, `MediaTransform(train=True)`), AdamW. The total loss and each objective (visual / audio / multimodal
-   masked-embedding prediction, correct-pair prediction) are evaluated on the held-out videos (center crop) before and
-   after, in eval mode under `no_grad`, with the SAME masks, pair labels and negatives both times: the masks and pair
-   labels are drawn once from a seeded generator and passed to the model, and `torch.manual_seed` is reset before each
-   pass so that the sampled negatives use the same random stream.
-2. Linear probe. The backbone (`AVBertModel`) is frozen and put in eval mode; the feature of a video is the
-   concatenation of the multimodal-stage outputs at the two summary positions, `last_hidden_state[:, 0]` (visual
-   summary) and `last_hidden_state[:, num_clips + 1]` (audio summary), 2 x hidden_size = 128 values, computed on the
-   center crop without augmentation (`MediaTransform(train=False)`). A multinomial logistic regression (standardized
-   features, full batch, L-BFGS, small L2 penalty, fixed seed) is fit on the 36 training videos and scored on the 12
-   held-out ones, for (a) the pretrained backbone and (b) a randomly initialized backbone of the same config and seed
-   (the same initial weights the pretraining started from). Chance on 4 balanced classes is 25%.
+- Unlabeled pretraining set: `make_synthetic_av_dataset(num_classes=4, videos_per_class=300, seed=1,
+  test_fraction=0)`, 1200 videos of the demo's generator (another seed than the demo's data), read the way
+  `avbert-pretrain --data-dir` reads a folder; labels unused.
+- Labeled set: the demo's own data, `make_synthetic_av_dataset(num_classes=4, videos_per_class=12, seed=0)`, 36
+  training and 12 held-out videos. None of them is seen in pretraining.
+- One pretraining run per `--negative-sampling` strategy (default: random, then cans), each from the same initial
+  weights: `AVBertForPreTraining` with the demo's small config (`demo_config`), the `Trainer`, AdamW, the demo's
+  training augmentation (`MediaTransform(train=True)`).
+- Before any loss or probe, the BatchNorm running statistics of every model compared (the initialization and each
+  pretrained model) are recomputed the same way, as plain averages over 48 of the unlabeled videos. Without this the
+  initialization would be evaluated with its initial statistics (mean 0, variance 1) and pretraining would get credit
+  for merely having run data through its BatchNorms.
+
+What it measures:
+
+1. Pretraining losses (total, visual / audio / multimodal masked-embedding prediction, correct-pair prediction) on the
+   12 held-out videos and on 48 pretraining videos, before and after, in eval mode under `no_grad`, center crop, with
+   the SAME masks, pair labels and negatives for every model: the masks and pair labels are drawn once from a seeded
+   generator and passed to the model, and `torch.manual_seed` is reset before each pass so that the sampled negatives
+   use the same random stream.
+2. Linear probes of the frozen backbone (`AVBertModel`, eval mode) on two features of the multimodal stage: the outputs
+   at the two summary positions (`last_hidden_state[:, 0]` and `[:, num_clips + 1]`) and the mean clip output of each
+   modality, both 2 x hidden_size values, center crop without augmentation. A multinomial logistic regression
+   (standardized features, full batch L-BFGS, small L2 penalty, fixed seed) is fit on the 36 training videos, and on
+   2 per class drawn 20 times (few labels make the probe depend on the features), and scored on the 12 held-out ones.
+   Chance on 4 balanced classes is 25%.
 
 The script owns the part of BENCHMARKS.md between `<!-- bench_pretraining:start -->` and
 `<!-- bench_pretraining:end -->`.
@@ -28,6 +39,7 @@ The script owns the part of BENCHMARKS.md between `<!-- bench_pretraining:start 
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -43,13 +55,20 @@ from _report import available_cores, command_line, cpu_model, replace_section, u
 
 from avbert import AVBertModel
 from avbert.modeling_avbert import AVBertForPreTraining
-from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.training.data import MediaTransform, load_media_dataset
 from avbert.training.demo import NUM_CLIPS, demo_config, demo_processor
+from avbert.training.pretrain import PretrainingCollator, unlabeled_dataset
 from avbert.training.synthetic import make_synthetic_av_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "bench_pretraining"
 LOSS_NAMES = ("loss", "visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
+HELD_OUT = "held-out videos (12)"
+LOGGING_STEPS = 5
+NUM_SEEN = 48
+SEEN = f"pretraining videos ({NUM_SEEN} evenly spaced)"
+FEW_SHOT = 2  # labeled training videos per class in the few-shot probe
+FEW_SHOT_DRAWS = 20
 EVAL_BATCH_SIZE = 6  # 12 held-out videos -> 2 batches of 6 (24 clips per modality as negative candidates)
 
 
@@ -109,19 +128,25 @@ def evaluate_losses(model: AVBertForPreTraining, batches: list[dict], seed: int)
     return result
 
 
+PROBE_FEATURES = ("summary outputs", "mean clip output")
+
+
 @torch.no_grad()
-def probe_features(backbone: AVBertModel, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multimodal-stage outputs at the two summary positions, concatenated: (videos, 2 * hidden_size)."""
+def probe_features(backbone: AVBertModel, rows: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Two features per video from the multimodal stage: the outputs at the two summary positions, concatenated, and
+    the mean of the clip outputs of each modality, concatenated (both `(videos, 2 * hidden_size)`)."""
     backbone.eval()
-    features = []
+    summaries, clip_means = [], []
     for start in range(0, len(rows), 8):
         chunk = rows[start : start + 8]
         hidden = backbone(
             pixel_values=torch.stack([r["pixel_values"] for r in chunk]),
             input_features=torch.stack([r["input_features"] for r in chunk]),
         ).last_hidden_state
-        features.append(torch.cat([hidden[:, 0], hidden[:, NUM_CLIPS + 1]], dim=-1))
-    return torch.cat(features), torch.stack([r["labels"] for r in rows])
+        summaries.append(torch.cat([hidden[:, 0], hidden[:, NUM_CLIPS + 1]], dim=-1))
+        clip_means.append(torch.cat([hidden[:, 1 : NUM_CLIPS + 1].mean(1), hidden[:, NUM_CLIPS + 2 :].mean(1)], dim=-1))
+    features = dict(zip(PROBE_FEATURES, (torch.cat(summaries), torch.cat(clip_means)), strict=True))
+    return features, torch.stack([r["labels"] for r in rows])
 
 
 def linear_probe(
@@ -149,47 +174,41 @@ def linear_probe(
         }
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(min(torch.get_num_threads(), available_cores()))
-    out = args.output_dir
-    timings = {}
-    start = time.perf_counter()
-    data_dir = make_synthetic_av_dataset(out / "data", num_classes=4, videos_per_class=12, seed=0)
-    train_set = load_media_dataset("folder", data_dir, "train")
-    test_set = load_media_dataset("folder", data_dir, "test")
-    class_names = train_set.features["label"].names
-    processor = demo_processor()
-    train_rows = decode_all(train_set, processor, train=False)
-    test_rows = decode_all(test_set, processor, train=False)
-    timings["data (write + decode for eval/probe)"] = time.perf_counter() - start
-    print(f"{len(train_set)} training / {len(test_set)} held-out videos of {class_names}")
+def few_shot_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, seed: int
+) -> tuple[float, float]:
+    """Held-out accuracy of `linear_probe` fit on `FEW_SHOT` training videos per class, mean and standard deviation
+    over `FEW_SHOT_DRAWS` seeded draws: few labels make the probe depend on the features, not on the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    accuracies = []
+    for draw in range(FEW_SHOT_DRAWS):
+        chosen = torch.cat(
+            [
+                torch.nonzero(train_y == label).squeeze(1)[
+                    torch.randperm(int((train_y == label).sum()), generator=generator)[:FEW_SHOT]
+                ]
+                for label in train_y.unique()
+            ]
+        )
+        accuracies.append(linear_probe(train_x[chosen], train_y[chosen], test_x, test_y, seed + draw)["test_accuracy"])
+    values = torch.tensor(accuracies)
+    return float(values.mean()), float(values.std())
 
-    config = demo_config(class_names)
-    config.num_negatives = args.num_negatives
-    config.mask_ratio = args.mask_ratio
-    config.max_position_embeddings = max(config.max_position_embeddings, 2 * (NUM_CLIPS + 1))
-    set_seed(args.seed)
-    model = AVBertForPreTraining(config)
-    random_backbone = AVBertModel(config)
-    random_backbone.load_state_dict(model.avbert.state_dict())  # the same random weights pretraining starts from
-    num_params = sum(p.numel() for p in model.parameters())
-    eval_batches = make_batches(test_rows, EVAL_BATCH_SIZE, args.seed, config.mask_ratio, config.pair_negative_ratio)
 
-    start = time.perf_counter()
-    before = evaluate_losses(model, eval_batches, args.seed)
-    timings["loss evaluation (before)"] = time.perf_counter() - start
-    print("before:", json.dumps({k: round(v, 4) for k, v in before.items()}))
-
+def pretrain(
+    model: AVBertForPreTraining, unlabeled_set, processor, args: argparse.Namespace, output_dir: Path
+) -> tuple[int, list[tuple[int, float]]]:
+    """The `Trainer` run on the unlabeled videos; returns the number of steps and the logged training losses."""
     training_args = TrainingArguments(
-        output_dir=str(out / "pretrain"),
+        output_dir=str(output_dir),
         num_train_epochs=float(args.epochs),
         per_device_train_batch_size=8,
         learning_rate=args.lr,
         weight_decay=0.01,
-        warmup_steps=5,
+        warmup_steps=args.warmup_steps,
         lr_scheduler_type="cosine",
         optim="adamw_torch",
-        logging_steps=5,
+        logging_steps=LOGGING_STEPS,
         save_strategy="no",
         report_to=[],
         remove_unused_columns=False,
@@ -202,41 +221,122 @@ def run(args: argparse.Namespace) -> dict:
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=train_set.with_transform(MediaTransform(processor, "audio-visual", train=True)),
-        data_collator=AVBertDataCollator(),
+        train_dataset=unlabeled_set.with_transform(MediaTransform(processor, "audio-visual", train=True)),
+        data_collator=PretrainingCollator(),
     )
-    start = time.perf_counter()
-    train_output = trainer.train()
-    timings["pretraining"] = time.perf_counter() - start
-    logged = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    output = trainer.train()
+    return output.global_step, [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
 
-    start = time.perf_counter()
-    after = evaluate_losses(model, eval_batches, args.seed)
-    timings["loss evaluation (after)"] = time.perf_counter() - start
-    print("after: ", json.dumps({k: round(v, 4) for k, v in after.items()}))
 
-    pretrained_backbone = AVBertModel(config)
-    pretrained_backbone.load_state_dict(model.avbert.state_dict())  # the pretraining model's `.avbert`
-    start = time.perf_counter()
+@torch.no_grad()
+def calibrate_batch_norm(model: AVBertForPreTraining, rows: list[dict]) -> None:
+    """Recompute every BatchNorm's running statistics as plain averages over `rows` (CNN forward passes in train mode,
+    no gradient). Applied to every model compared, so that pretraining gets no credit for merely having run data
+    through the BatchNorms of a model whose running statistics are still the initial 0 / 1."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for start in range(0, len(rows), 8):
+        chunk = rows[start : start + 8]
+        model.avbert.get_clip_features(
+            torch.stack([r["pixel_values"] for r in chunk]), torch.stack([r["input_features"] for r in chunk])
+        )
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
+
+
+def probe_backbone(backbone: AVBertModel, train_rows: list[dict], test_rows: list[dict], seed: int) -> dict:
+    """Full and few-shot linear probes of each feature of a frozen backbone."""
+    backbone.requires_grad_(False)
+    train_x, train_y = probe_features(backbone, train_rows)
+    test_x, test_y = probe_features(backbone, test_rows)
     probes = {}
-    for name, backbone in (("random init", random_backbone), ("pretrained", pretrained_backbone)):
-        backbone.requires_grad_(False)
-        train_x, train_y = probe_features(backbone, train_rows)
-        test_x, test_y = probe_features(backbone, test_rows)
-        probes[name] = linear_probe(train_x, train_y, test_x, test_y, args.seed)
-        print(f"linear probe ({name}): {json.dumps(probes[name])}")
-    timings["linear probes (features + fit)"] = time.perf_counter() - start
+    for feature in PROBE_FEATURES:
+        probe = linear_probe(train_x[feature], train_y, test_x[feature], test_y, seed)
+        probe["few_shot"] = few_shot_probe(train_x[feature], train_y, test_x[feature], test_y, seed)
+        probes[feature] = probe
+    return probes
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(min(torch.get_num_threads(), available_cores()))
+    out = args.output_dir
+    timings = {}
+    start = time.perf_counter()
+    unlabeled_dir = make_synthetic_av_dataset(
+        out / "unlabeled", num_classes=4, videos_per_class=args.unlabeled_per_class, seed=1, test_fraction=0
+    )
+    unlabeled_set = unlabeled_dataset(unlabeled_dir)  # as `avbert-pretrain --data-dir` reads a folder
+    data_dir = make_synthetic_av_dataset(out / "data", num_classes=4, videos_per_class=12, seed=0)
+    train_set = load_media_dataset("folder", data_dir, "train")
+    test_set = load_media_dataset("folder", data_dir, "test")
+    class_names = train_set.features["label"].names
+    processor = demo_processor()
+    train_rows = decode_all(train_set, processor, train=False)
+    test_rows = decode_all(test_set, processor, train=False)
+    # Evenly spaced over the sorted paths, so that every class of the generator is among them.
+    seen = torch.linspace(0, len(unlabeled_set) - 1, min(NUM_SEEN, len(unlabeled_set))).round().long().tolist()
+    seen_rows = decode_all(unlabeled_set.select(seen), processor, train=False)
+    timings["data (write, decode for evaluation and probes)"] = time.perf_counter() - start
+    print(
+        f"{len(unlabeled_set)} unlabeled; {len(train_set)} training / {len(test_set)} held-out videos of {class_names}"
+    )
+
+    config = demo_config(class_names)
+    config.num_negatives = args.num_negatives
+    config.mask_ratio = args.mask_ratio
+    config.contrastive_temperature = args.temperature
+    set_seed(args.seed)
+    initial_state = AVBertForPreTraining(config).state_dict()  # every run starts from these weights
+    eval_batches = {
+        name: make_batches(rows, EVAL_BATCH_SIZE, args.seed, config.mask_ratio, config.pair_negative_ratio)
+        for name, rows in ((HELD_OUT, test_rows), (SEEN, seen_rows))
+    }
+
+    def losses(model: AVBertForPreTraining) -> dict[str, dict[str, float]]:
+        return {name: evaluate_losses(model, batches, args.seed) for name, batches in eval_batches.items()}
+
+    random_model = AVBertForPreTraining(config)
+    random_model.load_state_dict(initial_state)
+    start = time.perf_counter()
+    calibrate_batch_norm(random_model, seen_rows)
+    before = losses(random_model)
+    probes = {"random init": probe_backbone(random_model.avbert, train_rows, test_rows, args.seed)}
+    timings["random init: losses and probes"] = time.perf_counter() - start
+    print("before:", json.dumps(before))
+
+    after, train_logs, train_steps = {}, {}, {}
+    for strategy in args.negative_sampling:
+        config.negative_sampling = strategy
+        model = AVBertForPreTraining(config)
+        model.load_state_dict(initial_state)
+        set_seed(args.seed)
+        start = time.perf_counter()
+        train_steps[strategy], train_logs[strategy] = pretrain(model, unlabeled_set, processor, args, out / strategy)
+        timings[f"pretraining ({strategy})"] = time.perf_counter() - start
+        start = time.perf_counter()
+        calibrate_batch_norm(model, seen_rows)
+        after[strategy] = losses(model)
+        probes[f"pretrained ({strategy})"] = probe_backbone(model.avbert, train_rows, test_rows, args.seed)
+        timings[f"{strategy}: losses and probes"] = time.perf_counter() - start
+        print(f"after ({strategy}):", json.dumps(after[strategy]))
+        print(f"probes ({strategy}):", json.dumps(probes[f"pretrained ({strategy})"]))
 
     return {
         "class_names": class_names,
+        "num_unlabeled": len(unlabeled_set),
         "num_train": len(train_set),
         "num_test": len(test_set),
-        "num_params": num_params,
+        "num_params": sum(p.numel() for p in random_model.parameters()),
         "config": config,
         "before": before,
         "after": after,
-        "train_loss_log": logged,
-        "train_steps": train_output.global_step,
+        "train_logs": train_logs,
+        "train_steps": train_steps,
         "probes": probes,
         "timings": timings,
     }
@@ -245,6 +345,8 @@ def run(args: argparse.Namespace) -> dict:
 def report(args: argparse.Namespace, result: dict, total_s: float, load: tuple[float, float, float]) -> str:
     config = result["config"]
     before, after = result["before"], result["after"]
+    strategies = list(after)
+    chance = math.log(config.num_negatives + 1)
     lines = [
         "## Self-supervised pretraining and linear probe on synthetic audio-visual data "
         "(`benchmarks/bench_pretraining.py`)",
@@ -255,67 +357,109 @@ def report(args: argparse.Namespace, result: dict, total_s: float, load: tuple[f
         f"- Device: {cpu_model()}, {available_cores()} cores, torch threads {torch.get_num_threads()}; "
         f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min; other jobs were running "
         "where this exceeds ~0)",
-        f"- Data: `make_synthetic_av_dataset(num_classes=4, videos_per_class=12, seed=0)`, {result['num_train']} "
-        f"training / {result['num_test']} held-out videos, classes {', '.join(result['class_names'])} "
-        "(labels unused by pretraining); `demo_processor()` (4 clips x 8 frames, 64 px crops; 56 px training crops)",
+        f"- Pretraining data: {result['num_unlabeled']} unlabeled videos of the demo's generator, "
+        f"`make_synthetic_av_dataset(num_classes=4, videos_per_class={args.unlabeled_per_class}, seed=1, "
+        "test_fraction=0)`, read as `avbert-pretrain --data-dir` reads a folder (labels unused)",
+        "- Labeled data (probes, held-out losses): the demo's own, `make_synthetic_av_dataset(num_classes=4, "
+        f"videos_per_class=12, seed=0)`, {result['num_train']} training / {result['num_test']} held-out videos, "
+        f"classes {', '.join(result['class_names'])}, none of them seen in pretraining; `demo_processor()` "
+        "(4 clips x 8 frames, 64 px crops; 56 px training crops)",
         f"- Model: `AVBertForPreTraining(demo_config(...))`, {result['num_params']:,} parameters; mask_ratio "
-        f"{config.mask_ratio}, num_negatives {config.num_negatives}, negative_sampling `{config.negative_sampling}`, "
-        f"pair_negative_ratio {config.pair_negative_ratio}, contrastive_temperature {config.contrastive_temperature}",
-        f"- Pretraining: `Trainer`, {args.epochs} epochs ({result['train_steps']} steps), batch 8, AdamW lr "
-        f"{args.lr:g} (5 warmup steps, cosine), weight decay 0.01, seed {args.seed}, training augmentation "
-        "(`MediaTransform(train=True)`), 2 DataLoader workers",
-        f"- Loss evaluation: held-out videos, center crop, eval mode, `no_grad`, batches of {EVAL_BATCH_SIZE}; the "
-        "same masks, pair labels (drawn once, seeded) and negatives (`torch.manual_seed` before each pass) before and "
-        "after. Chance level of each InfoNCE loss with "
-        f"{config.num_negatives} negatives: ln({config.num_negatives + 1}) = "
-        f"{torch.log(torch.tensor(config.num_negatives + 1.0)):.3f}; of the pair loss: ln 2 = 0.693",
+        f"{config.mask_ratio}, num_negatives {config.num_negatives}, pair_negative_ratio {config.pair_negative_ratio}, "
+        f"contrastive_temperature {config.contrastive_temperature}; one run per negative sampling strategy "
+        f"({', '.join(strategies)}), all from the same initial weights",
+        f"- Pretraining: `Trainer`, {args.epochs} epochs ({', '.join(map(str, result['train_steps'].values()))} "
+        f"steps), batch 8, AdamW lr {args.lr:g} ({args.warmup_steps} warmup steps, cosine), weight decay 0.01, seed "
+        f"{args.seed}, the demo's training augmentation (`MediaTransform(train=True)`), 2 DataLoader workers",
+        "- BatchNorm statistics of every model compared (random init and each pretrained one) recomputed the same way "
+        f"before its losses and probes: plain averages over the {SEEN} (center crop)",
+        f"- Loss evaluation: {HELD_OUT} and {SEEN}; center crop, eval mode, `no_grad`, batches of {EVAL_BATCH_SIZE}; "
+        "the same masks, pair labels (drawn once, seeded) and negatives (`torch.manual_seed` before each pass) for "
+        f"every model. Chance level of each InfoNCE loss with {config.num_negatives} negatives: "
+        f"ln({config.num_negatives + 1}) = {chance:.3f}; of the pair loss: ln 2 = {math.log(2):.3f}",
         "",
-        "| objective (held-out) | before pretraining | after pretraining |",
-        "|---|---|---|",
     ]
-    for name in (*LOSS_NAMES, "pair_accuracy"):
-        fmt = "{:.1%}" if name == "pair_accuracy" else "{:.4f}"
-        lines.append(f"| {name} | {fmt.format(before[name])} | {fmt.format(after[name])} |")
-    steps = ", ".join(f"{step}: {loss:.3f}" for step, loss in result["train_loss_log"])
+    for name in (HELD_OUT, SEEN):
+        header = " | ".join(f"after, {strategy} negatives" for strategy in strategies)
+        lines += [f"Losses on the {name}:", "", f"| objective | before pretraining | {header} |"]
+        lines.append("|---" * (2 + len(strategies)) + "|")
+        for loss in (*LOSS_NAMES, "pair_accuracy"):
+            fmt = "{:.1%}" if loss == "pair_accuracy" else "{:.4f}"
+            cells = " | ".join(fmt.format(after[strategy][name][loss]) for strategy in strategies)
+            lines.append(f"| {loss} | {fmt.format(before[name][loss])} | {cells} |")
+        lines.append("")
+    for strategy in strategies:
+        logged = result["train_logs"][strategy]
+        every = max(1, len(logged) // 10)
+        steps = ", ".join(f"{step}: {loss:.3f}" for step, loss in logged[every - 1 :: every])
+        lines.append(
+            f"Training loss, {strategy} (Trainer log; step: mean of the {LOGGING_STEPS} steps before it): {steps}"
+        )
+        lines.append("")
     lines += [
+        "Linear probe: frozen backbone in eval mode; two features of the multimodal stage, each "
+        f"{2 * config.hidden_size} values: the outputs at the two summary positions (`last_hidden_state[:, 0]` and "
+        f"`[:, {NUM_CLIPS + 1}]`, what the classifiers' sequence head reads) and the mean clip output of each "
+        "modality; center crop, no augmentation; standardized; multinomial logistic regression, full batch L-BFGS "
+        "(300 iterations, strong Wolfe), L2 1e-3, trained on the training videos (all of them, or "
+        f"{FEW_SHOT} per class drawn at random {FEW_SHOT_DRAWS} times), scored on the held-out ones. The random "
+        "backbone is the exact initialization the pretraining runs started from.",
         "",
-        f"Training loss (Trainer log, step: mean loss since the previous log): {steps}",
-        "",
-        "Linear probe: frozen backbone in eval mode; feature = concatenation of the multimodal-stage outputs at the "
-        f"two summary positions (`last_hidden_state[:, 0]` and `[:, {NUM_CLIPS + 1}]`, "
-        f"{2 * config.hidden_size} values), "
-        "center crop, no augmentation; standardized; multinomial logistic regression, full batch L-BFGS (300 "
-        "iterations, strong Wolfe), L2 1e-3, trained on the training videos, scored on the held-out ones. The random "
-        "backbone is the exact initialization the pretraining started from.",
-        "",
-        "| backbone | probe train accuracy | probe held-out accuracy |",
-        "|---|---|---|",
+        f"| backbone | feature | probe train accuracy | probe held-out accuracy | {FEW_SHOT}-shot probe held-out "
+        f"accuracy (mean ± sd of {FEW_SHOT_DRAWS} draws) |",
+        "|---|---|---|---|---|",
     ]
-    for name, probe in result["probes"].items():
-        lines.append(f"| {name} | {probe['train_accuracy']:.1%} | {probe['test_accuracy']:.1%} |")
-    lines.append("| chance (4 balanced classes) | 25.0% | 25.0% |")
+    for backbone, by_feature in result["probes"].items():
+        for feature, probe in by_feature.items():
+            mean, sd = probe["few_shot"]
+            lines.append(
+                f"| {backbone} | {feature} | {probe['train_accuracy']:.1%} | {probe['test_accuracy']:.1%} | "
+                f"{mean:.1%} ± {sd:.1%} |"
+            )
+    lines.append("| chance (4 balanced classes) | | 25.0% | 25.0% | 25.0% |")
     timing = "; ".join(f"{name} {seconds:.0f} s" for name, seconds in result["timings"].items())
     lines += ["", f"Times: {timing}.", ""]
-    pre = result["probes"]["pretrained"]["test_accuracy"]
-    rnd = result["probes"]["random init"]["test_accuracy"]
-    lowered = after["loss"] < before["loss"]
-    verdict = (
-        f"Pretraining {'lowered' if lowered else 'did NOT lower'} the held-out total loss "
-        f"({before['loss']:.3f} -> {after['loss']:.3f}); the probe on pretrained features scored {pre:.1%} vs "
-        f"{rnd:.1%} on the random backbone ({'better' if pre > rnd else 'NOT better'}). With only "
-        f"{result['num_test']} held-out videos one video is {1 / result['num_test']:.1%}."
-    )
-    lines.append(verdict)
+    for strategy in strategies:
+        lowered = {
+            name: [loss for loss in LOSS_NAMES if after[strategy][name][loss] < before[name][loss]]
+            for name in (HELD_OUT, SEEN)
+        }
+        comparisons = []
+        for feature in PROBE_FEATURES:
+            pre = result["probes"][f"pretrained ({strategy})"][feature]
+            rnd = result["probes"]["random init"][feature]
+            for label, a, b in (
+                ("all labels", pre["test_accuracy"], rnd["test_accuracy"]),
+                (f"{FEW_SHOT}-shot", pre["few_shot"][0], rnd["few_shot"][0]),
+            ):
+                comparisons.append(f"{feature}, {label}: {a:.1%} vs {b:.1%} ({'better' if a > b else 'NOT better'})")
+        lines.append(
+            f"With {strategy} negatives, pretraining lowered "
+            + "; ".join(f"on the {name}: {', '.join(names) if names else 'no loss'}" for name, names in lowered.items())
+            + f". Probe held-out accuracy, pretrained vs random init: {'; '.join(comparisons)}."
+        )
+        lines.append("")
+    lines.append(f"With only {result['num_test']} held-out videos one video is {1 / result['num_test']:.1%}.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--unlabeled-per-class", type=int, default=300, help="unlabeled pretraining videos per class")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mask-ratio", type=float, default=0.25)
     parser.add_argument("--num-negatives", type=int, default=8)
+    parser.add_argument(
+        "--negative-sampling",
+        nargs="+",
+        choices=("cans", "random", "easy", "hard"),
+        default=["random", "cans"],
+        help="one pretraining run per strategy, each from the same initial weights",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="contrastive_temperature")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "pretraining_probe")
     parser.add_argument("--no-write", action="store_true", help="print the report without writing BENCHMARKS.md")
     args = parser.parse_args(argv)

@@ -53,6 +53,34 @@ def test_losses_are_finite_and_every_parameter_learns(strategy):
     assert not no_gradient, no_gradient
 
 
+def test_every_objective_can_fit_a_fixed_batch():
+    """The objectives are learnable: a few optimizer steps on one batch with fixed masks, pair labels and negatives
+    lower each of them (a broken target, mask or swap would leave some at chance)."""
+    torch.manual_seed(0)
+    model = AVBertForPreTraining(AVBertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    batch = {
+        **inputs(batch=4),
+        "visual_mask": sample_clip_mask(4, CLIPS, 0.34, generator=torch.Generator().manual_seed(1)),
+        "audio_mask": sample_clip_mask(4, CLIPS, 0.34, generator=torch.Generator().manual_seed(2)),
+        "pair_labels": torch.tensor([1, 0, 1, 0]),
+    }
+    names = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        torch.manual_seed(3)  # the same negatives at every step
+        output = model(**batch)
+        first = first or {name: float(output[name].detach()) for name in names}
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+    torch.manual_seed(3)
+    with torch.no_grad():  # still in train mode: the BatchNorms normalize with the batch, as during the steps
+        last = {name: float(model(**batch)[name]) for name in names}
+    for name in names:
+        assert last[name] < 0.75 * first[name], (name, first[name], last[name])
+
+
 def test_pair_labels_swap_the_sound_tracks():
     torch.manual_seed(0)
     model = AVBertForPreTraining(AVBertConfig(**TINY)).eval()
