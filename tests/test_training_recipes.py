@@ -375,6 +375,7 @@ DDP_SCRIPT = (
     SCRIPT_PRELUDE
     + """
 import torch.distributed as dist
+from avbert.training.distributed import release_process_group
 output = sys.argv[1]
 world_size = int(os.environ.get("WORLD_SIZE", "1"))
 torch.manual_seed(0)
@@ -394,6 +395,8 @@ trainer.train()
 loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
 with open(os.path.join(output, f"rank{args.process_index}.json"), "w") as f:
     json.dump({"loss": loss, "world_size": args.world_size}, f)
+del trainer
+release_process_group()  # as avbert-train does; without it Gloo threads can abort a finished rank at exit
 """
 )
 

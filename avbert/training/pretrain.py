@@ -35,6 +35,7 @@ from ..modeling_avbert import AVBertForPreTraining
 from ..processing_avbert import AVBertProcessor
 from ..video_processing_avbert import AVBertVideoProcessor
 from .data import AVBertDataCollator, MediaTransform
+from .distributed import release_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         processor.save_pretrained(training_args.output_dir)
     if collator.skipped:
         logger.warning("Skipped %d unreadable items (this process): %s", len(collator.skipped), collator.skipped)
+    del trainer, model
+    release_process_group()
     return result.metrics
 
 

@@ -38,6 +38,7 @@ import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
 from .callbacks import TrainingCurveCallback
 from .data import AVBertDataCollator, MediaTransform, load_media_dataset
+from .distributed import release_process_group
 from .evaluate import load_top_k_metric
 from .recipes import RECIPES, AVBertTrainer, Recipe, recipe_config_overrides, recipe_training_defaults
 
@@ -212,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
+    del trainer, model
+    release_process_group()
     return metrics
 
 
