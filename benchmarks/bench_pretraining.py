@@ -48,13 +48,14 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch.optim.swa_utils import update_bn
 from transformers import Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
 
 from avbert import AVBertModel
-from avbert.modeling_avbert import AVBertForPreTraining
+from avbert.modeling_avbert import AVBertForPreTraining, sample_clip_mask, sample_pair_labels
 from avbert.training.data import MediaTransform, load_media_dataset
 from avbert.training.demo import NUM_CLIPS, demo_config, demo_processor
 from avbert.training.pretrain import PretrainingCollator, unlabeled_dataset
@@ -87,22 +88,18 @@ def decode_all(dataset, processor, train: bool) -> list[dict[str, torch.Tensor]]
 def make_batches(rows: list[dict], batch_size: int, seed: int, mask_ratio: float, pair_negative_ratio: float):
     """Fixed evaluation batches with fixed masks and pair labels (drawn once from a seeded generator)."""
     generator = torch.Generator().manual_seed(seed)
-    count = max(1, round(mask_ratio * NUM_CLIPS))
     batches = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        n = len(chunk)
-
-        def mask(n: int = n) -> torch.Tensor:
-            return torch.rand(n, NUM_CLIPS, generator=generator).argsort(1).argsort(1) < count
-
-        pair_labels = (torch.rand(n, generator=generator) >= pair_negative_ratio).long()
+        pair_labels = sample_pair_labels(len(chunk), pair_negative_ratio, generator=generator)
+        visual_mask = sample_clip_mask(len(chunk), NUM_CLIPS, mask_ratio, generator=generator)
+        audio_mask = sample_clip_mask(len(chunk), NUM_CLIPS, mask_ratio, generator=generator)
         batches.append(
             {
                 "pixel_values": torch.stack([r["pixel_values"] for r in chunk]),
                 "input_features": torch.stack([r["input_features"] for r in chunk]),
-                "visual_mask": mask(),
-                "audio_mask": mask(),
+                "visual_mask": visual_mask,
+                "audio_mask": audio_mask,
                 "pair_labels": pair_labels,
             }
         )
@@ -228,25 +225,15 @@ def pretrain(
     return output.global_step, [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
 
 
-@torch.no_grad()
 def calibrate_batch_norm(model: AVBertForPreTraining, rows: list[dict]) -> None:
-    """Recompute every BatchNorm's running statistics as plain averages over `rows` (CNN forward passes in train mode,
-    no gradient). Applied to every model compared, so that pretraining gets no credit for merely having run data
-    through the BatchNorms of a model whose running statistics are still the initial 0 / 1."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    model.train()
-    for start in range(0, len(rows), 8):
-        chunk = rows[start : start + 8]
-        model.avbert.get_clip_features(
-            torch.stack([r["pixel_values"] for r in chunk]), torch.stack([r["input_features"] for r in chunk])
-        )
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
+    """Recompute every BatchNorm's running statistics (all are in the two CNNs) as plain averages over `rows`.
+    Applied to every model compared, so that pretraining gets no credit for merely having run data through the
+    BatchNorms of a model whose running statistics are still the initial 0 / 1."""
+    chunks = [rows[start : start + 8] for start in range(0, len(rows), 8)]
+    pixels = [torch.stack([r["pixel_values"] for r in chunk]).flatten(0, 1) for chunk in chunks]
+    sounds = [torch.stack([r["input_features"] for r in chunk]).flatten(0, 1) for chunk in chunks]
+    update_bn(pixels, model.avbert.visual_encoder)
+    update_bn(sounds, model.avbert.audio_encoder)
 
 
 def probe_backbone(backbone: AVBertModel, train_rows: list[dict], test_rows: list[dict], seed: int) -> dict:
