@@ -99,8 +99,9 @@ class AVBertConfig(PreTrainedConfig):
         negative_sampling (`str`, defaults to `"cans"`): `"cans"` (content-aware: probability proportional to the
             similarity of CNN embeddings), `"random"`, `"easy"` (proportional to dissimilarity) or `"hard"` (the most
             similar ones).
-        cans_outlier_quantile (`float`, defaults to 0.05): distances below/above this quantile are clipped before
-            they are rescaled to [0, 1], so outliers do not squash the distribution.
+        cans_outlier_quantile (`float`, defaults to 0.025): candidates whose distance to the anchor is below / above
+            this quantile / its complement are dropped before the rest are rescaled to [0, 1] (the paper keeps the
+            95% interval: no near-duplicates, no far-off clips).
         pair_negative_ratio (`float`, defaults to 0.5): fraction of a batch whose sound track is swapped with another
             video's for correct-pair prediction.
         mep_loss_weight, pair_loss_weight (`float`, default 1.0): weights of the two objectives.
@@ -159,7 +160,7 @@ class AVBertConfig(PreTrainedConfig):
     contrastive_temperature: float = 1.0
     num_negatives: int = 16
     negative_sampling: str = "cans"
-    cans_outlier_quantile: float = 0.05
+    cans_outlier_quantile: float = 0.025
     pair_negative_ratio: float = 0.5
     mep_loss_weight: float = 1.0
     pair_loss_weight: float = 1.0

@@ -1083,13 +1083,14 @@ def negative_sampling_probabilities(
 ) -> torch.Tensor:
     """
     `(num_anchors, num_candidates)` probabilities of drawing each candidate clip as a negative for each anchor (never
-    the anchor itself). Content-aware negative sampling: cosine distances between CNN embeddings are clipped at the
-    `outlier_quantile` and `1 - outlier_quantile` quantiles of each anchor's distances (outliers dropped), rescaled to
-    [0, 1], and candidates are drawn proportionally to their similarity `1 - d` ("cans") or dissimilarity `d`
-    ("easy"); "random" is uniform.
+    the anchor itself). Content-aware negative sampling, as the paper describes it: L2 distances between CNN
+    embeddings; candidates outside the `[outlier_quantile, 1 - outlier_quantile]` quantiles of each anchor's distances
+    are dropped (near-duplicates and far-off clips); the distances of the rest are rescaled to [0, 1] and candidates
+    are drawn proportionally to their similarity `1 - d` ("cans") or dissimilarity `d` ("easy"). "random" is uniform
+    over all candidates.
     """
-    normalized = F.normalize(embeddings.detach().float(), dim=-1)
-    distance = 1 - normalized[anchors] @ normalized.T
+    embeddings = embeddings.detach().float()
+    distance = torch.cdist(embeddings[anchors], embeddings)
     is_anchor = torch.zeros_like(distance, dtype=torch.bool)
     is_anchor[torch.arange(len(anchors), device=anchors.device), anchors] = True
     if strategy == "random":
@@ -1098,10 +1099,11 @@ def negative_sampling_probabilities(
         masked = distance.masked_fill(is_anchor, float("nan"))
         low = masked.nanquantile(outlier_quantile, dim=1, keepdim=True)
         high = masked.nanquantile(1 - outlier_quantile, dim=1, keepdim=True)
-        rescaled = (distance.clamp(low, high) - low) / (high - low).clamp_min(1e-12)
-        weights = 1 - rescaled if strategy == "cans" else rescaled
+        kept = (distance >= low) & (distance <= high)
+        rescaled = ((distance - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+        weights = (1 - rescaled if strategy == "cans" else rescaled) * kept
     weights = weights.masked_fill(is_anchor, 0.0)
-    # A row without weight (all candidates equally distant, at the clip point) falls back to uniform.
+    # A row without weight (e.g. every kept candidate at the same distance) falls back to uniform.
     empty = weights.sum(dim=1, keepdim=True) <= 0
     weights = torch.where(empty, (~is_anchor).float(), weights)
     return weights / weights.sum(dim=1, keepdim=True)
@@ -1115,13 +1117,12 @@ def sample_negatives(
     outlier_quantile: float,
     generator=None,
 ) -> torch.Tensor:
-    """`(num_anchors, num_negatives)` candidate indices: the most similar ones ("hard") or drawn by
+    """`(num_anchors, num_negatives)` candidate indices: the nearest ones in L2 distance ("hard") or drawn by
     [`negative_sampling_probabilities`] (without replacement while enough candidates have weight)."""
     if strategy == "hard":
-        normalized = F.normalize(embeddings.detach().float(), dim=-1)
-        similarity = normalized[anchors] @ normalized.T
-        similarity[torch.arange(len(anchors), device=anchors.device), anchors] = -float("inf")
-        return similarity.topk(min(num_negatives, embeddings.shape[0] - 1), dim=1).indices
+        distance = torch.cdist(embeddings[anchors].detach().float(), embeddings.detach().float())
+        distance[torch.arange(len(anchors), device=anchors.device), anchors] = float("inf")
+        return distance.topk(min(num_negatives, embeddings.shape[0] - 1), dim=1, largest=False).indices
     probabilities = negative_sampling_probabilities(embeddings, anchors, strategy, outlier_quantile)
     replacement = num_negatives > int((probabilities > 0).sum(dim=1).min())
     return torch.multinomial(probabilities, num_negatives, replacement=replacement, generator=generator)

@@ -117,9 +117,8 @@ def test_mask_ratio_and_uniform_positions(ratio, expected):
 
 
 def test_cans_probabilities_follow_similarity():
-    # Anchor 0; candidates at increasing angles: the more similar, the likelier (cans), the opposite for easy.
-    angles = torch.linspace(0, 3.0, 12)
-    embeddings = torch.stack([angles.cos(), angles.sin()], dim=1)
+    # Anchor 0; candidates ever farther away: the nearer, the likelier (cans), the opposite for easy.
+    embeddings = torch.stack([torch.linspace(0, 3.0, 12), torch.zeros(12)], dim=1)
     anchors = torch.tensor([0])
     cans = negative_sampling_probabilities(embeddings, anchors, "cans", outlier_quantile=0.0)[0]
     easy = negative_sampling_probabilities(embeddings, anchors, "easy", outlier_quantile=0.0)[0]
@@ -127,24 +126,29 @@ def test_cans_probabilities_follow_similarity():
     assert cans[0] == easy[0] == uniform[0] == 0  # never the anchor itself
     assert (cans[1:].diff() <= 1e-7).all() and (easy[1:].diff() >= -1e-7).all()
     torch.testing.assert_close(uniform[1:], torch.full((11,), 1 / 11))
-    # Distances rescaled to [0, 1]: the closest candidate has weight 1 - 0, the farthest 0 (cans).
-    distance = 1 - embeddings @ embeddings[0]
-    rescaled = (distance[1:] - distance[1:].min()) / (distance[1:].max() - distance[1:].min())
+    # L2 distances rescaled to [0, 1]: the nearest candidate has weight 1 - 0, the farthest 0 (cans).
+    distance = (embeddings - embeddings[0]).norm(dim=1)[1:]
+    rescaled = (distance - distance.min()) / (distance.max() - distance.min())
     torch.testing.assert_close(cans[1:], (1 - rescaled) / (1 - rescaled).sum())
+    torch.testing.assert_close(easy[1:], rescaled / rescaled.sum())
 
 
-def test_outliers_are_clipped_before_rescaling():
+@pytest.mark.parametrize("strategy", ["cans", "easy"])
+def test_outliers_are_dropped_before_rescaling(strategy):
     embeddings = torch.randn(41, 8, generator=torch.Generator().manual_seed(1))
     anchors = torch.tensor([0])
-    weights = negative_sampling_probabilities(embeddings, anchors, "cans", outlier_quantile=0.1)[0]
-    normalized = torch.nn.functional.normalize(embeddings, dim=-1)
-    distance = 1 - normalized[1:] @ normalized[0]
+    weights = negative_sampling_probabilities(embeddings, anchors, strategy, outlier_quantile=0.1)[0]
+    distance = (embeddings[1:] - embeddings[0]).norm(dim=1)
     low, high = distance.quantile(0.1), distance.quantile(0.9)
-    expected = 1 - (distance.clamp(low, high) - low) / (high - low)
+    kept = (distance >= low) & (distance <= high)
+    rescaled = (distance - low) / (high - low)
+    expected = torch.where(kept, 1 - rescaled if strategy == "cans" else rescaled, torch.zeros(()))
     torch.testing.assert_close(weights[1:], expected / expected.sum())
     assert weights[0] == 0
-    # The closest 10% share the top weight and the farthest 10% get none: single outliers do not set the scale.
-    assert (weights[1:] == weights.max()).sum() >= 4 and (weights[1:] == 0).sum() >= 4
+    # The nearest and the farthest 10% (4 of 40 each) are never drawn: near-duplicates and far-off clips are dropped.
+    order = distance.argsort()
+    assert (weights[1:][order[:4]] == 0).all() and (weights[1:][order[-4:]] == 0).all()
+    assert (weights[1:][order[4:-4]] > 0).sum() >= 31
 
 
 @pytest.mark.parametrize("strategy", ["cans", "easy", "random"])
@@ -161,10 +165,9 @@ def test_sampled_negatives_match_their_distribution(strategy):
 def test_hard_negatives_are_the_most_similar():
     embeddings = torch.randn(10, 4, generator=torch.Generator().manual_seed(4))
     negatives = sample_negatives(embeddings, torch.tensor([3]), 3, "hard", 0.0)[0]
-    normalized = torch.nn.functional.normalize(embeddings, dim=-1)
-    similarity = normalized @ normalized[3]
-    similarity[3] = -float("inf")
-    assert set(negatives.tolist()) == set(similarity.topk(3).indices.tolist())
+    distance = (embeddings - embeddings[3]).norm(dim=1)
+    distance[3] = float("inf")
+    assert set(negatives.tolist()) == set(distance.topk(3, largest=False).indices.tolist())
 
 
 def test_pretrained_checkpoint_loads_into_both_classifiers_with_new_heads_only(tmp_path):
