@@ -279,6 +279,7 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         clip_starts: Sequence[float] | Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None = None,
         num_clips: int | None = None,
         apply_masking: bool = False,
+        clip_gain_jitter_db: float = 0.0,
         return_tensors: str | TensorType | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
@@ -303,6 +304,10 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
                 mask (masked values 0.0), drawn from torch's global RNG (seed it with `torch.manual_seed`). All clips of
                 one waveform get the same masks, as in the original Kinetics-Sounds loader; waveforms of a batch get
                 independent ones.
+            clip_gain_jitter_db (`float`, defaults to 0.0): training-time gain augmentation (not in the original; used
+                for pretraining): every window is scaled by its own gain, uniform in +-`clip_gain_jitter_db` dB and
+                drawn from torch's global RNG, before its log-mel. Independent per clip, so that loudness cannot tell
+                the clips of one recording from another's.
             return_tensors (`str` or [`~utils.TensorType`], *optional*): `"pt"` or `"np"` for one stacked tensor;
                 by default a list with one numpy array per waveform.
 
@@ -323,6 +328,8 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
             )
             sampling_rate = self.sampling_rate
         sampling_rate = _check_positive_int("sampling_rate", sampling_rate)
+        if not (math.isfinite(clip_gain_jitter_db) and clip_gain_jitter_db >= 0):
+            raise ValueError(f"clip_gain_jitter_db must be a finite number >= 0, got {clip_gain_jitter_db!r}.")
 
         batched = _is_batch(raw_audio)
         items = raw_audio if batched else [raw_audio]
@@ -335,6 +342,9 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
                 for waveform, item_starts in zip(waveforms, starts, strict=True)
             ]
         )
+        if clip_gain_jitter_db > 0:
+            gains_db = (2 * torch.rand(len(windows)) - 1) * clip_gain_jitter_db
+            windows = windows * torch.pow(10.0, gains_db / 20)[:, None]  # torchaudio.functional.gain, one per window
         features = torch.cat(
             [
                 log_mel_spectrogram(chunk, self.sampling_rate, self.feature_size, self.num_time_frames, self.log_offset)

@@ -10,7 +10,7 @@ from .media_decoding import is_media_source
 from .video_processing_avbert import AVBertVideoProcessor
 
 # Arguments of the feature extractor's `__call__`; every other keyword goes to the video processor.
-_AUDIO_KWARGS = ("clip_starts", "apply_masking")
+_AUDIO_KWARGS = ("clip_starts", "apply_masking", "clip_gain_jitter_db")
 
 
 class AVBertProcessor(ProcessorMixin):
@@ -55,6 +55,8 @@ class AVBertProcessor(ProcessorMixin):
         if videos is not None:
             items = videos if isinstance(videos, list | tuple) else [videos]
             from_file = load_audio_in_video and audio is None and all(is_media_source(item) for item in items)
+            if from_file and "clip_gain_jitter_db" in audio_kwargs:  # the sound track's log-mels come from there
+                kwargs["clip_gain_jitter_db"] = audio_kwargs.pop("clip_gain_jitter_db")
             data.update(
                 self.video_processor(
                     videos,

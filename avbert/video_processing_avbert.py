@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from huggingface_hub.dataclasses import validate_typed_dict
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, validate_kwargs
@@ -76,6 +77,11 @@ class AVBertVideosKwargs(VideosKwargs, total=False):
     train_jitter_scales: (min, max) of the random short side.
     train_crop_size: side of the random square crop.
     flip_prob: probability of the horizontal flip.
+    clip_brightness_jitter / clip_contrast_jitter: training only, not in the original (used for pretraining): each clip
+        gets its own brightness and contrast factors, uniform in ``[1 - j, 1 + j]`` (torchvision's ``ColorJitter``
+        ranges), applied with torchvision's ``adjust_brightness`` / ``adjust_contrast``. 0 (the default) turns it off.
+    clip_gain_jitter_db: training only, with ``load_audio_in_video``: each clip's sound window gets its own gain,
+        uniform in +-this many dB (see ``AVBertFeatureExtractor``). 0 (the default) turns it off.
     seed / generator: source of the training randomness, for reproducible augmentation.
     load_audio_in_video: also decode the sound track of video files (same container, one pass) and return the log-mel
         of the window under each clip as ``input_features``; a file without audio is refused. With training
@@ -98,6 +104,9 @@ class AVBertVideosKwargs(VideosKwargs, total=False):
     train_jitter_scales: tuple[int, int] | list[int] | None
     train_crop_size: int | None
     flip_prob: int | float | None
+    clip_brightness_jitter: int | float | None
+    clip_contrast_jitter: int | float | None
+    clip_gain_jitter_db: int | float | None
     seed: int | None
     generator: torch.Generator | None
     load_audio_in_video: bool | None
@@ -199,16 +208,29 @@ def uniform_crop_offsets(height: int, width: int, crop: int, spatial_index: int)
 
 @dataclass(frozen=True)
 class _Augmentation:
-    """One video's training draw: the same scale, crop and flip for all of its clips and frames."""
+    """One video's training draw: the same scale, crop and flip for all of its clips and frames, and, when asked, a
+    brightness and a contrast factor per clip."""
 
     short_side: int
     uniforms: tuple[float, float, float]  # crop y, crop x, flip
+    brightness: tuple[float, ...] = ()  # one factor per clip, or none
+    contrast: tuple[float, ...] = ()
 
     @classmethod
-    def draw(cls, scales: tuple[int, int], generator: torch.Generator | None) -> _Augmentation:
+    def draw(cls, options: _Options, num_clips: int) -> _Augmentation:
+        generator = options.generator
         values = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
-        low, high = scales
-        return cls(short_side=round(low + (high - low) * values[0]), uniforms=(values[1], values[2], values[3]))
+        low, high = options.train_jitter_scales
+        factors = {}
+        # Drawn after the crop values, so that turning the jitter on leaves a seed's crops and flips unchanged.
+        jitters = {"brightness": options.clip_brightness_jitter, "contrast": options.clip_contrast_jitter}
+        for name, jitter in jitters.items():
+            if jitter > 0:
+                uniforms = torch.rand(num_clips, generator=generator, dtype=torch.float64)
+                factors[name] = tuple((1 - jitter + 2 * jitter * uniforms).tolist())
+        return cls(
+            short_side=round(low + (high - low) * values[0]), uniforms=(values[1], values[2], values[3]), **factors
+        )
 
     def crop_offsets(self, height: int, width: int, crop: int) -> tuple[int, int]:
         return int(self.uniforms[0] * (height - crop + 1)), int(self.uniforms[1] * (width - crop + 1))
@@ -241,6 +263,9 @@ class _Options:
     train_jitter_scales: tuple[int, int]
     train_crop_size: int
     flip_prob: float
+    clip_brightness_jitter: float
+    clip_contrast_jitter: float
+    clip_gain_jitter_db: float
     generator: torch.Generator | None
     do_rescale: bool
     rescale_factor: float
@@ -296,6 +321,9 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     train_jitter_scales = (128, 160)
     train_crop_size = 112
     flip_prob = 0.5
+    clip_brightness_jitter = 0.0
+    clip_contrast_jitter = 0.0
+    clip_gain_jitter_db = 0.0
     seed = None
     generator = None
     load_audio_in_video = False
@@ -434,6 +462,9 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             train_jitter_scales=(low, high),
             train_crop_size=int(values["train_crop_size"]),
             flip_prob=float(values["flip_prob"]),
+            clip_brightness_jitter=float(values["clip_brightness_jitter"]),
+            clip_contrast_jitter=float(values["clip_contrast_jitter"]),
+            clip_gain_jitter_db=float(values["clip_gain_jitter_db"]),
             generator=generator,
             do_rescale=bool(values["do_rescale"]),
             rescale_factor=float(values["rescale_factor"]),
@@ -465,7 +496,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """One video -> clips (views, clips, 3, frames, H, W) with views = 3 for ``all_views``, else 1, and, when the
         sound track is loaded, its per-clip log-mels (1, clips, 1, mel, time)."""
-        augmentation = _Augmentation.draw(options.train_jitter_scales, options.generator) if options.train else None
+        num_clips = len(_clip_selection(options.temporal_index, options.num_clips))
+        augmentation = _Augmentation.draw(options, num_clips) if options.train else None
         short_side = augmentation.short_side if augmentation is not None else None
         log_mels = None
         if is_media_source(video):
@@ -479,6 +511,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             frames, positions, video_metadata = self._sample_array(video, metadata, options, short_side)
         views = [_normalize(view, options) for view in self._crop_views(frames, options, augmentation)]
         clips = _gather_clips(views, torch.from_numpy(positions).view(-1, options.num_frames))
+        if augmentation is not None and (augmentation.brightness or augmentation.contrast):
+            clips = _jitter_clips(clips, augmentation, options)
         return clips, video_metadata, log_mels
 
     def _flat_indices(self, total_frames: int, fps: float | None, options: _Options) -> np.ndarray:
@@ -532,6 +566,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             sampling_rate=decoded.sample_rate,
             clip_starts=[seconds],
             apply_masking=options.train,
+            clip_gain_jitter_db=options.clip_gain_jitter_db if options.train else 0.0,
             return_tensors="pt",
         )
         return features["input_features"]
@@ -654,6 +689,13 @@ def _validate_settings(values: dict[str, Any]) -> None:
         raise ValueError(f"only nearest resizing (the original's) is implemented, got resample={values['resample']}")
     if values["audio_alignment"] not in ("timestamp", "fraction"):
         raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {values['audio_alignment']!r}")
+    for name in ("clip_brightness_jitter", "clip_contrast_jitter"):
+        if not 0 <= float(values[name]) < 1:
+            raise ValueError(f"{name} must be in [0, 1) (the factors 1 +- {name} stay positive), got {values[name]}")
+        if float(values[name]) > 0 and not (values["do_rescale"] and float(values["rescale_factor"]) == 1 / 255):
+            raise ValueError(f"{name} works on pixels in [0, 1]: it needs do_rescale with rescale_factor 1 / 255")
+    if not (math.isfinite(float(values["clip_gain_jitter_db"])) and float(values["clip_gain_jitter_db"]) >= 0):
+        raise ValueError(f"clip_gain_jitter_db must be a finite number >= 0, got {values['clip_gain_jitter_db']}")
     if values["do_train_augmentation"] and values["all_views"]:
         raise ValueError("all_views is an evaluation option; training uses one random crop per video")
 
@@ -777,6 +819,26 @@ def _normalize(frames: torch.Tensor, options: _Options) -> torch.Tensor:
         values.sub_(torch.tensor(options.image_mean, dtype=torch.float32, device=values.device).view(-1, 1, 1, 1))
         values.div_(torch.tensor(options.image_std, dtype=torch.float32, device=values.device).view(-1, 1, 1, 1))
     return values
+
+
+def _jitter_clips(clips: torch.Tensor, augmentation: _Augmentation, options: _Options) -> torch.Tensor:
+    """Per-clip brightness then contrast (torchvision's functions, on pixels in [0, 1]) of normalized clips
+    (views, clips, C, T, H, W); the result is normalized again."""
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(options.image_mean, dtype=clips.dtype, device=clips.device).view(shape)
+    std = torch.tensor(options.image_std, dtype=clips.dtype, device=clips.device).view(shape)
+    normalized = options.do_normalize
+    out = torch.empty_like(clips)
+    for index in range(clips.shape[1]):
+        pixels = clips[:, index] * std + mean if normalized else clips[:, index]
+        frames = pixels.transpose(1, 2)  # (views, T, C, H, W): torchvision's layout, contrast measured per frame
+        if augmentation.brightness:
+            frames = TF.adjust_brightness(frames, augmentation.brightness[index])
+        if augmentation.contrast:
+            frames = TF.adjust_contrast(frames, augmentation.contrast[index])
+        pixels = frames.transpose(1, 2)
+        out[:, index] = (pixels - mean) / std if normalized else pixels
+    return out
 
 
 def _gather_clips(views: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:

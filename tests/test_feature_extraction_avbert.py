@@ -284,6 +284,24 @@ def test_masking_is_torchaudio_frequency_then_time_and_seeded():
     assert torch.equal(masked, expected)
 
 
+def test_gain_jitter_scales_each_window_before_the_log_mel():
+    extractor = AVBertFeatureExtractor(num_clips=4)
+    mono = noise(200000)
+    plain = features(extractor, mono)[0]
+    torch.manual_seed(3)
+    jittered = features(extractor, mono, clip_gain_jitter_db=6.0)[0]
+    torch.manual_seed(3)
+    gains_db = (2 * torch.rand(4) - 1) * 6.0
+    # Noise at 0.1 rms sits far above the log offset, so a gain g shifts every log-mel value by 2 ln g.
+    expected = plain + (gains_db * math.log(10) / 10)[:, None, None, None]
+    torch.testing.assert_close(jittered, expected, atol=1e-3, rtol=0)
+    assert len(set(gains_db.tolist())) == 4
+    assert torch.equal(features(extractor, mono, clip_gain_jitter_db=0.0)[0], plain)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_gain_jitter_db"):
+            features(extractor, mono, clip_gain_jitter_db=bad)
+
+
 # --- validation ---------------------------------------------------------------------------------------------------
 
 

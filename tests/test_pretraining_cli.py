@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from avbert.modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
 from avbert.processing_avbert import AVBertProcessor
-from avbert.training.pretrain import main
+from avbert.training.data import MediaTransform
+from avbert.training.pretrain import PretrainArguments, main
 
 VIDEOS = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "videos"
 WITH_SOUND = (
@@ -94,6 +96,10 @@ def test_pretrain_saves_a_model_the_classifiers_start_from(tmp_path):
 
     processor = AVBertProcessor.from_pretrained(out)
     assert processor.video_processor.num_clips == 6 and processor.feature_extractor.num_clips == 6
+    # The per-clip jitter is a pretraining-time argument: it must not carry over into fine-tuning with this processor.
+    video_processor = processor.video_processor
+    assert video_processor.clip_brightness_jitter == video_processor.clip_contrast_jitter == 0
+    assert video_processor.clip_gain_jitter_db == 0
     config = json.loads((out / "config.json").read_text())
     assert config["num_clips"] == 6 and config["max_position_embeddings"] >= 7
 
@@ -102,6 +108,27 @@ def test_pretrain_saves_a_model_the_classifiers_start_from(tmp_path):
         assert info["missing_keys"], model_class
         assert not [key for key in info["missing_keys"] if key.startswith("avbert.")], (model_class, info)
         assert not info["mismatched_keys"]
+
+
+def test_the_per_clip_jitter_is_applied_in_training_only(tmp_path):
+    out = tmp_path / "out"
+    main([*_args(_video_dir(tmp_path, WITH_SOUND[:1]), out, num_clips=3, batch_size=1, epochs=1), "--max_steps", "1"])
+    processor = AVBertProcessor.from_pretrained(out)
+    row = {"path": [str(VIDEOS / WITH_SOUND[0])], "label": [0]}
+    jitter = PretrainArguments(data_dir=str(tmp_path)).augmentation()
+    assert jitter == {"clip_brightness_jitter": 0.4, "clip_contrast_jitter": 0.4, "clip_gain_jitter_db": 6.0}
+
+    def decode(train: bool, augmentation: dict | None) -> dict:
+        torch.manual_seed(0)  # the processors draw training randomness from the global generator
+        return MediaTransform(processor, "audio-visual", train=train, augmentation=augmentation)(row)
+
+    plain, jittered = decode(True, None), decode(True, jitter)
+    assert plain["pixel_values"][0].shape == jittered["pixel_values"][0].shape
+    assert not torch.allclose(plain["pixel_values"][0], jittered["pixel_values"][0])
+    assert not torch.allclose(plain["input_features"][0], jittered["input_features"][0])
+    evaluation = decode(False, None)
+    for key in ("pixel_values", "input_features"):
+        assert torch.equal(decode(False, jitter)[key][0], evaluation[key][0])
 
 
 def test_pretrain_resumes_from_the_last_checkpoint(tmp_path):

@@ -3,6 +3,7 @@ training augmentation, save/load, the Auto class and the video-classification pi
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -222,6 +223,58 @@ def test_training_flip_and_crop_are_applied_after_the_scale():
     assert processor(video, do_train_augmentation=False)["pixel_values"].shape[-1] == 128
 
 
+def test_per_clip_brightness_and_contrast_jitter_are_torchvisions_and_leave_the_crops_unchanged():
+    import torchvision.transforms.v2.functional as TF
+
+    processor = AVBertVideoProcessor(do_train_augmentation=True, num_clips=4, num_frames=2)
+    video = static_video(8)
+    plain = processor(video, seed=1)["pixel_values"][0]
+    jittered = processor(video, seed=1, clip_brightness_jitter=0.4, clip_contrast_jitter=0.3)["pixel_values"][0]
+    assert jittered.shape == plain.shape
+    # The factors are drawn after the crop and flip (so the same seed gives the same crop): 4 uniforms for scale, crop
+    # and flip, then one uniform per clip for brightness, then for contrast, mapped to [1 - j, 1 + j].
+    generator = torch.Generator().manual_seed(1)
+    torch.rand(4, generator=generator, dtype=torch.float64)
+    brightness = 0.6 + 0.8 * torch.rand(4, generator=generator, dtype=torch.float64)
+    contrast = 0.7 + 0.6 * torch.rand(4, generator=generator, dtype=torch.float64)
+    assert len(set(brightness.tolist())) == 4, "every clip gets its own factors"
+    mean, std = 0.45, 0.225
+    for index, (clip, reference) in enumerate(zip(jittered, plain, strict=True)):
+        pixels = (reference * std + mean).transpose(0, 1)  # (T, C, H, W) in [0, 1]: torchvision's layout
+        pixels = TF.adjust_contrast(TF.adjust_brightness(pixels, float(brightness[index])), float(contrast[index]))
+        torch.testing.assert_close(clip, ((pixels - mean) / std).transpose(0, 1))
+        assert not torch.allclose(clip, reference, atol=1e-3)
+    # Evaluation ignores the jitter; the same seed gives the same jitter.
+    assert torch.equal(
+        processor(video, do_train_augmentation=False, clip_brightness_jitter=0.4)["pixel_values"],
+        processor(video, do_train_augmentation=False)["pixel_values"],
+    )
+    again = processor(video, seed=1, clip_brightness_jitter=0.4, clip_contrast_jitter=0.3)["pixel_values"][0]
+    assert torch.equal(again, jittered)
+
+
+def test_per_clip_gain_jitter_reaches_the_sound_track(tmp_path):
+    from avbert.training.synthetic import write_av_file
+
+    frames = np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), dtype=np.uint8)
+    tone = (0.3 * np.sin(2 * np.pi * 880 * np.arange(32000) / 16000)).astype(np.float32)
+    path = write_av_file(tmp_path / "tone.mp4", frames, 30, tone, 16000)
+    processor = AVBertVideoProcessor(num_clips=3, num_frames=4, load_audio_in_video=True, do_train_augmentation=True)
+    torch.manual_seed(0)
+    plain = processor(path, seed=0, flip_prob=0.0)["input_features"][0]
+    torch.manual_seed(0)
+    louder = processor(path, seed=0, flip_prob=0.0, clip_gain_jitter_db=6.0)["input_features"][0]
+    # A gain g scales the mel power by g ** 2: where the sound is well above the log offset (and not a SpecAugment
+    # zero), the log-mel moves by 2 ln g, one constant per clip, |2 ln g| <= 6 dB = 1.38.
+    shifts = []
+    for clip_plain, clip_louder in zip(plain, louder, strict=True):
+        loud = (clip_plain > -5) & (clip_plain != 0) & (clip_louder != 0)
+        shift = clip_louder[loud] - clip_plain[loud]
+        assert shift.std() < 0.05 and shift.abs().max() <= 6.0 * math.log(10) / 10 + 0.05
+        shifts.append(float(shift.mean()))
+    assert len({round(value, 2) for value in shifts}) == 3, "every clip gets its own gain"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Errors, settings, save / load
 
@@ -242,6 +295,12 @@ def test_errors(tmp_path):
         processor(static_video(), all_views=True, do_train_augmentation=True)
     with pytest.raises(ValueError, match="temporal_index"):
         processor(static_video(), temporal_index=10)
+    with pytest.raises(ValueError, match="clip_brightness_jitter must be in"):
+        processor(static_video(), clip_brightness_jitter=1.0)
+    with pytest.raises(ValueError, match="clip_contrast_jitter works on pixels"):
+        processor(static_video(), clip_contrast_jitter=0.2, do_rescale=False)
+    with pytest.raises(ValueError, match="clip_gain_jitter_db"):
+        processor(static_video(), clip_gain_jitter_db=-1.0)
 
 
 def test_save_load_and_auto_class(tmp_path):

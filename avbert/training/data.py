@@ -16,7 +16,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -283,12 +283,17 @@ class MediaTransform:
     so one bad file among thousands costs one sample instead of the run.
     """
 
-    def __init__(self, processor: Any, modality: str, train: bool) -> None:
+    def __init__(
+        self, processor: Any, modality: str, train: bool, augmentation: Mapping[str, Any] | None = None
+    ) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {sorted(MODALITIES)}, not {modality!r}")
         self.processor = processor
         self.modality = modality
         self.train = train
+        # Extra processor arguments for training only (e.g. pretraining's per-clip jitter), so that they are not
+        # saved with the processor and do not carry over into fine-tuning.
+        self.augmentation = dict(augmentation or {}) if train else {}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         keys = MODALITIES[self.modality]
@@ -311,9 +316,11 @@ class MediaTransform:
         """One file -> tensors without the batch dimension."""
         if self.modality == "audio":
             waveform, rate = read_audio(path)
-            inputs = self.processor(waveform, sampling_rate=rate, return_tensors="pt", apply_masking=self.train)
+            inputs = self.processor(
+                waveform, sampling_rate=rate, return_tensors="pt", apply_masking=self.train, **self.augmentation
+            )
         else:
-            kwargs = {"do_train_augmentation": True} if self.train else {}
+            kwargs = {"do_train_augmentation": True, **self.augmentation} if self.train else {}
             if self.modality == "visual":
                 kwargs["load_audio_in_video"] = False
             inputs = self.processor(videos=path, return_tensors="pt", **kwargs)

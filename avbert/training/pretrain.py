@@ -13,6 +13,12 @@ The optimizer is the `Trainer`'s (AdamW with the `TrainingArguments` values): th
 not known here. `--resume_from_checkpoint true` continues an interrupted run from the newest checkpoint. The output
 folder holds the pretraining model and the processor; `AVBertForVideoClassification.from_pretrained(OUT)` and
 `AVBertForAudioClassification.from_pretrained(OUT)` start classifiers from it (new heads).
+
+Training augmentation: the fine-tuning one (random scale, crop and flip per video, SpecAugment) plus, by default,
+an independent brightness, contrast and sound-gain jitter per clip (`--clip_brightness_jitter 0.4
+--clip_contrast_jitter 0.4 --clip_gain_jitter_db 6`; 0 turns each off). Without it, masked embedding prediction can
+pick out a clip's own video by its overall brightness or loudness, and learns that instead of content (measured in
+`benchmarks/bench_pretraining.py`). The jitter is used at pretraining time only; the saved processor has none.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ logger = logging.getLogger(__name__)
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 OBJECTIVES = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
 DEFAULT_NUM_CLIPS = 30
+# Default per-clip jitter of pretraining (processor call arguments; see the module docstring).
+CLIP_JITTER = {"clip_brightness_jitter": 0.4, "clip_contrast_jitter": 0.4, "clip_gain_jitter_db": 6.0}
 
 
 @dataclass
@@ -62,6 +70,20 @@ class PretrainArguments:
     )
     short_side: int = field(default=128, metadata={"help": "Frame short side (training jitter: x1 to x1.25)."})
     crop_size: int = field(default=112, metadata={"help": "Side of the random square training crop."})
+    clip_brightness_jitter: float = field(
+        default=CLIP_JITTER["clip_brightness_jitter"],
+        metadata={"help": "Per-clip brightness factor range 1 +- this (0: off); see docs/pretraining.md for why."},
+    )
+    clip_contrast_jitter: float = field(
+        default=CLIP_JITTER["clip_contrast_jitter"], metadata={"help": "Per-clip contrast factor range 1 +- this."}
+    )
+    clip_gain_jitter_db: float = field(
+        default=CLIP_JITTER["clip_gain_jitter_db"], metadata={"help": "Per-clip sound gain range +- this many dB."}
+    )
+
+    def augmentation(self) -> dict[str, float]:
+        """The per-clip jitter, passed to the processor at training time only (it is not saved with it)."""
+        return {key: getattr(self, key) for key in CLIP_JITTER}
 
 
 def find_media_files(data_dir: str | Path) -> list[Path]:
@@ -199,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     trainer = PreTrainer(
         model=model,
         args=training_args,
-        train_dataset=dataset.with_transform(MediaTransform(processor, "audio-visual", train=True)),
+        train_dataset=dataset.with_transform(
+            MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
+        ),
         data_collator=collator,
     )
     resume: str | bool | None = training_args.resume_from_checkpoint
