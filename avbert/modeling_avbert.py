@@ -1078,6 +1078,16 @@ def sample_pair_labels(
     return labels if batch_size > 1 else torch.ones_like(labels)
 
 
+def anchor_distances(embeddings: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(num_anchors, num_candidates)` L2 distances between the (detached) CNN embeddings of each anchor and every
+    candidate clip, and the mask of each anchor's own position: the one metric every sampling strategy uses."""
+    embeddings = embeddings.detach().float()
+    distance = torch.cdist(embeddings[anchors], embeddings)
+    is_anchor = torch.zeros_like(distance, dtype=torch.bool)
+    is_anchor[torch.arange(len(anchors), device=anchors.device), anchors] = True
+    return distance, is_anchor
+
+
 def negative_sampling_probabilities(
     embeddings: torch.Tensor, anchors: torch.Tensor, strategy: str, outlier_quantile: float
 ) -> torch.Tensor:
@@ -1089,10 +1099,7 @@ def negative_sampling_probabilities(
     are drawn proportionally to their similarity `1 - d` ("cans") or dissimilarity `d` ("easy"). "random" is uniform
     over all candidates.
     """
-    embeddings = embeddings.detach().float()
-    distance = torch.cdist(embeddings[anchors], embeddings)
-    is_anchor = torch.zeros_like(distance, dtype=torch.bool)
-    is_anchor[torch.arange(len(anchors), device=anchors.device), anchors] = True
+    distance, is_anchor = anchor_distances(embeddings, anchors)
     if strategy == "random":
         weights = torch.ones_like(distance)
     else:
@@ -1120,9 +1127,9 @@ def sample_negatives(
     """`(num_anchors, num_negatives)` candidate indices: the nearest ones in L2 distance ("hard") or drawn by
     [`negative_sampling_probabilities`] (without replacement while enough candidates have weight)."""
     if strategy == "hard":
-        distance = torch.cdist(embeddings[anchors].detach().float(), embeddings.detach().float())
-        distance[torch.arange(len(anchors), device=anchors.device), anchors] = float("inf")
-        return distance.topk(min(num_negatives, embeddings.shape[0] - 1), dim=1, largest=False).indices
+        distance, is_anchor = anchor_distances(embeddings, anchors)
+        to_others = distance.masked_fill(is_anchor, float("inf"))
+        return to_others.topk(min(num_negatives, embeddings.shape[0] - 1), dim=1, largest=False).indices
     probabilities = negative_sampling_probabilities(embeddings, anchors, strategy, outlier_quantile)
     replacement = num_negatives > int((probabilities > 0).sum(dim=1).min())
     return torch.multinomial(probabilities, num_negatives, replacement=replacement, generator=generator)
