@@ -1164,8 +1164,9 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
 
     - masked embedding prediction: `mask_ratio` of the clip tokens of each modality are replaced by a learned mask
       token before the transformer; in the visual, audio and multimodal stages the output at a masked position must
-      pick out the true projected CNN embedding of that clip among `num_negatives` negatives of the same modality
-      (InfoNCE), drawn from the batch by content-aware negative sampling;
+      pick out the linear projection of that clip's CNN embedding (the paper's `W_I x_t`, before the LayerNorm that
+      feeds the transformer) among `num_negatives` negatives of the same modality (InfoNCE), drawn from the batch by
+      content-aware negative sampling;
     - correct pair prediction: for `pair_negative_ratio` of the videos the sound track is swapped with another
       video's, and a classifier on the two summary outputs of the multimodal stage tells matched from swapped pairs.
 
@@ -1255,11 +1256,18 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         audio_features, audio_mask = audio_features[audio_order], audio_mask[audio_order]
         visual_tokens = self.avbert.visual_projection(visual_features)
         audio_tokens = self.avbert.audio_projection(audio_features)
-        visual_targets, audio_targets = visual_tokens[:, 1:], audio_tokens[:, 1:]
+        # The targets are `W_I x_t` before the LayerNorm: a component common to all clips then adds the same score to
+        # the positive and the negatives and cancels in the softmax. After the LayerNorm it would not: such a
+        # component, once it grows (it does early on), squeezes every target to nearly the same vector
+        # (docs/pretraining.md), and the losses stay at chance.
+        visual_targets = self.avbert.visual_projection.dense(visual_features)
+        audio_targets = self.avbert.audio_projection.dense(audio_features)
         masked_visual = torch.where(
-            visual_mask[..., None], self.visual_mask_token.to(visual_tokens.dtype), visual_targets
+            visual_mask[..., None], self.visual_mask_token.to(visual_tokens.dtype), visual_tokens[:, 1:]
         )
-        masked_audio = torch.where(audio_mask[..., None], self.audio_mask_token.to(audio_tokens.dtype), audio_targets)
+        masked_audio = torch.where(
+            audio_mask[..., None], self.audio_mask_token.to(audio_tokens.dtype), audio_tokens[:, 1:]
+        )
         outputs = self.avbert.encode_tokens(
             torch.cat([visual_tokens[:, :1], masked_visual], dim=1),
             torch.cat([audio_tokens[:, :1], masked_audio], dim=1),

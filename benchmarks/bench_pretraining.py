@@ -97,8 +97,10 @@ def decode_all(dataset, processor, train: bool) -> list[dict[str, torch.Tensor]]
 
 
 def make_batches(rows: list[dict], batch_size: int, seed: int, mask_ratio: float, pair_negative_ratio: float):
-    """Fixed evaluation batches with fixed masks and pair labels (drawn once from a seeded generator)."""
+    """Fixed evaluation batches with fixed masks and pair labels (drawn once from a seeded generator), the videos in a
+    seeded random order as the training DataLoader would shuffle them (in path order, a batch would hold one class)."""
     generator = torch.Generator().manual_seed(seed)
+    rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
     batches = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -416,8 +418,9 @@ def report(
         '"no clip jitter"',
         "- BatchNorm statistics of every model compared (random init and each pretrained one) recomputed the same way "
         f"before its losses and probes: plain averages over the {SEEN} (center crop)",
-        f"- Loss evaluation: {HELD_OUT} and {SEEN}; center crop, eval mode, `no_grad`, batches of {EVAL_BATCH_SIZE}; "
-        "the same masks, pair labels (drawn once, seeded) and negatives (`torch.manual_seed` before each pass) for "
+        f"- Loss evaluation: {HELD_OUT} and {SEEN}; center crop, eval mode, `no_grad`, batches of {EVAL_BATCH_SIZE} "
+        "(videos in a seeded random order, so that a batch mixes classes as in training); the same masks, pair "
+        "labels (drawn once, seeded) and negatives (`torch.manual_seed` before each pass) for "
         f"every model. Chance level of each InfoNCE loss with {config.num_negatives} negatives: "
         f"ln({config.num_negatives + 1}) = {chance:.3f}; of the pair loss: ln 2 = {math.log(2):.3f}",
         "- Linear probe: frozen backbone in eval mode; two features of the multimodal stage, each "
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--unlabeled-per-class", type=int, default=300, help="unlabeled pretraining videos per class")
     parser.add_argument(
-        "--lr", type=float, default=3e-4, help="3e-3 collapses the projected targets early on (docs/pretraining.md)"
+        "--lr", type=float, default=3e-4, help="at 3e-3 the MEP losses end above chance (docs/pretraining.md)"
     )
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one full comparison per seed")

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForPreTraining, AVBertForVideoClassification
+from avbert import (
+    AVBertConfig,
+    AVBertForAudioClassification,
+    AVBertForPreTraining,
+    AVBertForVideoClassification,
+    modeling_avbert,
+)
 from avbert.modeling_avbert import (
     negative_sampling_probabilities,
     sample_clip_mask,
@@ -55,9 +61,12 @@ def test_losses_are_finite_and_every_parameter_learns(strategy):
 
 def test_every_objective_can_fit_a_fixed_batch():
     """The objectives are learnable: a few optimizer steps on one batch with fixed masks, pair labels and negatives
-    lower each of them (a broken target, mask or swap would leave some at chance)."""
+    lower each of them (a broken target, mask or swap would leave some at chance). Random negatives: their draws
+    use the same random numbers at every step, whereas content-aware ones change as the embeddings do."""
     torch.manual_seed(0)
-    model = AVBertForPreTraining(AVBertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = AVBertForPreTraining(
+        AVBertConfig(**TINY, negative_sampling="random", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    )
     batch = {
         **inputs(batch=4),
         "visual_mask": sample_clip_mask(4, CLIPS, 0.34, generator=torch.Generator().manual_seed(1)),
@@ -79,6 +88,29 @@ def test_every_objective_can_fit_a_fixed_batch():
         last = {name: float(model(**batch)[name]) for name in names}
     for name in names:
         assert last[name] < 0.75 * first[name], (name, first[name], last[name])
+
+
+def test_targets_are_the_linear_projection_before_its_layer_norm(monkeypatch):
+    """MEP scores predictions against `W_I x_t` (the projection's linear map), not the LayerNorm-ed tokens the
+    transformer reads: with those, a part common to all targets does not cancel in the softmax (docs/pretraining.md)."""
+    torch.manual_seed(0)
+    model = AVBertForPreTraining(AVBertConfig(**TINY)).eval()
+    seen_targets = []
+    loss = modeling_avbert.masked_embedding_loss
+
+    def recording_loss(predictions, targets, *args):
+        seen_targets.append(targets)
+        return loss(predictions, targets, *args)
+
+    monkeypatch.setattr(modeling_avbert, "masked_embedding_loss", recording_loss)
+    batch = inputs()
+    with torch.no_grad():
+        model(**batch, pair_labels=torch.ones(3, dtype=torch.long))
+        visual, audio = model.avbert.get_clip_features(batch["pixel_values"], batch["input_features"])
+    # Calls: visual stage, audio stage, multimodal stage (visual, then audio clips).
+    expected = [model.avbert.visual_projection.dense(visual), model.avbert.audio_projection.dense(audio)]
+    for targets, wanted in zip(seen_targets, expected + expected, strict=True):
+        torch.testing.assert_close(targets, wanted.flatten(0, 1))
 
 
 def test_pair_labels_swap_the_sound_tracks():
