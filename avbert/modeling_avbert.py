@@ -561,7 +561,11 @@ class AVBertFeatureProjection(nn.Module):
         self.summary_token = nn.Parameter(torch.empty(config.hidden_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        tokens = self.layer_norm(self.dense(features))
+        return self.tokens_from_projected(self.dense(features))
+
+    def tokens_from_projected(self, projected: torch.Tensor) -> torch.Tensor:
+        """The second half of `forward`, for callers that also need `dense`'s output (pretraining's MEP targets)."""
+        tokens = self.layer_norm(projected)
         summary = self.summary_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         return torch.cat([summary, tokens], dim=1)
 
@@ -1254,14 +1258,14 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
 
         # Swapping the sound tracks before the audio stage is the same as after it (clips do not see other videos).
         audio_features, audio_mask = audio_features[audio_order], audio_mask[audio_order]
-        visual_tokens = self.avbert.visual_projection(visual_features)
-        audio_tokens = self.avbert.audio_projection(audio_features)
         # The targets are `W_I x_t` before the LayerNorm: a component common to all clips then adds the same score to
         # the positive and the negatives and cancels in the softmax. After the LayerNorm it would not: such a
         # component, once it grows (it does early on), squeezes every target to nearly the same vector
         # (docs/pretraining.md), and the losses stay at chance.
         visual_targets = self.avbert.visual_projection.dense(visual_features)
         audio_targets = self.avbert.audio_projection.dense(audio_features)
+        visual_tokens = self.avbert.visual_projection.tokens_from_projected(visual_targets)
+        audio_tokens = self.avbert.audio_projection.tokens_from_projected(audio_targets)
         masked_visual = torch.where(
             visual_mask[..., None], self.visual_mask_token.to(visual_tokens.dtype), visual_tokens[:, 1:]
         )
