@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# transformers' own common test mixins (from its sdist; never committed), fetched once per venv.
+TRANSFORMERS_TESTS := $(VENV)/transformers-tests
+TRANSFORMERS_TESTS_STAMP := $(TRANSFORMERS_TESTS)/transformers_tests/__init__.py
 
 .PHONY: install system-deps test lint demo bench clean
 
@@ -19,13 +22,17 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt | system-deps
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+$(TRANSFORMERS_TESTS_STAMP): tests/fetch_transformers_tests.py constraints.txt | $(STAMP)
+	$(BIN)/python tests/fetch_transformers_tests.py $(TRANSFORMERS_TESTS)
+	touch $@
+
 install: system-deps $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check avbert tests benchmarks
 	$(BIN)/ruff format --check avbert tests benchmarks
 
-test: system-deps $(STAMP) lint
+test: system-deps $(STAMP) $(TRANSFORMERS_TESTS_STAMP) lint
 	$(BIN)/python -m pytest -q
 
 demo: system-deps $(STAMP)
