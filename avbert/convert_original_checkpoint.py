@@ -14,6 +14,7 @@ de-duplicated, and any key the converter does not understand is refused.
 import argparse
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -470,8 +471,11 @@ def build_preprocessor(config: AVBertConfig, task: str) -> AVBertProcessor | AVB
     return AVBertProcessor(feature_extractor=feature_extractor, video_processor=video_processor)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """`avbert-convert`: 0 when the folder is written; 2 with a one-line `avbert-convert: error:` otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="avbert-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="original checkpoint (.pyth)")
     parser.add_argument("output_dir", help="folder to write (config.json, model.safetensors)")
     parser.add_argument("--task", choices=TASKS, required=True)
@@ -488,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConversionError as error:
         parser.exit(2, f"avbert-convert: error: {error}\n")
     print(f"Wrote {args.output_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

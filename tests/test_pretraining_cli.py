@@ -11,7 +11,7 @@ import torch
 from avbert.modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
 from avbert.processing_avbert import AVBertProcessor
 from avbert.training.data import MediaTransform
-from avbert.training.pretrain import PretrainArguments, main
+from avbert.training.pretrain import PretrainArguments, run
 
 VIDEOS = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "videos"
 WITH_SOUND = (
@@ -83,7 +83,7 @@ def test_pretrain_saves_a_model_the_classifiers_start_from(tmp_path):
     # Four files in batches of two: the one without a sound track is skipped, never a whole batch.
     data_dir = _video_dir(tmp_path, (*WITH_SOUND, WITHOUT_SOUND))
     out = tmp_path / "out"
-    metrics = main(_args(data_dir, out, num_clips=6, batch_size=2, epochs=2))
+    metrics = run(_args(data_dir, out, num_clips=6, batch_size=2, epochs=2))
 
     assert math.isfinite(metrics["train_loss"])
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -112,7 +112,7 @@ def test_pretrain_saves_a_model_the_classifiers_start_from(tmp_path):
 
 def test_the_per_clip_jitter_is_applied_in_training_only(tmp_path):
     out = tmp_path / "out"
-    main([*_args(_video_dir(tmp_path, WITH_SOUND[:1]), out, num_clips=3, batch_size=1, epochs=1), "--max_steps", "1"])
+    run([*_args(_video_dir(tmp_path, WITH_SOUND[:1]), out, num_clips=3, batch_size=1, epochs=1), "--max_steps", "1"])
     processor = AVBertProcessor.from_pretrained(out)
     row = {"path": [str(VIDEOS / WITH_SOUND[0])], "label": [0]}
     jitter = PretrainArguments(data_dir=str(tmp_path)).augmentation()
@@ -134,11 +134,11 @@ def test_the_per_clip_jitter_is_applied_in_training_only(tmp_path):
 def test_pretrain_resumes_from_the_last_checkpoint(tmp_path):
     data_dir = _video_dir(tmp_path, WITH_SOUND)
     out = tmp_path / "out"
-    main(_args(data_dir, out, num_clips=4, batch_size=3, epochs=1))
+    run(_args(data_dir, out, num_clips=4, batch_size=3, epochs=1))
     assert (out / "checkpoint-1").is_dir()
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
 
-    main([*_args(data_dir, out, num_clips=4, batch_size=3, epochs=2), "--resume_from_checkpoint", "true"])
+    run([*_args(data_dir, out, num_clips=4, batch_size=3, epochs=2), "--resume_from_checkpoint", "true"])
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert (out / "checkpoint-2").is_dir()

@@ -259,13 +259,13 @@ def test_media_transform_audio_train_and_eval(tmp_path):
 
 
 def test_media_transform_video_shapes_and_corrupt_file(tmp_path, tiny_processor):
-    good = write_mp4(tmp_path / "a" / "good.mp4")
-    write_corrupt(tmp_path / "a" / "bad.mp4")
+    good = write_mp4(tmp_path / "train" / "a" / "good.mp4")
+    write_corrupt(tmp_path / "train" / "a" / "bad.mp4")
     ds = load_media_dataset("folder", tmp_path, "train")
     rows = ds.with_transform(MediaTransform(tiny_processor, "audio-visual", train=False))[:]
     assert rows["error"][1] is None and rows["pixel_values"][1].shape == (2, 3, 4, 32, 32)
     assert rows["input_features"][1].shape == (2, 1, 80, 128)
-    assert rows["error"][0].startswith(f"{tmp_path / 'a' / 'bad.mp4'}: ") and rows["pixel_values"][0] is None
+    assert rows["error"][0].startswith(f"{tmp_path / 'train' / 'a' / 'bad.mp4'}: ") and rows["pixel_values"][0] is None
     assert rows["labels"] == [0, 0]
 
     train = MediaTransform(tiny_processor, "visual", train=True)({"path": [str(good)], "label": [0]})
@@ -298,8 +298,8 @@ def test_collator_drops_bad_rows_and_raises_when_all_fail(caplog):
 
 def test_dataloader_with_workers(tmp_path, tiny_processor):
     for i in range(3):
-        write_mp4(tmp_path / ("cat" if i else "dog") / f"{i}.mp4")
-    write_corrupt(tmp_path / "cat" / "zz_bad.mp4")
+        write_mp4(tmp_path / "train" / ("cat" if i else "dog") / f"{i}.mp4")
+    write_corrupt(tmp_path / "train" / "cat" / "zz_bad.mp4")
     ds = load_media_dataset("folder", tmp_path, "train")
     collator = AVBertDataCollator()
     transform = MediaTransform(tiny_processor, "audio-visual", train=True)

@@ -28,6 +28,7 @@ from avbert.training.evaluate import (
     load_model_and_processor,
     main,
     per_class_accuracy,
+    run,
 )
 from avbert.training.synthetic import make_synthetic_av_dataset, synthetic_classes
 
@@ -223,7 +224,7 @@ def test_main_writes_outputs_and_lists_the_corrupt_file(
 ) -> None:
     out = tmp_path / "eval"
     argv = ["--model", str(model_dir), "--data-dir", str(data_with_corrupt_file), "--recipe", "kinetics-sounds"]
-    metrics = main([*argv, "--output-dir", str(out), "--batch-size", "2", "--device", "cpu"])
+    metrics = run([*argv, "--output-dir", str(out), "--batch-size", "2", "--device", "cpu"])
 
     written = json.loads((out / "metrics.json").read_text())
     assert written["num_videos"] == 4 and written["num_skipped"] == 1

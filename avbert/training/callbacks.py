@@ -66,3 +66,48 @@ def plot_log_history(log_history: list[dict[str, Any]], path: Path) -> Path | No
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+class ResumedScheduleCallback(TrainerCallback):
+    """
+    Warn when a run resumes a checkpoint with a larger `max_steps` than the run that wrote it.
+
+    The schedules (the recipes' and the Trainer's) are rebuilt for the new total while the optimizer comes back with
+    the old run's last learning rate, so the first resumed steps train at the old schedule's end value (0 for a
+    finished run) and the rest follow neither schedule. Said loudly rather than silently trained.
+    """
+
+    def __init__(self, checkpoint: str | Path | None) -> None:
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.checkpoint is None:
+            return
+        saved = TrainerState.load_from_json(str(self.checkpoint / "trainer_state.json"))
+        if saved.max_steps and state.max_steps > saved.max_steps:
+            logger.warning(
+                "Resuming %s (a run of %d steps) with %d steps: the learning-rate schedule is not extended. The first "
+                "resumed steps use the old schedule's end value (lr 0 when it had finished) and the rest a schedule "
+                "recomputed for %d steps. To train further, start a new run from the saved model (--model).",
+                self.checkpoint,
+                saved.max_steps,
+                state.max_steps,
+                state.max_steps,
+            )
+
+
+class SaveProcessorCallback(TrainerCallback):
+    """
+    Save the processor into every `checkpoint-N/`, so a checkpoint is a complete model folder (loadable with
+    `AutoProcessor`) and `pipeline()` works on it. `Trainer(processing_class=...)` would do it, but in transformers 5.24
+    `Trainer.train()` reads `processing_class.tokenizer`, which a processor without a tokenizer does not have.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")

@@ -21,14 +21,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
-from avbert.media_decoding import MediaDecodeError, read_audio
+from avbert.media_decoding import MediaDecodeError, probe, read_audio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LAYOUTS", "AVBertDataCollator", "MediaTransform", "load_media_dataset"]
+__all__ = [
+    "LAYOUTS",
+    "AVBertDataCollator",
+    "MediaDataset",
+    "MediaTransform",
+    "check_disjoint",
+    "load_media_dataset",
+    "media_files",
+    "stratified_subset",
+]
 
 # The model inputs each modality produces.
 MODALITIES = {
@@ -39,6 +49,26 @@ MODALITIES = {
 _ESC50_NAME = re.compile(r"^(?P<fold>\d+)-(?P<source>[^-]+)-(?P<take>[^-]+)-(?P<target>\d+)$")
 _ESC50_SUFFIXES = (".wav", ".flac")
 _TABLE_SPLITS = ("train", "validation", "val", "test")
+
+
+def _suffixes(names: str) -> frozenset[str]:
+    return frozenset(f".{name}" for name in names.split())
+
+
+# Containers FFmpeg (through PyAV) demuxes that hold video and/or sound. A file with another suffix is probed; one whose
+# suffix says text, image or subtitles never is (FFmpeg would read a readme.txt as ANSI art "video", a .jpg as 1 frame).
+MEDIA_SUFFIXES = _suffixes(
+    "mp4 m4v mov qt mkv mk3d webm avi flv f4v wmv asf mpg mpeg m2v ts m2ts mts 3gp 3g2 ogv ogg mxf vob dv nut y4m divx "
+    "rm rmvb "  # video containers
+    "wav flac mp3 m4a aac opus oga wma aif aiff caf au mka ac3 amr wv"  # sound
+)
+NOT_MEDIA_SUFFIXES = _suffixes(
+    "txt md rst csv tsv json jsonl yaml yml xml html htm pdf nfo log ini cfg py sh zip tar gz rar 7z srt vtt ass ssa "
+    "sub idx sbv jpg jpeg png gif bmp tif tiff webp heic svg ico pth pyth pt safetensors npy npz part tmp"
+)
+# Layouts without split folders or split files get a seeded, stratified split with this share of each class in test.
+AUTO_SPLIT_TEST_FRACTION = 0.2
+AUTO_SPLIT_SEED = 0
 
 # A file list: (media paths, label indices, class names in label-index order).
 FileList = tuple[list[Path], list[int], list[str]]
@@ -68,6 +98,39 @@ def _visible_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def media_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The media files under ``folder`` (recursive, hidden parts left out, sorted) and the files left out, each with
+    its reason. A known media suffix is taken as it is (decoding errors come later, per file); a text, image or
+    subtitle suffix never is; any other file is probed and kept when FFmpeg finds a video or sound stream in it."""
+    kept: list[Path] = []
+    dropped: list[tuple[Path, str]] = []
+    for path in _visible_files(folder):
+        suffix = path.suffix.lower()
+        if suffix in MEDIA_SUFFIXES:
+            kept.append(path)
+        elif suffix in NOT_MEDIA_SUFFIXES:
+            dropped.append((path, f"not a media file ({suffix})"))
+        else:
+            try:
+                info = probe(path)
+            except MediaDecodeError as error:
+                dropped.append((path, f"not readable media ({error.problem})"))
+                continue
+            if info.video is None and info.audio is None:
+                dropped.append((path, "no video or sound stream"))
+            else:
+                kept.append(path)
+    return kept, dropped
+
+
+def _report_dropped(dropped: list[tuple[Path, str]], where: Path) -> None:
+    """Every file left out is named with its reason (a warning each): a silent drop would shrink the dataset unseen."""
+    if dropped:
+        logger.warning("%d files under %s are not used:", len(dropped), where)
+        for path, reason in dropped:
+            logger.warning("  not used: %s: %s", path, reason)
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -136,7 +199,8 @@ def _esc50_names(meta: Path, num_targets: int) -> list[str]:
 
 
 def _kinetics_sounds(data_dir: Path, split: str, split_id: int) -> FileList:
-    """Kinetics-Sounds: ``{split}/<class>/*.mp4``, classes the sorted folder names, which must agree with train's."""
+    """Kinetics-Sounds: ``{split}/<class>/<video>`` (any container: Kinetics downloads are mp4, mkv and webm), classes
+    the sorted folder names, which must agree with train's."""
     split_dir = _require_dir(data_dir / split, f"Kinetics-Sounds {split!r} split folder")
     names = [p.name for p in _class_dirs(split_dir)]
     train_dir = data_dir / "train"
@@ -146,24 +210,60 @@ def _kinetics_sounds(data_dir: Path, split: str, split_id: int) -> FileList:
             f"only in {split}: {sorted(set(names) - set(train_names))}, "
             f"only in train: {sorted(set(train_names) - set(names))}"
         )
-    paths, labels = [], []
-    for label, class_dir in enumerate(_class_dirs(split_dir)):
-        videos = sorted(class_dir.rglob("*.mp4"))
-        paths += videos
-        labels += [label] * len(videos)
+    paths, labels, _ = _class_tree(split_dir)
     return paths, labels, names
 
 
-def _folder(data_dir: Path, split: str, split_id: int) -> FileList:
-    """Any ``<class>/<file>`` tree, under ``data_dir/split`` when that folder exists (as datasets' ``videofolder``)."""
-    root = data_dir / split if (data_dir / split).is_dir() else _require_dir(data_dir, "dataset folder")
+def _class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The media files of every ``root/<class>/`` folder (recursive), labelled by the sorted class folder order."""
     class_dirs = _class_dirs(root)
-    paths, labels = [], []
+    paths, labels, dropped = [], [], []
     for label, class_dir in enumerate(class_dirs):
-        files = _visible_files(class_dir)
+        files, left_out = media_files(class_dir)
         paths += files
         labels += [label] * len(files)
+        dropped += left_out
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES]  # not e.g. dataset.csv
+    dropped += [(p, "not in a class folder") for p in sorted(loose)]
+    _report_dropped(dropped, root)
     return paths, labels, [p.name for p in class_dirs]
+
+
+def _folder(data_dir: Path, split: str, split_id: int) -> FileList:
+    """Any ``<class>/<file>`` tree, under ``data_dir/split`` when that folder exists (as datasets' ``videofolder``).
+
+    Without split folders, train and test are a seeded, stratified split of the tree (``AUTO_SPLIT_TEST_FRACTION`` of
+    each class in test), so that they never share a file."""
+    if (data_dir / split).is_dir():
+        return _class_tree(data_dir / split)
+    root = _require_dir(data_dir, "dataset folder")
+    split_folders = [name for name in _TABLE_SPLITS if (root / name).is_dir()]
+    if split_folders:
+        raise ValueError(f"{root} has split folders {split_folders} but no {split!r} folder")
+    paths, labels, names = _class_tree(root)
+    return (*_auto_split(paths, labels, split, root), names)
+
+
+def _auto_split(paths: list[Path], labels: list[int], split: str, where: Path) -> tuple[list[Path], list[int]]:
+    """``split`` ("train" or "test") of a seeded, stratified split: per class, a random ``AUTO_SPLIT_TEST_FRACTION``
+    (at least one file when the class has two or more) is test, the rest train. Same seed, same split, every call."""
+    _check_split(split, ("train", "test"), f"folder without split folders ({where})")
+    logger.info(
+        "%s has no train/test split: using a seeded stratified split, %.0f%% of each class for test",
+        where,
+        100 * AUTO_SPLIT_TEST_FRACTION,
+    )
+    rng = np.random.default_rng(AUTO_SPLIT_SEED)
+    test = set()
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    for label in sorted(by_class):
+        members = by_class[label]
+        count = min(len(members) - 1, max(1, round(AUTO_SPLIT_TEST_FRACTION * len(members))))
+        test.update(int(i) for i in rng.permutation(members)[:count])
+    wanted = [i for i in range(len(paths)) if (i in test) == (split == "test")]
+    return [paths[i] for i in wanted], [labels[i] for i in wanted]
 
 
 def _table(data_dir: Path, split: str, split_id: int, suffixes: tuple[str, ...] = (".csv",)) -> FileList:
@@ -175,6 +275,8 @@ def _table(data_dir: Path, split: str, split_id: int, suffixes: tuple[str, ...] 
     file = data_dir if data_dir.is_file() else _split_table(data_dir, split, suffixes)
     rows = _read_table(file)
     siblings = [file.with_name(f"{name}{file.suffix}") for name in _TABLE_SPLITS]
+    # One table that is not a split's own file (e.g. the dataset.csv of `avbert-prepare folder`): split it.
+    auto_split = file.stem not in _TABLE_SPLITS
     all_labels = [label for _, label in rows]
     for sibling in siblings:
         if sibling.is_file() and sibling != file:
@@ -184,6 +286,8 @@ def _table(data_dir: Path, split: str, split_id: int, suffixes: tuple[str, ...] 
     paths = [file.parent / path for path, _ in rows]
     labels = [label_of[_label_name(label)] for _, label in rows]
     _require_existing(paths, file)
+    if auto_split:
+        paths, labels = _auto_split(paths, labels, split, file)
     return paths, labels, names
 
 
@@ -209,6 +313,10 @@ def _split_table(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path:
     for suffix in suffixes:
         if (folder / f"{split}{suffix}").is_file():
             return folder / f"{split}{suffix}"
+    if not any((folder / f"{name}{suffix}").is_file() for name in _TABLE_SPLITS for suffix in suffixes):
+        for suffix in suffixes:  # `avbert-prepare folder` writes one table for the whole dataset
+            if (folder / f"dataset{suffix}").is_file():
+                return folder / f"dataset{suffix}"
     raise ValueError(f"no {' or '.join(split + suffix for suffix in suffixes)} in {folder}")
 
 
@@ -271,6 +379,37 @@ def load_media_dataset(layout: str, data_dir: str | Path, split: str, split_id: 
     return Dataset.from_dict({"path": [str(p) for p in paths], "label": labels}, features=features)
 
 
+def stratified_subset(labels: Iterable[int], max_samples: int | None, seed: int = 0) -> list[int]:
+    """Indices (sorted) of at most ``max_samples`` rows with every class in proportion (largest remainders), chosen at
+    random within each class: the first N rows of a sorted listing would all be one class."""
+    labels = list(labels)
+    if max_samples is None or max_samples >= len(labels):
+        return list(range(len(labels)))
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    classes = sorted(by_class)
+    shares = [max_samples * len(by_class[c]) / len(labels) for c in classes]
+    counts = [int(share) for share in shares]
+    by_remainder = sorted(range(len(classes)), key=lambda i: (counts[i] - shares[i], i))
+    for i in by_remainder[: max_samples - sum(counts)]:
+        counts[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [int(i) for c, n in zip(classes, counts, strict=True) for i in rng.permutation(by_class[c])[:n]]
+    return sorted(chosen)
+
+
+def check_disjoint(train: Dataset, test: Dataset, train_split: str = "train", test_split: str = "test") -> None:
+    """Refuse a train and a test split that share files: the test accuracy would measure memory, not the model."""
+    shared = sorted({str(Path(p).resolve()) for p in train["path"]} & {str(Path(p).resolve()) for p in test["path"]})
+    if shared:
+        examples = ", ".join(shared[:3])
+        raise ValueError(
+            f"the {train_split} and {test_split} splits share {len(shared)} files (e.g. {examples}); give them "
+            "separate folders or files, or use a folder without split folders for a seeded stratified split"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Decoding and batching
 
@@ -327,29 +466,70 @@ class MediaTransform:
         return {key: value[0] for key, value in inputs.items()}
 
 
+class MediaDataset(torch.utils.data.Dataset):
+    """``path`` / ``label`` rows decoded by a ``MediaTransform`` on access, a file that fails replaced by the next.
+
+    A torch dataset (not ``with_transform``) so that the ``Trainer`` keeps the columns with default
+    ``TrainingArguments`` (``remove_unused_columns`` would drop ``path`` before decoding). A file that cannot be decoded
+    is replaced by the next row that can (its neighbour in the listing: usually the same class), at most
+    ``max_replacements`` times, and listed in the item's ``skipped`` (the collator gathers them), so a batch whose
+    files all fail still gives a full batch instead of ending the run.
+    """
+
+    def __init__(self, rows: Dataset, transform: MediaTransform, max_replacements: int = 32) -> None:
+        if len(rows) == 0:
+            raise ValueError("MediaDataset needs at least one row")
+        self.rows, self.transform, self.max_replacements = rows, transform, max_replacements
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[str] = []
+        for attempt in range(min(self.max_replacements, len(self.rows) - 1) + 1):
+            row = self.rows[(index + attempt) % len(self.rows)]
+            decoded = self.transform({"path": [row["path"]], "label": [row["label"]]})
+            item = {key: values[0] for key, values in decoded.items()}
+            error = item.pop("error")
+            if error is None:
+                item["skipped"] = skipped
+                return item
+            logger.warning("skipping unreadable file %s", error)
+            skipped.append(error)
+        raise RuntimeError(f"{len(skipped)} files in a row failed to decode (from row {index}): {'; '.join(skipped)}")
+
+
 class AVBertDataCollator:
     """Stacks decoded rows into a model batch, dropping (and reporting) the rows whose file could not be decoded.
 
-    ``skipped`` keeps every "PATH: reason" seen, so a training script can list them at the end. A batch in which every
-    file failed raises: that is a data problem (wrong folder, missing codec), not bad luck.
+    ``skipped`` keeps every "PATH: reason" seen in this process. With ``report_skipped=True`` the batch also carries
+    them as ``skipped_files`` (a list, for the Trainer subclasses of ``avbert.training``, which take it out before the
+    forward): DataLoader workers are other processes, so their ``skipped`` never reaches the main one. Rows of
+    ``MediaDataset`` bring the files replaced before them; a ``with_transform`` row brings its own ``error``. A batch
+    in which every row failed (only possible without ``MediaDataset``) raises.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, report_skipped: bool = False) -> None:
         self.skipped: list[str] = []
+        self.report_skipped = report_skipped
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        good = []
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        good, skipped = [], []
         for row in features:
+            skipped += row.get("skipped") or []
             if row.get("error"):
                 logger.warning("skipping unreadable file %s", row["error"])
-                self.skipped.append(row["error"])
+                skipped.append(row["error"])
             else:
                 good.append(row)
+        self.skipped += skipped
         if not good:
             errors = "; ".join(str(row["error"]) for row in features)
             raise RuntimeError(f"every file of a batch of {len(features)} failed to decode: {errors}")
-        batch = {"labels": torch.tensor([int(row["labels"]) for row in good], dtype=torch.long)}
+        batch: dict[str, Any] = {"labels": torch.tensor([int(row["labels"]) for row in good], dtype=torch.long)}
         for key in ("pixel_values", "input_features"):
             if good[0].get(key) is not None:
                 batch[key] = torch.stack([row[key] for row in good])
+        if self.report_skipped:
+            batch["skipped_files"] = skipped
         return batch

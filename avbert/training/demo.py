@@ -14,6 +14,7 @@ The AVBERT demo (`avbert-demo`, `make demo`): needs no data and no internet, and
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -147,7 +148,7 @@ def run_demo(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo", help="where the run goes")
     parser.add_argument("--videos-per-class", type=int, default=12)
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     run_demo(args.output_dir, args.videos_per_class, args.epochs, args.seed)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from avbert.feature_extraction_avbert import AVBertFeatureExtractor
 from avbert.media_decoding import read_audio
 from avbert.processing_avbert import AVBertProcessor
 
+from .cli import UsageError, exit_status
 from .data import load_media_dataset
 from .recipes import RECIPES
 
@@ -48,6 +50,7 @@ __all__ = [
     "load_model_and_processor",
     "load_top_k_metric",
     "main",
+    "run",
     "write_outputs",
 ]
 
@@ -346,11 +349,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``avbert-evaluate``: evaluate a saved model on one split and write the outputs; returns the metrics dict."""
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluate a saved model on one split and write the outputs; returns the metrics dict."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     modality = RECIPES[args.recipe].modality
+    if not args.model.is_dir():
+        raise UsageError(f"--model {args.model}: no such folder (it takes a save_pretrained folder)")
+    if not args.data_dir.exists():
+        raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
     model, processor = load_model_and_processor(args.model, modality)
     dataset = load_media_dataset(args.layout or args.recipe, args.data_dir, args.split, args.split_id)
     result = evaluate_model(
@@ -380,5 +387,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {key: value for key, value in result.items() if key not in {"paths", "labels", "scores"}}
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``avbert-evaluate``: 0 when the outputs are written, 1 with a one-line error for a bad model, folder or data."""
+    return exit_status("avbert-evaluate", lambda: run(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,6 +3,7 @@
     avbert-prepare esc50 --output-dir data/esc50                 # downloads into data/esc50/downloads/ first
     avbert-prepare ucf101 --output-dir data/ucf101 --source ~/UCF101   # offline: an archive or an extracted folder
     avbert-prepare folder --output-dir data/mine --source ~/videos      # any tree of media -> <class>/<file> + CSV
+    avbert-prepare check --source data/mine --recipe kinetics-sounds --output-dir data/check   # probe every file
 
 The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
 ESC-50, ``train/`` + ``test/`` for Kinetics-Sounds), so that folder is what ``--data-dir`` of training takes.
@@ -29,7 +30,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from avbert.media_decoding import MediaDecodeError, probe
+from avbert.media_decoding import MediaDecodeError, probe, read_audio, read_video_and_audio
 
 __all__ = ["PrepareError", "arrange_esc50", "arrange_folder", "arrange_kinetics_sounds", "arrange_ucf101", "main"]
 
@@ -260,6 +261,51 @@ def arrange_folder(source: Path, output_dir: Path, copy: bool = False) -> Folder
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Checking
+
+# The streams each recipe reads (the recipes module itself imports the Trainer: too heavy for a parser).
+RECIPE_MODALITIES = {"ucf101": "visual", "esc50": "audio", "kinetics-sounds": "audio-visual"}
+
+
+def decode_problem(path: Path, modality: str) -> str | None:
+    """Why ``path`` cannot feed a recipe of ``modality``, or ``None``: it opens, has the streams the recipe reads,
+    and its first, middle and last frames (and its whole sound track) decode."""
+    try:
+        if modality == "audio":
+            waveform, _ = read_audio(path)
+            return None if waveform.size else "no audio samples"
+        info = probe(path)
+        if info.video is None:
+            return "no video stream"
+        if modality == "audio-visual" and info.audio is None:
+            return "no audio stream (the recipe needs the sound)"
+        decoded = read_video_and_audio(
+            path,
+            lambda video: [0, video.num_frames // 2, max(video.num_frames - 1, 0)],
+            load_audio=modality == "audio-visual",
+        )
+        if modality == "audio-visual" and (decoded.waveform is None or not decoded.waveform.size):
+            return "the audio stream decodes to no samples"
+    except (MediaDecodeError, OSError, ValueError) as error:
+        return str(error).removeprefix(f"{path}: ")
+    return None
+
+
+def check_media(source: Path, modality: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Probe and decode every file under ``source``: the good media files and the bad files with their reasons."""
+    from .data import media_files  # datasets and torch: only for this command
+
+    if not source.is_dir():
+        raise PrepareError(f"--source {source} is not a folder")
+    files, bad = media_files(source)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(lambda path: decode_problem(path, modality), files))
+    good = [path for path, problem in zip(files, problems, strict=True) if problem is None]
+    bad += [(path, problem) for path, problem in zip(files, problems, strict=True) if problem is not None]
+    return good, sorted(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -305,11 +351,28 @@ def _prepare_folder(args: argparse.Namespace) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
 
 
+def _check(args: argparse.Namespace) -> int:
+    if args.source is None:
+        raise PrepareError("'check' needs --source FOLDER (the dataset to probe)")
+    good, bad = check_media(args.source, RECIPE_MODALITIES[args.recipe])
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    listing = args.output_dir / "bad_files.csv"
+    with listing.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows((str(path), reason) for path, reason in bad)
+    print(f"{len(good)} good files, {len(bad)} bad for the {args.recipe} recipe; list: {listing}")
+    for path, reason in bad:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1 if bad else 0
+
+
 _COMMANDS = {
     "ucf101": _prepare_ucf101,
     "esc50": _prepare_esc50,
     "kinetics-sounds": _prepare_kinetics_sounds,
     "folder": _prepare_folder,
+    "check": _check,
 }
 
 
@@ -324,19 +387,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, required=True, help="the dataset folder to create")
     parser.add_argument("--source", type=Path, help="an already downloaded archive or extracted folder (offline)")
     parser.add_argument("--copy", action="store_true", help="copy files from a --source folder instead of linking")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPE_MODALITIES),
+        default="kinetics-sounds",
+        help="check: the streams this recipe needs (default %(default)s: video and sound)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``avbert-prepare``; returns the exit status (1 with a message on stderr for user errors)."""
+    """Entry point of ``avbert-prepare``; returns the exit status (1 with a message on stderr for user errors; for
+    ``check``, 1 when bad files were found)."""
     args = _parser().parse_args(argv)
     args.output_dir = args.output_dir.expanduser().absolute()
     args.source = args.source.expanduser().absolute() if args.source else None
     try:
-        _COMMANDS[args.dataset](args)
+        status = _COMMANDS[args.dataset](args)
     except (PrepareError, ValueError) as error:
         print(f"avbert-prepare: error: {error}", file=sys.stderr)
         return 1
+    if args.dataset == "check":
+        return status
     if args.dataset != "folder":
         print(f"{args.dataset} ready in {args.output_dir}")
     return 0

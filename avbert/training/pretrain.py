@@ -4,7 +4,8 @@
     avbert-pretrain --data-dir VIDEOS --output-dir runs/pretrain [--model FOLDER] [--config-overrides JSON]
                     [--num_clips 30] [any TrainingArguments flag, e.g. --bf16 --per_device_train_batch_size 8]
 
-Every mp4 / mkv / avi / webm / mov file under `--data-dir` (recursive) is one training item: a sequence of
+Every media file under `--data-dir` (recursive; any container FFmpeg reads, text and image files left out and
+reported) is one training item: a sequence of
 `num_clips` uniformly spaced clips (default 30: the paper's 30-second inputs) with the sound under each clip.
 Files without a sound track or that cannot be decoded are reported and skipped. `--model` continues from a
 `save_pretrained` folder; otherwise a new `AVBertConfig(**config_overrides)` model is built. The losses (masked
@@ -40,12 +41,14 @@ from ..feature_extraction_avbert import AVBertFeatureExtractor
 from ..modeling_avbert import AVBertForPreTraining
 from ..processing_avbert import AVBertProcessor
 from ..video_processing_avbert import AVBertVideoProcessor
-from .data import AVBertDataCollator, MediaTransform
+from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
+from .cli import exit_status, launched_on_cpu_without_flag, refuse_single_process_accelerate_cpu, resolve_resume
+from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
 from .distributed import release_process_group
+from .recipes import SkippedFilesMixin
 
 logger = logging.getLogger(__name__)
 
-MEDIA_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 OBJECTIVES = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
 DEFAULT_NUM_CLIPS = 30
 # Default per-clip jitter of pretraining (processor call arguments; see the module docstring).
@@ -87,19 +90,16 @@ class PretrainArguments:
 
 
 def find_media_files(data_dir: str | Path) -> list[Path]:
-    """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted."""
+    """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted; the files left out
+    (text, images, unreadable) are each reported with the reason."""
     root = Path(data_dir).expanduser().absolute()
     if not root.is_dir():
         raise ValueError(f"video folder not found: {root} is not a directory")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in MEDIA_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    files, dropped = media_files(root)
+    for path, reason in dropped:
+        logger.warning("not used: %s: %s", path, reason)
     if not files:
-        raise ValueError(f"no {'/'.join(s[1:] for s in MEDIA_SUFFIXES)} files under {root}")
+        raise ValueError(f"no video files under {root}")
     return files
 
 
@@ -113,7 +113,7 @@ def unlabeled_dataset(data_dir: str | Path) -> Dataset:
 class PretrainingCollator(AVBertDataCollator):
     """`AVBertDataCollator` (unreadable files reported and dropped) without the placeholder labels."""
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
         batch = super().__call__(features)
         batch.pop("labels", None)
         return batch
@@ -161,7 +161,7 @@ def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProc
     return AVBertProcessor(feature_extractor=feature_extractor, video_processor=video_processor)
 
 
-class PreTrainer(Trainer):
+class PreTrainer(SkippedFilesMixin, Trainer):
     """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -188,18 +188,21 @@ class PreTrainer(Trainer):
 
 
 def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArguments]:
-    parser = HfArgumentParser((PretrainArguments, TrainingArguments), description=__doc__)
+    parser = HfArgumentParser((PretrainArguments, TrainingArguments), prog="avbert-pretrain", description=__doc__)
     # Pretraining defaults; explicit flags win (no labels: keep every column and pass no label_names).
     parser.set_defaults(save_strategy="epoch", logging_steps=10, remove_unused_columns=False, label_names=[])
+    if launched_on_cpu_without_flag() and not any(token.startswith(("--use_cpu", "--use-cpu")) for token in argv):
+        parser.set_defaults(use_cpu=True)  # torchrun / accelerate on CPU: join the process group (gloo)
     pretrain_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
     training_args.remove_unused_columns = False
     training_args.label_names = []
     return pretrain_args, training_args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Pretrain and save model + processor to `--output-dir`; returns the training metrics."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_single_process_accelerate_cpu()
     args, training_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -216,32 +219,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         model.config.num_frames,
         f"{sum(p.numel() for p in model.parameters()):,}",
     )
-    collator = PretrainingCollator()
-    # No processing_class: a ProcessorMixin without a tokenizer crashes Trainer.train() in 5.24 (saved below).
+    resume = resolve_resume(
+        training_args.resume_from_checkpoint, training_args.output_dir, training_args.process_index == 0
+    )
+    # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
     trainer = PreTrainer(
         model=model,
         args=training_args,
-        train_dataset=dataset.with_transform(
-            MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
+        train_dataset=MediaDataset(
+            dataset, MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
         ),
-        data_collator=collator,
+        data_collator=PretrainingCollator(report_skipped=True),
+        callbacks=[ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
     )
-    resume: str | bool | None = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in {"true", "last", "latest"}:
-        resume = True  # the newest checkpoint-* in output_dir
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
+    metrics = {**result.metrics, **trainer.skipped_files_metrics()}
+    trainer.report_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
-    if collator.skipped:
-        logger.warning("Skipped %d unreadable items (this process): %s", len(collator.skipped), collator.skipped)
     del trainer, model
     release_process_group()
-    return result.metrics
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`avbert-pretrain`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    return exit_status("avbert-pretrain", lambda: run(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -193,7 +193,42 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class AVBertTrainer(Trainer):
+class SkippedFilesMixin:
+    """Collects the ``skipped_files`` an ``AVBertDataCollator(report_skipped=True)`` puts in each batch (the collator
+    runs in DataLoader workers, other processes) and takes them out before the forward pass."""
+
+    def _take_skipped(self, inputs: dict[str, Any]) -> None:
+        if not hasattr(self, "_skipped_files"):
+            self._skipped_files: list[str] = []
+        self._skipped_files += inputs.pop("skipped_files", None) or []
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._take_skipped(inputs)
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self._take_skipped(inputs)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def skipped_files_metrics(self, prefix: str = "") -> dict[str, Any]:
+        """``num_skipped_files`` and ``skipped_files`` ("PATH: reason", sorted, each once) seen by every process since
+        the last call; every process must call it (the lists are gathered)."""
+        from accelerate.utils import gather_object
+
+        local, self._skipped_files = list(getattr(self, "_skipped_files", [])), []
+        everyone = gather_object(local) if self.args.world_size > 1 else local
+        skipped = sorted(set(everyone))
+        if skipped:
+            logger.warning("%d files could not be decoded and were skipped: %s", len(skipped), skipped)
+        return {f"{prefix}num_skipped_files": len(skipped), f"{prefix}skipped_files": skipped}
+
+    def report_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        """`log_metrics` (the scalars: it formats each as a number) and `save_metrics` (everything, file lists too)."""
+        self.log_metrics(split, {key: value for key, value in metrics.items() if not isinstance(value, list)})
+        self.save_metrics(split, metrics)
+
+
+class AVBertTrainer(SkippedFilesMixin, Trainer):
     """
     `Trainer` with the original optimizer and schedule of a `Recipe`.
 

@@ -5,9 +5,12 @@
                  [--layout folder] [any TrainingArguments flag, e.g. --bf16 --dataloader_num_workers 8]
 
 `--model` is a `save_pretrained` folder with its processor (e.g. written by `avbert-convert`). Recipe values fill the
-`TrainingArguments` fields that are not given on the command line; `--learning_rate` / `--weight_decay` given
-explicitly change the recipe's head lr / head weight decay. Multi-process: `torchrun --nproc_per_node N -m
-avbert.training.train ...` (the recipe's batch sizes are global and are split over the processes).
+`TrainingArguments` fields that are not given on the command line (`avbert-train --recipe NAME --help` shows them);
+`--learning_rate` / `--weight_decay` / `--lr_scheduler_type` (cosine or linear) / `--adam_*` given explicitly change
+the recipe's head lr, head weight decay, schedule and Adam settings; the Trainer's optimizer and warmup options are
+refused (the recipe builds the original's optimizer). Multi-process: `torchrun --nproc_per_node N -m
+avbert.training.train ...` (the recipe's batch sizes are global and are split over the processes; without an
+accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,11 +40,32 @@ from transformers import (
 
 import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
-from .callbacks import TrainingCurveCallback
-from .data import AVBertDataCollator, MediaTransform, load_media_dataset
+from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
+from .cli import (
+    UsageError,
+    exit_status,
+    launched_on_cpu_without_flag,
+    refuse_single_process_accelerate_cpu,
+    resolve_resume,
+)
+from .data import (
+    AVBertDataCollator,
+    MediaDataset,
+    MediaTransform,
+    check_disjoint,
+    load_media_dataset,
+    stratified_subset,
+)
 from .distributed import release_process_group
 from .evaluate import load_top_k_metric
-from .recipes import RECIPES, AVBertTrainer, Recipe, recipe_config_overrides, recipe_training_defaults
+from .recipes import (
+    LR_POLICIES,
+    RECIPES,
+    AVBertTrainer,
+    Recipe,
+    recipe_config_overrides,
+    recipe_training_defaults,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +84,12 @@ class ModelDataArguments:
     split_id: int = field(default=1, metadata={"help": "Official split / fold number (UCF101 1-3, ESC-50 1-5)."})
     train_split: str = field(default="train", metadata={"help": "Split name for training."})
     eval_split: str = field(default="test", metadata={"help": "Split name for evaluation (the original tests on it)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows (smoke)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows (smoke)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep N training rows, every class in proportion (seeded by --seed)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep N eval rows, every class in proportion (seeded by --seed)."}
+    )
     eval_only: bool = field(
         default=False,
         metadata={
@@ -80,23 +109,57 @@ def explicit_flags(argv: Sequence[str]) -> set[str]:
     return names
 
 
+# Trainer options the recipe's own optimizer and schedule (AVBertTrainer) would silently ignore.
+_REFUSED_UNDER_RECIPE = ("optim", "optim_args", "warmup_steps", "warmup_ratio", "lr_scheduler_kwargs")
+
+
+def _recipe_values_help(parser: HfArgumentParser) -> None:
+    """`--help` without `--recipe`: the TrainingArguments defaults (batch 8, 3 epochs) are used by no recipe, so the
+    help lists each recipe's values for the fields recipes set instead."""
+    per_recipe = {name: recipe_training_defaults(recipe) for name, recipe in RECIPES.items()}
+    for action in parser._actions:
+        if action.dest in per_recipe["ucf101"] and action.option_strings:
+            values = ", ".join(f"{name} {defaults[action.dest]}" for name, defaults in per_recipe.items())
+            action.help = f"{action.help or ''} Recipe values: {values}.".replace("%", "%%")
+            action.default = argparse.SUPPRESS
+
+
 def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArguments, Recipe]:
     """Parse the command line; the recipe's `TrainingArguments` values become the parser defaults."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", choices=list(RECIPES))
     recipe_name = pre.parse_known_args(argv)[0].recipe
-    parser = HfArgumentParser((ModelDataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelDataArguments, TrainingArguments), prog="avbert-train")
     passed = explicit_flags(argv)
     if recipe_name is not None:
         defaults = recipe_training_defaults(RECIPES[recipe_name])
         parser.set_defaults(**{k: v for k, v in defaults.items() if k not in passed})
+    else:
+        _recipe_values_help(parser)
+    if launched_on_cpu_without_flag() and "use_cpu" not in passed:
+        parser.set_defaults(use_cpu=True)  # torchrun / accelerate on CPU: join the process group (gloo)
+    refused = sorted(passed & set(_REFUSED_UNDER_RECIPE))
+    if refused:
+        parser.error(
+            f"{', '.join('--' + name for name in refused)}: the recipe builds the original's optimizer and schedule "
+            "(Adam, no warmup); change the recipe in Python (dataclasses.replace) to experiment"
+        )
     data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
     recipe = RECIPES[data_args.recipe]
-    changes = {}
+    changes: dict[str, Any] = {}
     if "learning_rate" in passed:
         changes["base_lr"] = training_args.learning_rate
     if "weight_decay" in passed:
         changes["weight_decay"] = training_args.weight_decay
+    if "lr_scheduler_type" in passed:
+        policy = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+        if policy not in LR_POLICIES:
+            parser.error(f"--lr_scheduler_type {policy}: the recipes' exact schedules are {', '.join(LR_POLICIES)}")
+        changes["lr_policy"] = policy
+    if "adam_epsilon" in passed:
+        changes["adam_eps"] = training_args.adam_epsilon
+    if passed & {"adam_beta1", "adam_beta2"}:
+        changes["betas"] = (training_args.adam_beta1, training_args.adam_beta2)
     if changes:
         logger.info("Recipe %s overridden from the command line: %s", recipe.name, changes)
         recipe = dataclasses.replace(recipe, **changes)
@@ -124,7 +187,7 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
     classes), and id2label/label2id come from the dataset.
     """
     auto_class = AutoModelForAudioClassification if recipe.modality == "audio" else AutoModelForVideoClassification
-    config = AutoConfig.from_pretrained(model_dir)
+    config = load_config(model_dir)
     saved_names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
     overrides: dict[str, Any] = recipe_config_overrides(recipe)
     relabel = saved_names != class_names
@@ -141,6 +204,18 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
     if recipe.protocol == "linear_eval":
         model.freeze_encoder()
     return model
+
+
+def load_config(model_dir: str) -> Any:
+    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub")."""
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except OSError as error:
+        if not Path(model_dir).exists():
+            raise UsageError(
+                f"--model {model_dir}: no such folder (it takes a save_pretrained folder, e.g. from avbert-convert)"
+            ) from error
+        raise UsageError(f"--model {model_dir}: not a model folder ({error})") from error
 
 
 def _reinit_heads(model: PreTrainedModel) -> None:
@@ -162,55 +237,62 @@ def load_processor(model_dir: str, recipe: Recipe) -> Any:
     return AutoProcessor.from_pretrained(model_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def load_splits(data_args: ModelDataArguments, recipe: Recipe, seed: int) -> tuple[Any, Any]:
+    """The train and eval rows: the same classes, no shared file, optionally a stratified subset of each."""
+    layout = data_args.layout or recipe.name
+    if not Path(data_args.data_dir).exists():
+        raise UsageError(f"--data_dir {data_args.data_dir}: no such folder or file")
+    train_set = load_media_dataset(layout, data_args.data_dir, data_args.train_split, data_args.split_id)
+    eval_set = load_media_dataset(layout, data_args.data_dir, data_args.eval_split, data_args.split_id)
+    class_names = train_set.features["label"].names
+    if eval_set.features["label"].names != class_names:
+        raise UsageError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
+    check_disjoint(train_set, eval_set, data_args.train_split, data_args.eval_split)
+    if data_args.max_train_samples is not None:
+        train_set = train_set.select(stratified_subset(train_set["label"], data_args.max_train_samples, seed))
+    if data_args.max_eval_samples is not None:
+        eval_set = eval_set.select(stratified_subset(eval_set["label"], data_args.max_eval_samples, seed))
+    return train_set, eval_set
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and save (model, processor, metrics, curves); returns the final eval metrics."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_single_process_accelerate_cpu()
     data_args, training_args, recipe = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     set_seed(training_args.seed)
-    layout = data_args.layout or recipe.name
-
-    train_set = load_media_dataset(layout, data_args.data_dir, data_args.train_split, data_args.split_id)
-    eval_set = load_media_dataset(layout, data_args.data_dir, data_args.eval_split, data_args.split_id)
-    class_names = train_set.features["label"].names
-    if eval_set.features["label"].names != class_names:
-        raise ValueError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
-    if data_args.max_train_samples is not None:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
-    if data_args.max_eval_samples is not None:
-        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
-
+    train_set, eval_set = load_splits(data_args, recipe, training_args.seed)
     processor = load_processor(data_args.model, recipe)
-    model = load_model(data_args.model, recipe, class_names)
-    train_set = train_set.with_transform(MediaTransform(processor, recipe.modality, train=True))
-    eval_set = eval_set.with_transform(MediaTransform(processor, recipe.modality, train=False))
+    model = load_model(data_args.model, recipe, train_set.features["label"].names)
+    resume = None
+    if not data_args.eval_only:
+        resume = resolve_resume(
+            training_args.resume_from_checkpoint, training_args.output_dir, training_args.process_index == 0
+        )
 
-    # No processing_class: a ProcessorMixin without a tokenizer crashes Trainer.train() in 5.24 (saved below).
     trainer = AVBertTrainer(
         model=model,
         args=training_args,
         recipe=recipe,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=AVBertDataCollator(),
+        train_dataset=MediaDataset(train_set, MediaTransform(processor, recipe.modality, train=True)),
+        eval_dataset=MediaDataset(eval_set, MediaTransform(processor, recipe.modality, train=False)),
+        data_collator=AVBertDataCollator(report_skipped=True),
         compute_metrics=top_k_metrics(),
-        callbacks=[TrainingCurveCallback()],
+        callbacks=[TrainingCurveCallback(), ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
     )
-    resume: str | bool | None = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in {"true", "last", "latest"}:
-        resume = True  # the newest checkpoint-* in output_dir
     if not data_args.eval_only:
         train_result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
+        train_metrics = {**train_result.metrics, **trainer.skipped_files_metrics()}
+        trainer.report_metrics("train", train_metrics)
         trainer.save_state()
     metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    metrics.update(trainer.skipped_files_metrics(prefix="eval_"))
+    trainer.report_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
     del trainer, model
@@ -218,5 +300,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return metrics
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    return exit_status("avbert-train", lambda: run(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What the training command lines share: exit status, launcher detection and checkpoint resume.
+
+Kept free of heavy imports (no transformers, no datasets at module level) so that parsers stay quick to build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What every checkpoint holds once `Trainer._save_checkpoint` got to its end: `trainer_state.json` is its last file.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class UsageError(ValueError):
+    """A problem with the command line or the data that the user has to fix; reported in one line."""
+
+
+def exit_status(prog: str, run: Callable[[], object]) -> int:
+    """Run a command's work; 0 when it finished, 1 with a one-line ``prog: error: ...`` for a user error.
+
+    ``ValueError`` is what the loaders and configs raise for bad folders, files and values (the message names them);
+    the traceback goes to the debug log. Anything else propagates with its traceback (non-zero as well).
+    """
+    try:
+        run()
+    except ValueError as error:
+        logger.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+def launched_on_cpu_without_flag() -> bool:
+    """True under a multi-process launcher (``WORLD_SIZE`` > 1) on a machine without an accelerator.
+
+    The Trainer then needs ``use_cpu=True`` to join the launcher's process group (gloo): without it each process
+    trains alone on its own copy of the data ("process group is initialized, but parallel_mode != DISTRIBUTED").
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+
+
+def refuse_single_process_accelerate_cpu() -> None:
+    """``accelerate launch --cpu --num_processes N`` starts ONE process (accelerate runs several CPU processes only
+    through ``mpirun``); it sets ``MASTER_ADDR`` for N > 1 but no ``WORLD_SIZE``. Refuse instead of training on 1/N
+    of the planned processes."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"}
+    if use_cpu and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise UsageError(
+            "`accelerate launch --cpu --num_processes N` starts a single process without mpirun; for N CPU "
+            "processes use `accelerate launch --multi_gpu --num_processes N ...` or `torchrun --nproc_per_node N ...` "
+            "(both are data parallel on CPU: avbert sets use_cpu when there is no accelerator)"
+        )
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint a crash did not cut short: weights and a readable ``trainer_state.json`` (written last)."""
+    state = folder / "trainer_state.json"
+    if not state.is_file() or not any((folder / name).is_file() for name in _WEIGHTS):
+        return False
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str], remove_incomplete: bool = True) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``output_dir``; newer incomplete ones (a run killed while saving) are
+    reported and, with ``remove_incomplete``, deleted so that the resumed run can write them again."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    checkpoints = sorted(
+        (int(match[1]), path) for path in root.iterdir() if path.is_dir() and (match := _CHECKPOINT.match(path.name))
+    )
+    complete = [path for _, path in checkpoints if is_complete_checkpoint(path)]
+    newest = complete[-1] if complete else None
+    newest_step = int(_CHECKPOINT.match(newest.name)[1]) if newest is not None else -1
+    for step, path in checkpoints:
+        if step > newest_step and not is_complete_checkpoint(path):
+            logger.warning("%s is incomplete (the run stopped while saving it); resuming from %s", path, newest)
+            if remove_incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+    return newest
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike[str], is_main: bool = True) -> str | None:
+    """``--resume_from_checkpoint``: ``true`` / ``last`` / ``latest`` -> the newest complete checkpoint of the run (an
+    error when there is none); a path is taken as it is. Only the main process deletes incomplete checkpoints."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() in {"", "false", "no", "none"}):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() in {"true", "last", "latest"}):
+        checkpoint = last_complete_checkpoint(output_dir, remove_incomplete=is_main)
+        if checkpoint is None:
+            raise UsageError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
+        return str(checkpoint)
+    if not Path(value).is_dir():
+        raise UsageError(f"--resume_from_checkpoint {value}: no such folder")
+    if not is_complete_checkpoint(Path(value)):
+        raise UsageError(f"--resume_from_checkpoint {value}: an incomplete checkpoint (no weights or trainer_state)")
+    return str(value)
