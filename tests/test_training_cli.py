@@ -451,3 +451,73 @@ def test_plain_trainer_with_default_training_arguments(media_dir, model_dir, tmp
     assert trainer.args.remove_unused_columns  # the default; with_transform rows lost their `path` column to it
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Item 2: the documented launchers are data parallel on a machine without CUDA
+
+DDP_CLI_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch
+import torch.distributed as dist
+from transformers.training_args import ParallelMode
+from avbert import AVBertConfig, AVBertForAudioClassification
+from avbert.training.distributed import release_process_group
+from avbert.training.recipes import AVBertTrainer
+from avbert.training.train import parse_args
+from test_training_recipes import TINY, RandomClips
+
+out = sys.argv[1]
+# As `torchrun -m avbert.training.train` parses it: no --use_cpu on the command line.
+data_args, args, recipe = parse_args(["--recipe", "esc50", "--data_dir", "d", "--model", "m", "--output_dir", out,
+                                      "--max_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
+                                      "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true"])
+torch.manual_seed(0)
+model = AVBertForAudioClassification(AVBertConfig(**TINY))
+trainer = AVBertTrainer(model=model, args=args, recipe=recipe, train_dataset=RandomClips(128, video=False))
+assert dist.is_initialized() and dist.get_world_size() == 2 and args.parallel_mode == ParallelMode.DISTRIBUTED
+batches = len(trainer.get_train_dataloader())
+trainer.train()
+trainer.save_model()
+with open(os.path.join(out, f"rank{{args.process_index}}.json"), "w") as f:
+    json.dump({{"world_size": args.world_size, "per_device": args.per_device_train_batch_size, "batches": batches,
+               "global_batch": args.per_device_train_batch_size * args.world_size}}, f)
+del trainer
+release_process_group()
+"""
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"],  # accelerate's CPU multi-process
+    ],
+    ids=["torchrun", "accelerate"],
+)
+def test_launchers_on_cpu_are_data_parallel_without_use_cpu(tmp_path, launcher):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_CLI_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "ACCELERATE_USE_CPU")}
+    env.update(PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    command = [sys.executable, *launcher, str(script), str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    for rank in ranks:  # was: world size 1 in each process, each with the whole global batch of 128
+        assert rank["world_size"] == 2 and rank["per_device"] == 64 and rank["global_batch"] == 128
+        assert rank["batches"] == 1  # each process reads half of the 128 rows
+    assert len(list(tmp_path.glob("model.safetensors"))) == 1  # one set of outputs, from rank 0
+
+
+def test_single_process_accelerate_cpu_launch_is_refused(monkeypatch):
+    from avbert.training.cli import refuse_single_process_accelerate_cpu
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what `accelerate launch --cpu --num_processes 2` sets
+    with pytest.raises(ValueError, match="starts a single process"):
+        refuse_single_process_accelerate_cpu()
+    monkeypatch.delenv("MASTER_ADDR")
+    refuse_single_process_accelerate_cpu()  # --num_processes 1: fine
