@@ -12,9 +12,12 @@ de-duplicated, and any key the converter does not understand is refused.
 """
 
 import argparse
+import ast
+import copy
 import logging
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,122 @@ def default_config_kwargs(task: str) -> dict[str, Any]:
         "classifier_loss": "multi_margin",
         "freeze_encoder": True,
     }
+
+
+# The defaults of the original's yacs `config.py` for every key read here (spec section 0 and the layout tables). The
+# repository's `configs/*/config.yaml` set only what differs from them, and yacs types each value by its default.
+ORIGINAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "MODEL": {
+        "TASK": "VisualClassify",
+        "NUM_CLASSES": 101,
+        "DROPOUT_RATE": 0.5,
+        "EPSILON": 1e-5,
+        "MOMENTUM": 0.1,
+        "LOSS_FUNC": "cross_entropy",
+        "MARGIN": 0.1,
+        "FC_INIT_STD": 0.01,
+        "ZERO_INIT_FINAL_BN": True,
+        "FUSION": "mid",
+    },
+    "SOLVER": {"PROTOCOL": "finetune"},
+    "DATA": {
+        "NUM_FRAMES": 32,
+        "SAMPLING_RATE": 2,
+        "TARGET_FPS": 30,
+        "CROP_SIZE": 112,
+        "TRAIN_CROP_SIZE": 112,
+        "TRAIN_JITTER_SCALES": [128, 160],
+        "TEST_CROP_SIZE": 128,
+        "MEAN": [0.45, 0.45, 0.45],
+        "STD": [0.225, 0.225, 0.225],
+        "TARGET_AUDIO_RATE": 44100,
+        "AUDIO_FREQUENCY": 80,
+        "AUDIO_TIME": 128,
+        "CLIP_DURATION": 2,
+        "SEQUENCE_LENGTH": 10,
+    },
+    "TEST": {"NUM_SAMPLES": 30, "NUM_SPATIAL_CROPS": 3},
+    "RESNET": {
+        "DEPTH": 50,
+        "TRANS_FUNC": "bottleneck_transform",
+        "NUM_GROUPS": 1,
+        "WIDTH_PER_GROUP": 64,
+        "STRIDE_1X1": False,
+        "NUM_BLOCK_TEMP_KERNEL": [[3], [4], [6], [3]],
+        "SPATIAL_STRIDES": [[1], [2], [2], [2]],
+        "SPATIAL_DILATIONS": [[1], [1], [1], [1]],
+    },
+    "AUDIO_RESNET": {
+        "DEPTH": 50,
+        "TRANS_FUNC": "bottleneck_transform",
+        "NUM_GROUPS": 1,
+        "WIDTH_PER_GROUP": 32,
+        "STRIDE_1X1": False,
+        "STRIDES": [2, 2, 2, 2],
+        "DILATIONS": [1, 1, 1, 1],
+    },
+    "TRANSFORMER": {
+        "HIDDEN_SIZE": 768,
+        "NUM_ATTENTION_HEADS": 12,
+        "INTERMEDIATE_SIZE": 3072,
+        "NUM_HIDDEN_LAYERS": 6,
+        "NUM_HIDDEN_GROUPS": 1,
+        "INNER_GROUP_NUM": 1,
+        "HIDDEN_ACT": "gelu",
+        "HIDDEN_DROPOUT_PROB": 0.1,
+        "ATTENTION_PROBS_DROPOUT_PROB": 0.1,
+        "MAX_POSITION_EMBEDDINGS": 22,
+        "TYPE_VOCAB_SIZE": 2,
+        "USE_MEAN_POOLING": False,
+        "USE_DECOMPOSITION": True,
+        "ORTHOGONAL_SIZE": 128,
+        "ORTHOGONAL_MODE": "static",
+        "ORTHOGONAL_INIT": "cayley",
+        "SHARING_ACROSS_LAYERS": True,
+        "SHARING_ACROSS_MODELS": True,
+    },
+}
+
+
+def _typed_like(value: Any, default: Any, key: str) -> Any:
+    """A yaml value typed as yacs types it: a string is parsed as a Python literal when the default is not a string
+    (YAML 1.1 reads `1e-5` as the string "1e-5"), an int is accepted for a float, lists for tuples."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as error:
+            raise ConversionError(f"{key}: {value!r} is not a {type(default).__name__}") from error
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(value)
+    if type(value) is not type(default):
+        raise ConversionError(
+            f"{key}: {value!r} is a {type(value).__name__}, the original declares a {type(default).__name__}"
+        )
+    return value
+
+
+def read_original_config(path: str | Path) -> dict[str, Any]:
+    """An original `config.yaml`, as shipped (only what differs from the defaults) or a full `cfg.dump()`, merged onto
+    `ORIGINAL_DEFAULTS` with the defaults' types. Unreadable or malformed files raise `ConversionError`."""
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConversionError(f"{path}: cannot read the original config ({error.strerror or error})") from error
+    except yaml.YAMLError as error:
+        raise ConversionError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
+    if not isinstance(loaded, dict):
+        raise ConversionError(f"{path}: expected a mapping of config sections, got {type(loaded).__name__}")
+    merged = copy.deepcopy(ORIGINAL_DEFAULTS)
+    for section, values in loaded.items():
+        if section not in merged or not isinstance(values, dict):
+            continue  # sections this converter does not read (TRAIN, DATA_LOADER, ...) or scalar keys (NUM_GPUS)
+        for key, value in values.items():
+            default = merged[section].get(key)
+            merged[section][key] = value if default is None else _typed_like(value, default, f"{path}: {section}.{key}")
+    return merged
 
 
 def _require(condition: bool, message: str) -> None:
@@ -152,8 +271,7 @@ def build_config(
     if original_config_path is None:
         kwargs = default_config_kwargs(task)
     else:
-        with open(original_config_path) as handle:
-            kwargs = config_kwargs_from_original(yaml.safe_load(handle), task)
+        kwargs = config_kwargs_from_original(read_original_config(original_config_path), task)
     if labels is not None:
         if len(labels) != kwargs["num_labels"]:
             raise ConversionError(f"Got {len(labels)} label names for a {kwargs['num_labels']}-way classifier.")
@@ -308,9 +426,24 @@ def _check_cached_rotations(cached: dict[str, torch.Tensor], model: torch.nn.Mod
     return worst
 
 
+def verify_archive(path: str | Path) -> None:
+    """Check the CRC-32 of every member of a zip-format checkpoint (torch >= 1.6 saves zips): `torch.load` does not,
+    so flipped bytes inside a tensor would load as wrong weights without a word."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy pickle checkpoint has no checksums; torch.load judges it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            corrupted = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ConversionError(f"{path}: a damaged checkpoint archive ({error})") from error
+    if corrupted is not None:
+        raise ConversionError(f"{path}: corrupted checkpoint, the checksum of {corrupted} does not match its bytes")
+
+
 def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Read an original `.pyth`; returns the merged model (and linear-eval head) state dict and whether it is the
     pretrained (head-less) layout."""
+    verify_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a non-checkpoint file
@@ -406,6 +539,36 @@ def convert_checkpoint(
         raise ConversionError(f"Unknown task {task!r}; choose one of {TASKS}.")
     state_dict, pretrained_layout = load_original_checkpoint(checkpoint_path)
     config = build_config(task, original_config_path, labels)
+    try:
+        model = _convert_into_model(state_dict, task, pretrained_layout, config, seed)
+    except ConversionError as error:
+        likely = _likely_task(state_dict, pretrained_layout)
+        if likely is not None and likely != task:
+            raise ConversionError(f"{error}\nThis looks like a {likely} checkpoint: pass --task {likely}.") from error
+        raise
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        build_preprocessor(config, task, original_config_path).save_pretrained(output_dir)
+    return model
+
+
+def _likely_task(state_dict: dict[str, torch.Tensor], pretrained_layout: bool) -> str | None:
+    """The task a fine-tuned checkpoint's key prefixes say it was trained for (a pretrained one serves every task)."""
+    if pretrained_layout:
+        return None
+    prefixes = {key.split(".")[0] for key in state_dict}
+    if "avbert" in prefixes:
+        return "kinetics-sounds"
+    if prefixes <= {"visual_conv"}:
+        return "ucf101"
+    if prefixes <= {"audio_conv", "audio_head"}:
+        return "esc50"
+    return None
+
+
+def _convert_into_model(
+    state_dict: dict[str, torch.Tensor], task: str, pretrained_layout: bool, config: AVBertConfig, seed: int
+) -> AVBertForVideoClassification | AVBertForAudioClassification:
     converted, cached_rotations, dropped = convert_state_dict(state_dict, task, pretrained_layout)
 
     # Heads missing from a pretrained checkpoint start as in the original: N(0, 0.01) weights, zero biases.
@@ -437,31 +600,41 @@ def convert_checkpoint(
     if cached_rotations:
         worst = _check_cached_rotations(cached_rotations, model)
         logger.info("Orthogonal matrices agree with the checkpoint's cached _B within %.2g.", worst)
-    model.eval()
-    if output_dir is not None:
-        model.save_pretrained(output_dir)
-        build_preprocessor(config, task).save_pretrained(output_dir)
-    return model
+    return model.eval()
 
 
-def build_preprocessor(config: AVBertConfig, task: str) -> AVBertProcessor | AVBertFeatureExtractor:
-    """The preprocessing the task's model was trained with: ESC-50 windows of 2 s spread over each recording; the video
-    tasks' clips of `num_frames` frames (every 2nd at 30 fps) with the sound under each clip when the model hears."""
+def build_preprocessor(
+    config: AVBertConfig, task: str, original_config_path: str | Path | None = None
+) -> AVBertProcessor | AVBertFeatureExtractor:
+    """The preprocessing the task's model was trained with, from the original config when given (else its defaults):
+    ESC-50 windows of `CLIP_DURATION` s spread over each recording; the video tasks' clips of `NUM_FRAMES` frames
+    (every `SAMPLING_RATE`-th at `TARGET_FPS`), short side and test crops `TEST_CROP_SIZE`, training crops
+    `TRAIN_CROP_SIZE` after a short side in `TRAIN_JITTER_SCALES`, with the sound under each clip when it hears."""
+    data = (read_original_config(original_config_path) if original_config_path else ORIGINAL_DEFAULTS)["DATA"]
+    rate = data["TARGET_AUDIO_RATE"]
     if task == "esc50":
         return AVBertFeatureExtractor(
             feature_size=config.num_mel_bins,
             num_time_frames=config.audio_num_frames,
             num_clips=config.num_clips,
-            clip_samples=2 * 44100,
+            clip_samples=int(data["CLIP_DURATION"] * rate),
         )
     video_processor = AVBertVideoProcessor(
         num_frames=config.num_frames,
         num_clips=config.num_clips,
+        frame_sampling_rate=data["SAMPLING_RATE"],
+        target_fps=data["TARGET_FPS"],
+        size={"shortest_edge": data["TEST_CROP_SIZE"]},
+        crop_size={"height": data["TEST_CROP_SIZE"], "width": data["TEST_CROP_SIZE"]},
+        train_crop_size=data["TRAIN_CROP_SIZE"],
+        train_jitter_scales=tuple(data["TRAIN_JITTER_SCALES"]),
+        image_mean=tuple(data["MEAN"]),
+        image_std=tuple(data["STD"]),
         load_audio_in_video=config.use_audio,
         num_mel_bins=config.num_mel_bins,
         audio_time_frames=config.audio_num_frames,
     )
-    clip_samples = int(44100 * config.num_frames * video_processor.frame_sampling_rate / video_processor.target_fps)
+    clip_samples = int(rate * config.num_frames * video_processor.frame_sampling_rate / video_processor.target_fps)
     feature_extractor = AVBertFeatureExtractor(
         feature_size=config.num_mel_bins,
         num_time_frames=config.audio_num_frames,
@@ -484,10 +657,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for heads a pretrained checkpoint lacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     try:
+        labels = None
+        if args.labels:
+            try:
+                text = Path(args.labels).read_text()
+            except OSError as error:
+                raise ConversionError(f"--labels {args.labels}: {error.strerror or error}") from error
+            labels = [line.strip() for line in text.splitlines() if line.strip()]
         convert_checkpoint(args.checkpoint, args.output_dir, args.task, args.original_config, labels, args.seed)
     except ConversionError as error:
         parser.exit(2, f"avbert-convert: error: {error}\n")

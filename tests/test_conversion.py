@@ -209,3 +209,90 @@ def test_bad_files_are_refused(tmp_path):
         convert_checkpoint(wrong_layout, None, "ucf101")
     with pytest.raises(ConversionError, match="does not have"):  # an audio checkpoint converted as UCF101
         convert_checkpoint(FIXTURES / "tiny_audio" / "finetuned_checkpoint.pyth", None, "ucf101")
+
+
+# The released repository's configs/*/config.yaml hold only what differs from the yacs defaults, and YAML 1.1 reads
+# `1e-5` as a string. This is the tiny_ks fixture's configuration written that way (the fixture's own file is a full
+# cfg.dump(), with every value typed).
+SHIPPED_STYLE_KS_YAML = """
+MODEL:
+  TASK: MultimodalSequenceClassify
+  NUM_CLASSES: 5
+  EPSILON: 1e-5
+  DOWNSTREAM_FUSION: concat
+  POOLING: True
+TRAIN:
+  BATCH_SIZE: 5
+DATA:
+  NUM_FRAMES: 8
+  CROP_SIZE: 32
+  TRAIN_CROP_SIZE: 32
+  TEST_CROP_SIZE: 32
+  SEQUENCE_LENGTH: 3
+RESNET:
+  WIDTH_PER_GROUP: 8
+AUDIO_RESNET:
+  WIDTH_PER_GROUP: 8
+TRANSFORMER:
+  HIDDEN_SIZE: 64
+  NUM_ATTENTION_HEADS: 4
+  INTERMEDIATE_SIZE: 128
+  NUM_HIDDEN_LAYERS: 2
+  ORTHOGONAL_SIZE: 16
+  MAX_POSITION_EMBEDDINGS: 8
+NUM_GPUS: 1
+"""
+
+
+def test_shipped_style_yaml_converts_like_the_full_dump(tmp_path):
+    shipped = tmp_path / "config.yaml"
+    shipped.write_text(SHIPPED_STYLE_KS_YAML)
+    assert isinstance(__import__("yaml").safe_load(SHIPPED_STYLE_KS_YAML)["MODEL"]["EPSILON"], str)  # YAML 1.1
+    from_shipped = build_config("kinetics-sounds", shipped)  # crashed: a validation traceback on "1e-5"
+    from_dump = build_config("kinetics-sounds", FIXTURES / "tiny_ks" / "config.yaml")
+    assert from_shipped.to_dict() == from_dump.to_dict() and from_shipped.batch_norm_eps == 1e-5
+
+    convert_checkpoint(FIXTURES / "tiny_ks" / "finetuned_checkpoint.pyth", tmp_path / "out", "kinetics-sounds", shipped)
+    processor = json.loads((tmp_path / "out" / "processor_config.json").read_text())["video_processor"]
+    # TEST_CROP_SIZE was ignored (128 crops for a model tested on 32), frame counts and train crops come along
+    assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"] == {"shortest_edge": 32}
+    assert (processor["num_frames"], processor["num_clips"], processor["train_crop_size"]) == (8, 3, 32)
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path):
+    import zipfile
+
+    source = FIXTURES / "tiny_visual" / "finetuned_checkpoint.pyth"
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)  # the largest tensor
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    for offset in range(start + 16, start + 16 + 64, 8):
+        data[offset] ^= 0x5A
+    corrupted = tmp_path / "corrupted.pyth"
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(ConversionError, match="corrupted checkpoint"):  # converted without complaint before
+        convert_checkpoint(corrupted, None, "ucf101")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("MODEL: [unclosed\n", "not valid YAML"), ("just a string\n", "expected a mapping"), (None, "cannot read")],
+)
+def test_bad_yaml_gives_one_error_line(tmp_path, capsys, content, message):
+    config = tmp_path / "config.yaml"
+    if content is not None:
+        config.write_text(content)
+    checkpoint = str(FIXTURES / "tiny_visual" / "finetuned_checkpoint.pyth")
+    with pytest.raises(SystemExit) as exit_info:
+        main([checkpoint, str(tmp_path / "out"), "--task", "ucf101", "--original-config", str(config)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("avbert-convert: error:") and message in error and "\n" not in error
+
+
+def test_a_wrong_task_is_named(tmp_path):
+    with pytest.raises(ConversionError, match="looks like a esc50 checkpoint: pass --task esc50"):
+        convert_checkpoint(FIXTURES / "tiny_audio" / "finetuned_checkpoint.pyth", None, "ucf101")
+    with pytest.raises(ConversionError, match="pass --task kinetics-sounds"):
+        convert_checkpoint(FIXTURES / "tiny_ks" / "finetuned_checkpoint.pyth", None, "ucf101")
