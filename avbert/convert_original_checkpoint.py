@@ -544,7 +544,9 @@ def convert_checkpoint(
     except ConversionError as error:
         likely = _likely_task(state_dict, pretrained_layout)
         if likely is not None and likely != task:
-            raise ConversionError(f"{error}\nThis looks like a {likely} checkpoint: pass --task {likely}.") from error
+            raise ConversionError(
+                f"{error}\nThis looks like a checkpoint of the {likely} task: pass --task {likely}."
+            ) from error
         raise
     if output_dir is not None:
         model.save_pretrained(output_dir)

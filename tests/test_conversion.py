@@ -292,7 +292,7 @@ def test_bad_yaml_gives_one_error_line(tmp_path, capsys, content, message):
 
 
 def test_a_wrong_task_is_named(tmp_path):
-    with pytest.raises(ConversionError, match="looks like a esc50 checkpoint: pass --task esc50"):
+    with pytest.raises(ConversionError, match="looks like a checkpoint of the esc50 task: pass --task esc50"):
         convert_checkpoint(FIXTURES / "tiny_audio" / "finetuned_checkpoint.pyth", None, "ucf101")
     with pytest.raises(ConversionError, match="pass --task kinetics-sounds"):
         convert_checkpoint(FIXTURES / "tiny_ks" / "finetuned_checkpoint.pyth", None, "ucf101")
