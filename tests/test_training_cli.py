@@ -128,8 +128,16 @@ def test_train_and_evaluate_exit_0_and_report_skipped_files_across_workers(media
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
-        ("avbert-train", ("--recipe", "ucf101", "--data_dir", "D", "--model", "nope", "--output_dir", "o"), "no such"),
-        ("avbert-evaluate", ("--recipe", "esc50", "--data-dir", "D", "--model", "nope"), "no such folder"),
+        (
+            "avbert-train",
+            ("--recipe", "ucf101", "--data_dir", ".", "--model", "nope", "--output_dir", "o"),
+            "--model nope: no such folder",
+        ),
+        (
+            "avbert-evaluate",
+            ("--recipe", "esc50", "--data-dir", ".", "--model", "nope"),
+            "--model nope: no such folder",
+        ),
         ("avbert-pretrain", ("--data_dir", "no/such/dir", "--output_dir", "o"), "not found"),
         ("avbert-prepare", ("folder", "--output-dir", "o"), "needs --source"),
         ("avbert-convert", ("missing.pyth", "o", "--task", "ucf101"), "not a readable"),
@@ -149,13 +157,9 @@ def test_console_scripts_fail_with_one_line_and_nonzero(script, args, message, t
     assert f"{script}: error:" in result.stderr
 
 
-@pytest.mark.parametrize("script", ["avbert-params", "avbert-prepare", "avbert-train", "avbert-pretrain"])
-def test_console_scripts_help_exits_0(script):
-    assert console(script, "--help").returncode == 0
-
-
 def test_params_exits_0():
-    assert console("avbert-params").returncode == 0
+    result = console("avbert-params")
+    assert result.returncode == 0 and "transformer parameters" in result.stdout, result.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -214,7 +218,7 @@ def test_folder_without_splits_gets_a_seeded_stratified_split(media_dir, tmp_pat
     assert load_media_dataset("folder", flat, "test")["path"] == test["path"]  # seeded: the same every call
 
 
-def test_prepare_folder_output_splits_and_overlap_is_refused(media_dir, tmp_path):
+def test_prepare_folder_output_splits_and_overlap_is_refused(media_dir, model_dir, tmp_path):
     from avbert.training import prepare
 
     out = tmp_path / "prepared"
@@ -226,7 +230,7 @@ def test_prepare_folder_output_splits_and_overlap_is_refused(media_dir, tmp_path
     (same / "train" / "a").symlink_to(media_dir / "train" / sorted(os.listdir(media_dir / "train"))[1])
     (same / "test").symlink_to(same / "train")
     result = console(
-        "avbert-train", "--recipe", "kinetics-sounds", "--data_dir", str(same), "--model", "m",
+        "avbert-train", "--recipe", "kinetics-sounds", "--data_dir", str(same), "--model", str(model_dir),
         "--output_dir", str(tmp_path / "o"),
     )  # fmt: skip
     assert result.returncode == 1 and "share 2 files" in result.stderr, result.stderr[-2000:]

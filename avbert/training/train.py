@@ -265,6 +265,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     set_seed(training_args.seed)
+    load_config(data_args.model)  # a wrong --model is said before the data is listed
     train_set, eval_set = load_splits(data_args, recipe, training_args.seed)
     processor = load_processor(data_args.model, recipe)
     model = load_model(data_args.model, recipe, train_set.features["label"].names)
