@@ -30,6 +30,8 @@ Reading (``ShardedVideoDataset``), built on ``webdataset``'s tar streaming (loca
 
 from __future__ import annotations
 
+import argparse
+import functools
 import glob
 import hashlib
 import io
@@ -38,7 +40,9 @@ import logging
 import math
 import os
 import random
+import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,7 @@ from typing import Any
 import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,9 @@ __all__ = [
     "ShardTrainerMixin",
     "ShardedVideoDataset",
     "load_manifests",
+    "prepare_shards",
+    "shard_dataset",
+    "shard_trainer",
     "write_shards",
 ]
 
@@ -291,7 +298,8 @@ class ShardedVideoDataset(IterableDataset):
         num_workers: the DataLoader's workers (0 = the main process reads).
         shuffle_buffer: samples held for shuffling; 0 or 1 reads the shards and their samples in order (eval).
         seed: seeds the shard order and the buffer, with the epoch.
-        split_by_rank: False for evaluation under ``accelerate``'s batch dispatching (every rank sees the whole list).
+        split_by_rank: False for evaluation: one reader list for every rank (``accelerate`` dispatches rank 0's
+            batches), and every reader yields all its samples (no equal counts needed without an all-reduce).
         rank, world_size: this process's place (default: the process group's, or torchrun's environment).
     """
 
@@ -322,8 +330,9 @@ class ShardedVideoDataset(IterableDataset):
             self.rank, self.world_size = rank or 0, world_size or 1
         self.readers = deal_shards([s.num_samples for s in manifest.shards], self.world_size * self.num_readers)
         totals = [sum(manifest.shards[i].num_samples for i in shards) for shards in self.readers]
-        self.samples_per_reader = min(totals)
-        self.left_out = sum(totals) - self.samples_per_reader * len(totals)
+        # Samples each reader yields per epoch: the same for all when ranks train together, else all they hold.
+        self.quotas = [min(totals)] * len(totals) if split_by_rank else totals
+        self.left_out = sum(totals) - sum(self.quotas)
         # Resume: in epoch `resume_epoch`, the first `resume_batches` batches (all readers of this rank) are done.
         self.resume_epoch: int | None = None
         self.resume_batches = 0
@@ -336,7 +345,7 @@ class ShardedVideoDataset(IterableDataset):
                 min(totals),
                 max(totals),
                 self.left_out,
-                self.samples_per_reader,
+                min(totals),
             )
 
     @property
@@ -344,14 +353,17 @@ class ShardedVideoDataset(IterableDataset):
         """Readers per rank: the DataLoader workers, or the main process."""
         return max(1, self.num_workers)
 
+    def _quota(self, reader: int) -> int:
+        return self.quotas[self.rank * self.num_readers + reader]
+
     def __len__(self) -> int:
         """Samples this rank yields per epoch."""
-        return self.samples_per_reader * self.num_readers
+        return sum(self._quota(reader) for reader in range(self.num_readers))
 
     @property
     def batches_per_epoch(self) -> int:
         """Batches per epoch on this rank: every reader makes its own batches, the last one possibly short."""
-        return self.num_readers * math.ceil(self.samples_per_reader / self.batch_size)
+        return sum(math.ceil(self._quota(reader) / self.batch_size) for reader in range(self.num_readers))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -385,7 +397,7 @@ class ShardedVideoDataset(IterableDataset):
         if self.resume_epoch != self.epoch:
             return 0
         done, extra = divmod(self.resume_batches, self.num_readers)
-        return min(self.samples_per_reader, (done + (reader < extra)) * self.batch_size)
+        return min(self._quota(reader), (done + (reader < extra)) * self.batch_size)
 
     def _rng(self, reader: int, purpose: str) -> random.Random:
         return random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{reader}/{purpose}")
@@ -418,9 +430,9 @@ class ShardedVideoDataset(IterableDataset):
         if self.shuffle_buffer > 1:
             shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self._rng(reader, "buffer"))
             stream = shuffle(stream)
-        skip = self._delivered(reader)
+        skip, quota = self._delivered(reader), self._quota(reader)
         for position, sample in enumerate(stream):
-            if position >= self.samples_per_reader:
+            if position >= quota:
                 break
             if position < skip:
                 continue  # trained before the checkpoint: not decoded again
@@ -538,3 +550,108 @@ class ShardTrainerMixin:
 
 class ShardTrainer(ShardTrainerMixin, Trainer):
     """A plain ``Trainer`` that reads a ``ShardedVideoDataset``."""
+
+
+@functools.cache
+def shard_trainer(trainer_class: type[Trainer]) -> type[Trainer]:
+    """``trainer_class`` with ``ShardTrainerMixin`` (shard training and resume; anything else unchanged)."""
+    if issubclass(trainer_class, ShardTrainerMixin):
+        return trainer_class
+    return type(f"Shard{trainer_class.__name__}", (ShardTrainerMixin, trainer_class), {})
+
+
+def shard_dataset(
+    locations: str, transform: Any, args: TrainingArguments, shuffle_buffer: int = 1000, train: bool = True
+) -> ShardedVideoDataset:
+    """The ``ShardedVideoDataset`` of the manifests at ``locations`` for the ``Trainer`` run by ``args``: its batch
+    size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched."""
+    return ShardedVideoDataset(
+        load_manifests(locations),
+        transform,
+        batch_size=args.per_device_train_batch_size if train else args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers,
+        shuffle_buffer=shuffle_buffer if train else 0,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        split_by_rank=train,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# avbert-prepare shards
+
+
+def _parse_size(text: str) -> int:
+    """``"1GB"``, ``"500MB"``, ``"64KiB"`` or a plain byte count -> bytes."""
+    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+    number = text.strip().lower().removesuffix("b")
+    digits = number.rstrip("kmgti")
+    unit = number[len(digits) :]
+    try:
+        value = float(digits) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GB, 500MB, 64KiB, 1000000)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the shard size must be positive, not {text!r}")
+    return int(value)
+
+
+def _shards_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avbert-prepare shards",
+        description="Write WebDataset tar shards of media files (bytes as they are) with their labels and a manifest.",
+    )
+    parser.add_argument("source", type=Path, help="a dataset folder (see --layout) or, with --unlabeled, any folder")
+    parser.add_argument("output_dir", type=Path, help="an empty folder for shard-NNNNNN.tar and manifest.json")
+    parser.add_argument("--shard-size", type=_parse_size, default=_parse_size("1GB"), help="bytes per shard (1GB)")
+    parser.add_argument("--shard-samples", type=int, help="also close a shard at this many samples")
+    parser.add_argument("--layout", default="folder", help="load_media_dataset layout of SOURCE (default: folder)")
+    parser.add_argument("--split", default="train", help="split of the layout (default: train)")
+    parser.add_argument("--split-id", type=int, default=1, help="UCF101 split / ESC-50 fold (default: 1)")
+    parser.add_argument("--unlabeled", action="store_true", help="every video file under SOURCE, no labels")
+    return parser
+
+
+def prepare_shards(argv: Sequence[str]) -> int:
+    """``avbert-prepare shards SOURCE OUT``: probe every file, write the readable ones, list the others."""
+    from .data import load_media_dataset
+    from .prepare import _media_problem
+    from .pretrain import find_media_files
+
+    args = _shards_parser().parse_args(argv)
+    source = args.source.expanduser().absolute()
+    try:
+        if args.unlabeled:
+            files, labels, names, root = find_media_files(source), None, None, source
+        else:
+            rows = load_media_dataset(args.layout, source, args.split, args.split_id)
+            files, labels, names = [Path(p) for p in rows["path"]], list(rows["label"]), rows.features["label"].names
+            root = source if source.is_dir() else source.parent
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            problems = list(pool.map(_media_problem, files))
+        keep = [i for i, problem in enumerate(problems) if problem is None]
+        skipped = [(files[i], problem) for i, problem in enumerate(problems) if problem is not None]
+        if not keep:
+            raise ValueError(f"none of the {len(files)} files under {source} is readable media")
+        manifest = write_shards(
+            [files[i] for i in keep],
+            [labels[i] for i in keep] if labels is not None else None,
+            args.output_dir.expanduser().absolute(),
+            class_names=names,
+            shard_size=args.shard_size,
+            shard_samples=args.shard_samples,
+            root=root if all(root in f.parents for f in files) else None,
+            skipped=skipped,
+        )
+    except ValueError as error:
+        print(f"avbert-prepare shards: error: {error}", file=sys.stderr)
+        return 1
+    total = sum(shard.num_bytes for shard in manifest.shards)
+    print(
+        f"{manifest.num_samples} samples in {len(manifest.shards)} shards ({total / 1e6:.1f} MB) -> {args.output_dir}"
+        f" (manifest: {args.output_dir / MANIFEST_NAME})"
+    )
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in the manifest):", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    return 0

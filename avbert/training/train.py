@@ -4,6 +4,9 @@
     avbert-train --recipe ucf101 --data-dir UCF101 --model avbert-ucf101 --output-dir runs/ucf101 [--split-id 1]
                  [--layout folder] [any TrainingArguments flag, e.g. --bf16 --dataloader_num_workers 8]
 
+`--train_shards` / `--eval_shards` read WebDataset shards written by `avbert-prepare shards` instead of the
+`--data-dir` splits (local or streamed; docs/training.md, Scale-out).
+
 `--model` is a `save_pretrained` folder with its processor (e.g. written by `avbert-convert`). Recipe values fill the
 `TrainingArguments` fields that are not given on the command line; `--learning_rate` / `--weight_decay` given
 explicitly change the recipe's head lr / head weight decay. Multi-process: `torchrun --nproc_per_node N -m
@@ -41,6 +44,7 @@ from .data import AVBertDataCollator, MediaTransform, load_media_dataset
 from .distributed import release_process_group
 from .evaluate import load_top_k_metric
 from .recipes import RECIPES, AVBertTrainer, Recipe, recipe_config_overrides, recipe_training_defaults
+from .shards import load_manifests, shard_dataset, shard_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,16 @@ class ModelDataArguments:
     """What to train and on which data (the rest of the command line is `TrainingArguments`)."""
 
     recipe: str = field(metadata={"help": f"Original recipe: {', '.join(RECIPES)}.", "choices": list(RECIPES)})
-    data_dir: str = field(metadata={"help": "Dataset root folder."})
     model: str = field(metadata={"help": "save_pretrained folder (with its processor), e.g. from avbert-convert."})
+    data_dir: str | None = field(default=None, metadata={"help": "Dataset root folder."})
+    train_shards: str | None = field(
+        default=None,
+        metadata={"help": "Shard manifests to train on instead of --data-dir's train split (docs/training.md)."},
+    )
+    eval_shards: str | None = field(
+        default=None, metadata={"help": "Shard manifests to evaluate on instead of --data-dir's eval split."}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
     layout: str | None = field(
         default=None,
         metadata={"help": "ucf101, esc50, kinetics-sounds, folder, csv or json (default: the recipe's own)."},
@@ -173,23 +185,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
     layout = data_args.layout or recipe.name
 
-    train_set = load_media_dataset(layout, data_args.data_dir, data_args.train_split, data_args.split_id)
-    eval_set = load_media_dataset(layout, data_args.data_dir, data_args.eval_split, data_args.split_id)
-    class_names = train_set.features["label"].names
-    if eval_set.features["label"].names != class_names:
-        raise ValueError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
-    if data_args.max_train_samples is not None:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
-    if data_args.max_eval_samples is not None:
-        eval_set = eval_set.select(range(min(data_args.max_eval_samples, len(eval_set))))
+    if data_args.data_dir is None and None in (data_args.train_shards, data_args.eval_shards):
+        raise ValueError("give --data-dir, or both --train_shards and --eval_shards")
+    sets, class_names = {}, None
+    for name, split, shards, limit in (
+        ("train", data_args.train_split, data_args.train_shards, data_args.max_train_samples),
+        ("eval", data_args.eval_split, data_args.eval_shards, data_args.max_eval_samples),
+    ):
+        if shards is not None:
+            names = load_manifests(shards).class_names
+        else:
+            sets[name] = load_media_dataset(layout, data_args.data_dir, split, data_args.split_id)
+            names = sets[name].features["label"].names
+            if limit is not None:
+                sets[name] = sets[name].select(range(min(limit, len(sets[name]))))
+        if names is None:
+            raise ValueError(f"the {name} shards {shards} are unlabeled (written with --unlabeled)")
+        if class_names is not None and names != class_names:
+            raise ValueError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
+        class_names = names
 
     processor = load_processor(data_args.model, recipe)
     model = load_model(data_args.model, recipe, class_names)
-    train_set = train_set.with_transform(MediaTransform(processor, recipe.modality, train=True))
-    eval_set = eval_set.with_transform(MediaTransform(processor, recipe.modality, train=False))
+    transforms = {name: MediaTransform(processor, recipe.modality, train=name == "train") for name in ("train", "eval")}
+    for name, shards in (("train", data_args.train_shards), ("eval", data_args.eval_shards)):
+        if shards is not None:
+            train = name == "train"
+            sets[name] = shard_dataset(shards, transforms[name], training_args, data_args.shuffle_buffer, train)
+        else:
+            sets[name] = sets[name].with_transform(transforms[name])
+    train_set, eval_set = sets["train"], sets["eval"]
 
     # No processing_class: a ProcessorMixin without a tokenizer crashes Trainer.train() in 5.24 (saved below).
-    trainer = AVBertTrainer(
+    trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
         recipe=recipe,
