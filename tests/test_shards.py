@@ -5,14 +5,18 @@ import functools
 import hashlib
 import http.server
 import json
+import math
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+from test_pretraining_cli import TINY  # a tiny model for the processors below (default 80 x 128 log-mels)
 from torch.utils.data import DataLoader
 
+from avbert.configuration_avbert import AVBertConfig
 from avbert.feature_extraction_avbert import AVBertFeatureExtractor
+from avbert.modeling_avbert import AVBertForVideoClassification
 from avbert.processing_avbert import AVBertProcessor
 from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
 from avbert.training.shards import (
@@ -23,6 +27,7 @@ from avbert.training.shards import (
     write_shards,
 )
 from avbert.training.synthetic import make_synthetic_av_dataset
+from avbert.training.train import main as train_main
 from avbert.video_processing_avbert import AVBertVideoProcessor
 
 
@@ -214,6 +219,26 @@ def test_shards_stream_over_http_like_local_ones(corpus: Path, http_server: str)
     assert read_keys(ShardedVideoDataset(remote, **kwargs)) == read_keys(ShardedVideoDataset(local, **kwargs))
     raw = next(iter(ShardedVideoDataset(remote, shuffle_buffer=0)))
     assert raw["media"] == (corpus / "src" / "red_square_1760hz" / "red_square_1760hz_000.mp4").read_bytes()
+
+
+def test_avbert_train_reads_train_and_eval_shards_over_http(corpus: Path, http_server: str, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    config = AVBertConfig(**TINY, num_clips=2, num_labels=2)
+    AVBertForVideoClassification(config).save_pretrained(model_dir)
+    tiny_processor().save_pretrained(model_dir)
+    out = tmp_path / "out"
+    metrics = train_main(
+        [
+            *("--recipe", "kinetics-sounds", "--model", str(model_dir), "--output_dir", str(out)),
+            *("--train_shards", http_server, "--eval_shards", f"{http_server}/manifest.json", "--max_steps", "2"),
+            *("--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4"),
+            *("--dataloader_num_workers", "2", "--use_cpu", "--report_to", "none", "--eval_strategy", "no"),
+            *("--save_strategy", "no", "--seed", "0"),
+        ]
+    )
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and math.isfinite(metrics["eval_loss"])
+    model = AVBertForVideoClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "red_square_1760hz", 1: "red_square_440hz"}
 
 
 def test_manifest_round_trip() -> None:

@@ -10,24 +10,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from test_pretraining_cli import TINY  # the tiny pretraining model of the folder-based CLI tests
+
 from avbert.modeling_avbert import AVBertForPreTraining
 from avbert.training.prepare import main as prepare_main
 from avbert.training.synthetic import make_synthetic_av_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "visual_base_width": 4,
-    "visual_depths": [1, 1, 1, 1],
-    "audio_base_width": 4,
-    "audio_depths": [1, 1, 1, 1],
-    "hidden_size": 32,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "orthogonal_size": 8,
-    "num_negatives": 2,
-    "num_frames": 4,
-}
 NUM_SAMPLES = 16  # 8 shards of 2
 STEPS_PER_EPOCH = 4  # per rank: 8 samples, 2 workers of 4, batches of 2
 STALL_AT_STEP = 7  # checkpoint-7 is 3 batches into epoch 1: worker 0 has delivered 2 batches, worker 1 one
