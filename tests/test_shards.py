@@ -245,3 +245,20 @@ def test_manifest_round_trip() -> None:
     manifest = ShardManifest(shards=[], class_names=["a"], skipped=[{"path": "x", "reason": "y"}])
     again = ShardManifest.from_json(manifest.to_json(), "here")
     assert again == manifest and json.loads(manifest.to_json())["num_samples"] == 0
+
+
+def test_prepare_shards_command_labels_sizes_and_errors(corpus: Path, tmp_path: Path, capsys) -> None:
+    from avbert.training.prepare import main as prepare_main
+
+    out = tmp_path / "labeled"
+    assert prepare_main(["shards", str(corpus / "src"), str(out), "--shard-size", "64KiB"]) == 0
+    manifest = load_manifests(str(out))
+    assert manifest.num_samples == 16 and manifest.class_names == ["red_square_1760hz", "red_square_440hz"]
+    assert all(shard.num_bytes <= 64 * 1024 for shard in manifest.shards if shard.num_samples > 1)
+    assert len(manifest.shards) > 1
+    assert "16 samples in" in capsys.readouterr().out
+    assert prepare_main(["shards", str(corpus / "src"), str(out)]) == 1
+    assert "already holds shards" in capsys.readouterr().err
+    assert prepare_main(["shards", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit):
+        prepare_main(["shards", str(corpus / "src"), str(tmp_path / "y"), "--shard-size", "lots"])

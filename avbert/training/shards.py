@@ -41,6 +41,7 @@ import math
 import os
 import random
 import sys
+import tarfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _tar_file_bytes(members: int) -> int:
+    """The tar file's size: the members, two zero blocks, padded to tarfile's 10240-byte records."""
+    return -(-(members + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def write_shards(
     files: Sequence[Path],
     labels: Sequence[int] | None,
@@ -196,7 +202,7 @@ def write_shards(
 ) -> ShardManifest:
     """Write ``files`` (already probed as readable) into ``shard-NNNNNN.tar`` in ``output_dir`` + ``manifest.json``.
 
-    A shard is closed before it would exceed ``shard_size`` bytes (a single larger file gets a shard of its own) or
+    A shard is closed before its file would exceed ``shard_size`` bytes (a larger file gets a shard of its own) or
     when it holds ``shard_samples`` samples. Sample keys are the running index; ``KEY.json`` keeps the label, the
     class name and the source path (relative to ``root``).
     """
@@ -209,6 +215,7 @@ def write_shards(
     writer: wds.TarWriter | None = None
     path: Path | None = None
     count = size = 0
+    overhead = 4096
 
     def close() -> None:
         nonlocal writer
@@ -225,9 +232,9 @@ def write_shards(
             meta["label"] = int(labels[index])
             if class_names is not None:
                 meta["label_name"] = class_names[labels[index]]
-        sample_bytes = len(data) + 2048  # tar headers and the json member
         full = writer is not None and (
-            size + sample_bytes > shard_size or (shard_samples is not None and count >= shard_samples)
+            _tar_file_bytes(size + len(data) + overhead) > shard_size
+            or (shard_samples is not None and count >= shard_samples)
         )
         if full:
             close()
@@ -237,7 +244,9 @@ def write_shards(
             count = size = 0
         writer.write({"__key__": f"{index:09d}", extension: data, "json": meta})
         count += 1
-        size += sample_bytes
+        # The tar's own bytes per sample (headers, the json member, block padding), as written, for the next estimate.
+        overhead = max(overhead, writer.tarstream.offset - size - len(data))
+        size = writer.tarstream.offset
     close()
     manifest = ShardManifest(
         shards=specs,
@@ -443,10 +452,9 @@ class ShardedVideoDataset(IterableDataset):
         media_ext = next((k for k in sample if not k.startswith("__") and k != "json"), None)
         meta = json.loads(sample["json"]) if "json" in sample else {}
         label = int(meta.get("label", 0))
+        if media_ext is None:  # dropped and reported by the collator, as an undecodable file
+            return {"key": f"{shard}/{key}", "labels": label, "error": f"{shard}/{key}: no media member in the sample"}
         name = f"{shard}/{key}.{media_ext}"
-        if media_ext is None:
-            raw = {"labels": [label], "error": [f"{shard}/{key}: no media member in the sample"]}
-            return {"key": name, **{k: v[0] for k, v in raw.items()}}
         if self.transform is None:
             return {"key": name, "media": sample[media_ext], "label": label}
         row = self.transform({"path": [ShardMember(sample[media_ext], name)], "label": [label]})
