@@ -4,6 +4,7 @@
     avbert-prepare ucf101 --output-dir data/ucf101 --source ~/UCF101   # offline: an archive or an extracted folder
     avbert-prepare folder --output-dir data/mine --source ~/videos      # any tree of media -> <class>/<file> + CSV
     avbert-prepare check --source data/mine --recipe kinetics-sounds --output-dir data/check   # probe every file
+    avbert-prepare shards data/mine data/mine-shards --shard-size 1GB  # WebDataset shards (see avbert.training.shards)
 
 The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
 ESC-50, ``train/`` + ``test/`` for Kinetics-Sounds), so that folder is what ``--data-dir`` of training takes.
@@ -399,6 +400,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``avbert-prepare``; returns the exit status (1 with a message on stderr for user errors; for
     ``check``, 1 when bad files were found)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["shards"]:  # its own arguments: SOURCE OUTPUT_DIR --shard-size ...
+        from .shards import prepare_shards
+
+        return prepare_shards(argv[1:])
     args = _parser().parse_args(argv)
     args.output_dir = args.output_dir.expanduser().absolute()
     args.source = args.source.expanduser().absolute() if args.source else None

@@ -4,6 +4,8 @@
     avbert-pretrain --data-dir VIDEOS --output-dir runs/pretrain [--model FOLDER] [--config-overrides JSON]
                     [--num_clips 30] [any TrainingArguments flag, e.g. --bf16 --per_device_train_batch_size 8]
 
+`--shards MANIFESTS` reads WebDataset shards written by `avbert-prepare shards --unlabeled` instead (local or
+streamed, split over ranks and DataLoader workers, resumable sample for sample; docs/training.md, Scale-out).
 Every media file under `--data-dir` (recursive; any container FFmpeg reads, text and image files left out and
 reported) is one training item: a sequence of
 `num_clips` uniformly spaced clips (default 30: the paper's 30-second inputs) with the sound under each clip.
@@ -46,6 +48,7 @@ from .cli import exit_status, launched_on_cpu_without_flag, refuse_single_proces
 from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
 from .distributed import release_process_group
 from .recipes import SkippedFilesMixin
+from .shards import shard_dataset, shard_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,17 @@ CLIP_JITTER = {"clip_brightness_jitter": 0.4, "clip_contrast_jitter": 0.4, "clip
 class PretrainArguments:
     """What to pretrain and on which videos (the rest of the command line is `TrainingArguments`)."""
 
-    data_dir: str = field(metadata={"help": "Folder of unlabeled videos with sound (searched recursively)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of unlabeled videos with sound (searched recursively)."}
+    )
+    shards: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --data-dir: shard manifests (folders, manifest.json files or URLs; comma-separated, "
+            "brace patterns, local globs) written by `avbert-prepare shards` (docs/training.md, Scale-out)."
+        },
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
     model: str | None = field(
         default=None, metadata={"help": "save_pretrained folder to continue from (default: a new model)."}
     )
@@ -209,9 +222,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     set_seed(training_args.seed)
-    dataset = unlabeled_dataset(args.data_dir)
+    if (args.data_dir is None) == (args.shards is None):
+        raise ValueError("give exactly one of --data-dir (a folder of videos) and --shards (shard manifests)")
     model = build_model(args)
     processor = build_processor(model.config, args)
+    transform = MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
+    if args.shards is not None:
+        dataset = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer)
+    else:
+        dataset = MediaDataset(unlabeled_dataset(args.data_dir), transform)
     logger.info(
         "Pretraining on %d files, %d clips x %d frames, %s parameters",
         len(dataset),
@@ -223,12 +242,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         training_args.resume_from_checkpoint, training_args.output_dir, training_args.process_index == 0
     )
     # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
-    trainer = PreTrainer(
+    trainer = shard_trainer(PreTrainer)(
         model=model,
         args=training_args,
-        train_dataset=MediaDataset(
-            dataset, MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
-        ),
+        train_dataset=dataset,
         data_collator=PretrainingCollator(report_skipped=True),
         callbacks=[ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
     )

@@ -4,6 +4,9 @@
     avbert-train --recipe ucf101 --data-dir UCF101 --model avbert-ucf101 --output-dir runs/ucf101 [--split-id 1]
                  [--layout folder] [any TrainingArguments flag, e.g. --bf16 --dataloader_num_workers 8]
 
+`--train_shards` / `--eval_shards` read WebDataset shards written by `avbert-prepare shards` instead of the
+`--data-dir` splits (local or streamed; docs/training.md, Scale-out).
+
 `--model` is a `save_pretrained` folder with its processor (e.g. written by `avbert-convert`). Recipe values fill the
 `TrainingArguments` fields that are not given on the command line (`avbert-train --recipe NAME --help` shows them);
 `--learning_rate` / `--weight_decay` / `--lr_scheduler_type` (cosine or linear) / `--adam_*` given explicitly change
@@ -66,6 +69,7 @@ from .recipes import (
     recipe_config_overrides,
     recipe_training_defaults,
 )
+from .shards import load_manifests, shard_dataset, shard_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +79,16 @@ class ModelDataArguments:
     """What to train and on which data (the rest of the command line is `TrainingArguments`)."""
 
     recipe: str = field(metadata={"help": f"Original recipe: {', '.join(RECIPES)}.", "choices": list(RECIPES)})
-    data_dir: str = field(metadata={"help": "Dataset root folder."})
     model: str = field(metadata={"help": "save_pretrained folder (with its processor), e.g. from avbert-convert."})
+    data_dir: str | None = field(default=None, metadata={"help": "Dataset root folder."})
+    train_shards: str | None = field(
+        default=None,
+        metadata={"help": "Shard manifests to train on instead of --data-dir's train split (docs/training.md)."},
+    )
+    eval_shards: str | None = field(
+        default=None, metadata={"help": "Shard manifests to evaluate on instead of --data-dir's eval split."}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
     layout: str | None = field(
         default=None,
         metadata={"help": "ucf101, esc50, kinetics-sounds, folder, csv or json (default: the recipe's own)."},
@@ -237,22 +249,35 @@ def load_processor(model_dir: str, recipe: Recipe) -> Any:
     return AutoProcessor.from_pretrained(model_dir)
 
 
-def load_splits(data_args: ModelDataArguments, recipe: Recipe, seed: int) -> tuple[Any, Any]:
-    """The train and eval rows: the same classes, no shared file, optionally a stratified subset of each."""
-    layout = data_args.layout or recipe.name
-    if not Path(data_args.data_dir).exists():
+def load_splits(data_args: ModelDataArguments, recipe: Recipe, seed: int) -> tuple[Any, Any, list[str]]:
+    """The train and eval rows of the dataset folder (None for a split read from shards) and the class names: the same
+    classes in both splits, no file in both, optionally a stratified subset of each."""
+    if data_args.data_dir is None and None in (data_args.train_shards, data_args.eval_shards):
+        raise UsageError("give --data_dir, or both --train_shards and --eval_shards")
+    if data_args.data_dir is not None and not Path(data_args.data_dir).exists():
         raise UsageError(f"--data_dir {data_args.data_dir}: no such folder or file")
-    train_set = load_media_dataset(layout, data_args.data_dir, data_args.train_split, data_args.split_id)
-    eval_set = load_media_dataset(layout, data_args.data_dir, data_args.eval_split, data_args.split_id)
-    class_names = train_set.features["label"].names
-    if eval_set.features["label"].names != class_names:
+    layout = data_args.layout or recipe.name
+    splits = {
+        "train": (data_args.train_split, data_args.train_shards),
+        "eval": (data_args.eval_split, data_args.eval_shards),
+    }
+    rows, class_names = {}, {}
+    for name, (split, shards) in splits.items():
+        if shards is not None:
+            rows[name], class_names[name] = None, load_manifests(shards).class_names
+            if class_names[name] is None:
+                raise UsageError(f"the {name} shards {shards} are unlabeled (written with --unlabeled)")
+        else:
+            rows[name] = load_media_dataset(layout, data_args.data_dir, split, data_args.split_id)
+            class_names[name] = rows[name].features["label"].names
+    if class_names["eval"] != class_names["train"]:
         raise UsageError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
-    check_disjoint(train_set, eval_set, data_args.train_split, data_args.eval_split)
-    if data_args.max_train_samples is not None:
-        train_set = train_set.select(stratified_subset(train_set["label"], data_args.max_train_samples, seed))
-    if data_args.max_eval_samples is not None:
-        eval_set = eval_set.select(stratified_subset(eval_set["label"], data_args.max_eval_samples, seed))
-    return train_set, eval_set
+    if rows["train"] is not None and rows["eval"] is not None:
+        check_disjoint(rows["train"], rows["eval"], data_args.train_split, data_args.eval_split)
+    for name, limit in (("train", data_args.max_train_samples), ("eval", data_args.max_eval_samples)):
+        if rows[name] is not None and limit is not None:
+            rows[name] = rows[name].select(stratified_subset(rows[name]["label"], limit, seed))
+    return rows["train"], rows["eval"], class_names["train"]
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -266,21 +291,33 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     set_seed(training_args.seed)
     load_config(data_args.model)  # a wrong --model is said before the data is listed
-    train_set, eval_set = load_splits(data_args, recipe, training_args.seed)
+    train_rows, eval_rows, class_names = load_splits(data_args, recipe, training_args.seed)
     processor = load_processor(data_args.model, recipe)
-    model = load_model(data_args.model, recipe, train_set.features["label"].names)
+    model = load_model(data_args.model, recipe, class_names)
     resume = None
     if not data_args.eval_only:
         resume = resolve_resume(
             training_args.resume_from_checkpoint, training_args.output_dir, training_args.process_index == 0
         )
+    datasets = {}
+    for split, rows, shards in (
+        ("train", train_rows, data_args.train_shards),
+        ("eval", eval_rows, data_args.eval_shards),
+    ):
+        transform = MediaTransform(processor, recipe.modality, train=split == "train")
+        if rows is None:
+            train = split == "train"
+            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train)
+        else:
+            datasets[split] = MediaDataset(rows, transform)
 
-    trainer = AVBertTrainer(
+    # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
+    trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
         recipe=recipe,
-        train_dataset=MediaDataset(train_set, MediaTransform(processor, recipe.modality, train=True)),
-        eval_dataset=MediaDataset(eval_set, MediaTransform(processor, recipe.modality, train=False)),
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
         data_collator=AVBertDataCollator(report_skipped=True),
         compute_metrics=top_k_metrics(),
         callbacks=[TrainingCurveCallback(), ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
