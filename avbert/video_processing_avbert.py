@@ -58,12 +58,12 @@ from .media_decoding import (
     read_video_and_audio,
 )
 
-__all__ = ["AVBertVideoProcessor", "AVBertVideosKwargs"]
+__all__ = ["AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
 DEFAULT_FPS = 30.0
 
 
-class AVBertVideosKwargs(VideosKwargs, total=False):
+class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
     """Keyword arguments of :class:`AVBertVideoProcessor` on top of transformers' ``VideosKwargs``.
 
     num_clips: clips per video, uniformly spaced over it.
@@ -294,12 +294,13 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         start_times = vp.clip_start_times(decoded.info.video.num_frames, decoded.info.video.fps)
     """
 
-    valid_kwargs = AVBertVideosKwargs
+    valid_kwargs = AVBertVideoProcessorKwargs
     model_input_names = ["pixel_values"]
 
     resample = PILImageResampling.NEAREST
-    image_mean = (0.45, 0.45, 0.45)
-    image_std = (0.225, 0.225, 0.225)
+    # Lists, not tuples: they round-trip through JSON (`to_dict` of a saved and a loaded processor are equal).
+    image_mean = [0.45, 0.45, 0.45]
+    image_std = [0.225, 0.225, 0.225]
     size = {"shortest_edge": 128}
     default_to_square = False
     crop_size = {"height": 128, "width": 128}
@@ -318,7 +319,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     all_views = False
     temporal_index = None
     do_train_augmentation = False
-    train_jitter_scales = (128, 160)
+    train_jitter_scales = [128, 160]
     train_crop_size = 112
     flip_prob = 0.5
     clip_brightness_jitter = 0.0
@@ -333,7 +334,10 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     audio_time_frames = 128
     audio_feature_extractor = None
 
-    def __init__(self, **kwargs: Unpack[AVBertVideosKwargs]) -> None:
+    def __init__(self, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> None:
+        for name in ("train_jitter_scales", "temporal_index", "image_mean", "image_std"):
+            if isinstance(kwargs.get(name), tuple):
+                kwargs[name] = list(kwargs[name])  # as JSON gives them back
         super().__init__(**kwargs)
 
     # -- temporal sampling --------------------------------------------------------------------------------------------
@@ -406,7 +410,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
     # -- preprocessing ------------------------------------------------------------------------------------------------
 
-    def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideosKwargs]) -> BatchFeature:
+    def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> BatchFeature:
         """Turn one video or a batch into ``pixel_values`` (batch, clips, 3, frames, H, W); see the class docstring."""
         validate_kwargs(
             captured_kwargs=kwargs.keys(),
@@ -469,8 +473,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             do_rescale=bool(values["do_rescale"]),
             rescale_factor=float(values["rescale_factor"]),
             do_normalize=bool(values["do_normalize"]),
-            image_mean=tuple(float(v) for v in standard["image_mean"]),
-            image_std=tuple(float(v) for v in standard["image_std"]),
+            image_mean=_per_channel(standard["image_mean"]),
+            image_std=_per_channel(standard["image_std"]),
             input_data_format=values["input_data_format"],
             device=values["device"],
             return_metadata=bool(values["return_metadata"]),
@@ -698,6 +702,11 @@ def _validate_settings(values: dict[str, Any]) -> None:
         raise ValueError(f"clip_gain_jitter_db must be a finite number >= 0, got {values['clip_gain_jitter_db']}")
     if values["do_train_augmentation"] and values["all_views"]:
         raise ValueError("all_views is an evaluation option; training uses one random crop per video")
+
+
+def _per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
+    """``image_mean`` / ``image_std`` as one value per RGB channel; a scalar applies to all three."""
+    return (float(value),) * 3 if isinstance(value, int | float) else tuple(float(v) for v in value)
 
 
 def _effective_fps(fps: float | None) -> float:

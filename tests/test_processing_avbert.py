@@ -113,6 +113,31 @@ def test_video_without_audio_is_refused_or_read_without_sound():
     assert set(out) == {"pixel_values"}
 
 
+def test_default_components_are_the_original_setting():
+    processor = AVBertProcessor()
+    assert isinstance(processor.video_processor, AVBertVideoProcessor) and processor.video_processor.num_clips == 10
+    assert isinstance(processor.feature_extractor, AVBertFeatureExtractor)
+    assert processor.feature_extractor.clip_samples == 94080
+
+
+def test_nested_per_modality_kwargs_are_routed_like_flat_ones():
+    processor = small_processor()
+    frames = np.random.default_rng(0).integers(0, 256, (60, 40, 48, 3), dtype=np.uint8)
+    waveform = np.random.default_rng(1).normal(0, 0.1, 44100 * 2).astype(np.float32)
+    flat = processor(videos=frames, audio=waveform, sampling_rate=44100, num_clips=2, spatial_crop=0)
+    nested = processor(
+        videos=frames,
+        audio=waveform,
+        videos_kwargs={"num_clips": 2, "spatial_crop": 0},
+        audio_kwargs={"sampling_rate": 44100},
+    )
+    assert flat["pixel_values"].shape[1] == 2 and flat["input_features"].shape[1] == 2
+    for key in ("pixel_values", "input_features"):
+        torch.testing.assert_close(flat[key], nested[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(videos=frames, num_clips=2, videos_kwargs={"num_clips": 3})
+
+
 def test_save_and_load(tmp_path):
     processor = small_processor(audio_alignment="fraction")
     processor.save_pretrained(tmp_path)
