@@ -70,6 +70,12 @@ _FRAME_DROPPING_CODECS = frozenset({"mpeg4", "msmpeg4v1", "msmpeg4v2", "msmpeg4v
 _PLACEHOLDER_PACKET_BYTES = 8
 # A container that lists more frames than it holds packets for, beyond this slack, is a truncated file.
 _TRUNCATION_SLACK_FRAMES = 2
+# Containers without a frame count (Matroska / WebM) declare a duration: frames that end this much before it (seconds,
+# or this fraction of it if more) mean a truncated file. A video track may legitimately end a little before the sound.
+_TRUNCATION_SLACK_SECONDS = 1.0
+_TRUNCATION_SLACK_FRACTION = 0.05
+# FFmpeg renders text files (its "tty" demuxer) and some text-art formats as video; they hold no video to classify.
+_TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 
 class MediaDecodeError(ValueError):
@@ -131,6 +137,8 @@ class DecodedMedia:
     given), ``indices`` the indices actually used (after clamping). ``waveform`` is float32 ``(channels, samples)``,
     ``None`` when audio was not requested or the file has none; ``audio_start_time`` is the time of its first sample.
     ``frames_decoded`` counts the video frames the decoder produced, to measure what seeking saved.
+    ``frame_times`` is the presentation time in seconds of every frame (index ``i`` -> ``frame_times[i]``), exact for
+    variable frame rates; ``None`` when the stream's timestamps cannot be trusted (then ``i / fps`` is the estimate).
     """
 
     info: MediaInfo
@@ -140,6 +148,7 @@ class DecodedMedia:
     sample_rate: int | None = None
     audio_start_time: float | None = None
     frames_decoded: int = 0
+    frame_times: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -250,9 +259,10 @@ def _open(source: MediaSource) -> Iterator[tuple[av.container.InputContainer, _S
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The first video stream that is not a still picture (cover art of an audio file is not a video)."""
+    """The first video stream that is not a still picture (cover art of an audio file is not a video) or text."""
     for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
+        still = stream.disposition & av.stream.Disposition.attached_pic
+        if not still and stream.codec_context.name not in _TEXT_CODECS:
             return stream
     return None
 
@@ -451,6 +461,7 @@ class _FrameTable:
     keyframe_ranks: np.ndarray
     reliable: bool
     num_packets: int
+    end_pts: int | None = None  # the largest pts, reliable or not (for the truncation check)
 
     def rank(self, pts: int | None) -> int | None:
         if pts is None:
@@ -496,9 +507,10 @@ def _build_frame_table(
     )
     reliable = has_all_pts and not frame_dropping and bool(np.all(np.diff(sorted_pts) > 0))
     key_ranks = np.flatnonzero(np.asarray(keyframes, dtype=bool)[order]) if reliable else np.zeros(0, np.int64)
+    end_pts = int(sorted_pts[-1]) if len(sorted_pts) else None
     if not reliable:
         sorted_pts = np.arange(len(pts), dtype=np.int64)  # only the count is meaningful
-    return _FrameTable(pts=sorted_pts, keyframe_ranks=key_ranks, reliable=reliable, num_packets=num_packets)
+    return _FrameTable(sorted_pts, key_ranks, reliable, num_packets, end_pts)
 
 
 class _FrameReader:
@@ -651,12 +663,26 @@ def _as_index_array(indices: FrameIndices, name: str) -> np.ndarray:
     return array
 
 
-def _check_not_truncated(stream: av.video.stream.VideoStream, table: _FrameTable, name: str) -> None:
+def _check_not_truncated(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, table: _FrameTable, name: str
+) -> None:
+    """Refuse a file that holds fewer frames than its header announces: by count (MP4, AVI) or, for containers that
+    list no count (Matroska, WebM), by the time its last frame ends against the declared duration."""
     listed = int(stream.frames)
     present = table.num_packets
     if listed > 0 and present < listed - _TRUNCATION_SLACK_FRAMES:
         raise MediaDecodeError(
             name, f"truncated or corrupt: the container lists {listed} frames, {present} are present"
+        )
+    declared = _stream_duration(container, stream)
+    if listed > 0 or declared <= 0 or table.end_pts is None or stream.time_base is None:
+        return
+    rate = _stream_fps(stream, present, declared)
+    start = _seconds(stream.start_time, stream.time_base) or 0.0
+    ends = float(table.end_pts * stream.time_base) - start + (1 / rate if rate > 0 else 0.0)
+    if ends < declared - max(_TRUNCATION_SLACK_SECONDS, _TRUNCATION_SLACK_FRACTION * declared):
+        raise MediaDecodeError(
+            name, f"truncated or corrupt: the container declares {declared:.2f} s, its frames end at {ends:.2f} s"
         )
 
 
@@ -682,7 +708,7 @@ def read_video_and_audio(
         audio_stream = _audio_stream(container) if load_audio else None
         collector = _AudioCollector(name) if audio_stream is not None else None
         table = _build_frame_table(container, video, collector, audio_stream)
-        _check_not_truncated(video, table, name)
+        _check_not_truncated(container, video, table, name)
         num_frames = len(table.pts) if table.reliable else max(int(video.frames), len(table.pts))
         if num_frames == 0:
             raise MediaDecodeError(name, "no video frames")
@@ -709,6 +735,7 @@ def read_video_and_audio(
             sample_rate=collector.sample_rate if waveform is not None else None,
             audio_start_time=collector.start_time if waveform is not None else None,
             frames_decoded=reader.frames_decoded,
+            frame_times=table.pts * float(video.time_base) if table.reliable and video.time_base else None,
         )
 
 

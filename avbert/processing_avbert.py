@@ -2,10 +2,12 @@
 
 from typing import Any
 
+import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import AudioKwargs, ProcessingKwargs, ProcessorMixin, Unpack
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
+from .feature_extraction_avbert import _is_batch as _is_audio_batch
 from .media_decoding import is_media_source
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
 
@@ -80,12 +82,37 @@ class AVBertProcessor(ProcessorMixin):
             from_file = from_file and all(is_media_source(item) for item in items)
             video_kwargs["load_audio_in_video"] = from_file
             video_kwargs["audio_feature_extractor"] = self.feature_extractor if from_file else None
+            wants_metadata = bool(video_kwargs.get("return_metadata"))
+            video_kwargs["return_metadata"] = True
             data.update(self.video_processor(videos, return_tensors="pt", **video_kwargs))
+            metadata = data["video_metadata"] if wants_metadata else data.pop("video_metadata")
         if audio is not None:
             if "pixel_values" in data:
                 audio_kwargs.setdefault("num_clips", data["pixel_values"].shape[1])
+                if "clip_starts" not in audio_kwargs and video_kwargs.get("do_sample_frames") is not False:
+                    audio_kwargs["clip_starts"] = self._audio_clip_starts(metadata, audio, audio_kwargs, video_kwargs)
             data.update(self.feature_extractor(audio, return_tensors="pt", **audio_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _audio_clip_starts(
+        self, metadata: list[Any], audio: Any, audio_kwargs: dict[str, Any], video_kwargs: dict[str, Any]
+    ) -> list[np.ndarray]:
+        """Window starts for frames and waveforms given apart, placed as for the same file (``audio_alignment``)."""
+        waveforms = audio if _is_audio_batch(audio) else [audio]
+        if len(waveforms) != len(metadata):
+            raise ValueError(f"got {len(metadata)} videos but {len(waveforms)} waveforms")
+        rate = audio_kwargs.get("sampling_rate") or self.feature_extractor.sampling_rate
+        extractor = self.feature_extractor
+        return [
+            self.video_processor.audio_clip_starts(
+                item.total_num_frames,
+                item.fps,
+                audio_duration=np.shape(waveform)[-1] / rate,
+                clip_seconds=extractor.clip_samples / extractor.sampling_rate,
+                **video_kwargs,
+            )
+            for item, waveform in zip(metadata, waveforms, strict=True)
+        ]
 
     def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> Any:
         """As the base; the ``auto_map`` it sets on the instance to write the remote-code entry is removed again (as

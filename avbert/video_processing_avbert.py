@@ -372,6 +372,27 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         starts = self._sample(total_frames, fps, num_clips, num_frames, temporal_index)[0]
         return starts / _effective_fps(fps)
 
+    def audio_clip_starts(
+        self, total_frames: int, fps: float | None, audio_duration: float, clip_seconds: float, **kwargs: Any
+    ) -> np.ndarray:
+        """Start (seconds from the first audio sample) of each clip's audio window, for frames and a waveform given
+        apart: the clips the call's settings (``kwargs`` as for ``__call__``) sample, placed as ``audio_alignment``
+        says, exactly as for a file whose streams both start at 0 (``AVBertProcessor`` uses it for arrays)."""
+        options = self._options(kwargs)
+        starts, _ = self._sample_options(total_frames, fps, options)
+        fps = _effective_fps(fps)
+        return audio_window_starts(
+            starts,
+            fps=fps,
+            total_frames=total_frames,
+            span=clip_span(fps, options.num_frames, options.frame_sampling_rate, options.target_fps),
+            video_start_time=0.0,
+            audio_start_time=0.0,
+            audio_duration=audio_duration,
+            clip_seconds=clip_seconds,
+            alignment=options.audio_alignment,
+        )
+
     def _sample(
         self,
         total_frames: int,
@@ -564,6 +585,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             audio_duration=decoded.waveform.shape[-1] / decoded.sample_rate,
             clip_seconds=extractor.clip_samples / extractor.sampling_rate,
             alignment=options.audio_alignment,
+            frame_times=decoded.frame_times,
         )
         features = extractor(
             decoded.waveform,
@@ -656,17 +678,24 @@ def audio_window_starts(
     audio_duration: float,
     clip_seconds: float,
     alignment: str,
+    frame_times: np.ndarray | None = None,
 ) -> np.ndarray:
     """Start of each clip's audio window, in seconds from the first audio sample.
 
-    ``"timestamp"``: the window starts where the clip starts in time (frame position / fps, shifted by the difference
-    of the streams' start times), so picture and sound coincide even when the sound track is shorter or offset.
+    ``"timestamp"``: the window starts where the clip starts in time, so picture and sound coincide even when the sound
+    track is shorter or offset. That time is the clip's start position read on the frames' presentation times
+    (``frame_times``, interpolated between frames), which is right for variable frame rates too; without them (frame
+    arrays, streams whose timestamps cannot be trusted) it is position / fps from the video stream's start.
     ``"fraction"``: the original's rule, the same fraction of the audio as of the video,
     ``int(delta_a * start / delta_v)`` samples with ``delta_a`` / ``delta_v`` the audio / video length minus one
     clip; it divided by zero for videos no longer than a clip, where this gives 0.
     """
     if alignment == "timestamp":
-        return np.maximum(clip_starts / fps + (video_start_time - audio_start_time), 0.0)
+        if frame_times is not None and len(frame_times) == total_frames:
+            times = np.interp(clip_starts, np.arange(total_frames), frame_times)
+        else:
+            times = clip_starts / fps + video_start_time
+        return np.maximum(times - audio_start_time, 0.0)
     if alignment != "fraction":
         raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {alignment!r}")
     rate = 44100  # the original computed the fraction on the 44.1 kHz waveform, in whole samples
