@@ -54,6 +54,7 @@ __all__ = [
     "MediaDecodeError",
     "MediaInfo",
     "VideoStreamInfo",
+    "as_media_source",
     "probe",
     "read_audio",
     "read_frames",
@@ -156,8 +157,36 @@ class DecodedMedia:
 
 
 def is_media_source(value: Any) -> bool:
-    """A path, encoded bytes or a binary file object: something to decode, as opposed to decoded frames."""
+    """A path, encoded bytes, a binary file object or a ``datasets`` video value: something to decode, as opposed to
+    decoded frames."""
+    value = as_media_source(value)
     return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(value, "read")
+
+
+def as_media_source(value: Any) -> Any:
+    """The file behind a value of ``datasets``' ``Video`` feature; any other value unchanged.
+
+    ``Video()`` rows hold a torchcodec ``VideoDecoder`` that remembers what it was made from (``_hf_encoded``, the
+    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file is decoded again here, for
+    frames and sound in one pass, rather than through that decoder, which has no sound.
+    """
+    encoded = getattr(value, "_hf_encoded", None)
+    if isinstance(encoded, dict):
+        value = encoded
+    if isinstance(value, dict) and {"bytes", "path"} >= set(value) and value:
+        if value.get("bytes") is not None:
+            if value.get("path") is None:
+                return value["bytes"]
+            file = io.BytesIO(value["bytes"])
+            file.name = os.fspath(value["path"])  # errors name the file, not "<bytes>"
+            return file
+        if value.get("path") is not None:
+            return value["path"]
+        raise MediaDecodeError("<datasets video>", "the value holds neither bytes nor a path")
+    if type(value).__module__.startswith("torchcodec."):
+        problem = "a VideoDecoder not made by `datasets` does not say which file it reads; pass the file"
+        raise MediaDecodeError("<torchcodec decoder>", problem)
+    return value
 
 
 def _source_name(source: MediaSource) -> str:
@@ -206,6 +235,7 @@ class _Source:
     """
 
     def __init__(self, source: MediaSource) -> None:
+        source = as_media_source(source)
         self.name = _source_name(source)
         self.path: str | None = None
         self.file: Any = None
