@@ -50,6 +50,7 @@ import numpy as np
 
 __all__ = [
     "AudioStreamInfo",
+    "AudioTrack",
     "DecodedMedia",
     "MediaDecodeError",
     "MediaInfo",
@@ -275,7 +276,7 @@ class _Source:
 @contextlib.contextmanager
 def _open(source: MediaSource) -> Iterator[tuple[av.container.InputContainer, _Source]]:
     """Open ``source``; every failure inside the block becomes a MediaDecodeError that names it."""
-    media = _Source(source)
+    media = source if isinstance(source, _Source) else _Source(source)
     try:
         with contextlib.closing(media.open()) as container:
             try:
@@ -470,6 +471,65 @@ def read_audio(source: MediaSource) -> tuple[np.ndarray, int]:
         for frame in container.decode(stream):
             collector.add(frame)
         return collector.waveform(), int(collector.sample_rate)
+
+
+class AudioTrack:
+    """The first audio stream of a file, read in windows: memory is bounded by the windows, not the file's length.
+
+    ``sample_rate`` and ``start_time`` (seconds, on the video's clock) are those of the first decoded frame, as for
+    :func:`read_audio`. ``read_windows`` decodes the stream once from the start and keeps only the samples inside the
+    windows, counted from the first sample exactly as :func:`read_audio` counts them (bit-identical slices; seeking
+    instead would place frames by timestamps, which Matroska rounds to milliseconds). ``num_samples`` costs one more
+    decoding pass, made only when asked (the original's "fraction" alignment needs the track's length).
+    """
+
+    def __init__(self, source: MediaSource) -> None:
+        self._media = _Source(source)
+        self.name = self._media.name
+        self._num_samples: int | None = None
+        first = next(self._frames(), None)
+        if first is None:
+            raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
+        self.sample_rate = int(first[0].sample_rate)
+        self.channels = first[1].shape[0]
+        self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
+
+    def _frames(self) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
+        """Every decoded frame and its samples, from a freshly opened container (a clean decoder state)."""
+        with _open(self._media) as (container, _):
+            stream = _audio_stream(container)
+            if stream is None:
+                raise MediaDecodeError(self.name, "no audio stream")
+            for frame in container.decode(stream):
+                yield frame, _audio_frame_samples(frame)
+
+    @property
+    def num_samples(self) -> int:
+        if self._num_samples is None:
+            self._num_samples = sum(samples.shape[1] for _, samples in self._frames())
+        return self._num_samples
+
+    def read_windows(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Samples ``[start, stop)`` of each window, float32 ``(channels, samples)``: cut short where the stream ends
+        (what a slice of the whole waveform gives; a window past the end holds one silent sample)."""
+        out = [np.zeros((self.channels, max(stop - start, 0)), dtype=np.float32) for start, stop in windows]
+        last = max((stop for _, stop in windows), default=0)
+        position = 0
+        for frame, samples in self._frames():
+            if frame.sample_rate != self.sample_rate or samples.shape[0] != self.channels:
+                raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
+            end = position + samples.shape[1]
+            for (start, stop), window in zip(windows, out, strict=True):
+                low, high = max(position, start), min(end, stop)
+                if high > low:
+                    window[:, low - start : high - start] = samples[:, low - position : high - position]
+            position = end
+            if position >= last:
+                break
+        if position < last:
+            self._num_samples = position  # the stream ended: its length is known
+            out = [window[:, : max(position - start, 1)] for (start, _), window in zip(windows, out, strict=True)]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -753,7 +813,7 @@ def read_video_and_audio(
         info = MediaInfo(
             source=name,
             video=_video_info(container, video, num_frames, reader.rotation),
-            audio=_audio_info(container, audio_stream) if audio_stream is not None else None,
+            audio=_audio_info(container, _audio_stream(container)) if _audio_stream(container) is not None else None,
         )
         frames = _gather(found, wanted, info.video)
         waveform = collector.waveform() if collector is not None and collector.chunks else None

@@ -50,6 +50,7 @@ from transformers.video_utils import VideoMetadata
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .media_decoding import (
+    AudioTrack,
     DecodedMedia,
     MediaDecodeError,
     MediaSource,
@@ -61,6 +62,9 @@ from .media_decoding import (
 __all__ = ["AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
 DEFAULT_FPS = 30.0
+# Frame times within this of index / fps are a constant rate written with rounded timestamps (Matroska stores
+# milliseconds): the rate places clips more precisely than the rounded times.
+_STEADY_RATE_TOLERANCE_SECONDS = 0.002
 
 
 class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
@@ -558,20 +562,24 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
         transform = functools.partial(_resize_frame, options=options, short_side=short_side)
         load_audio = options.audio_extractor is not None
-        decoded = read_video_and_audio(source, choose, load_audio=load_audio, frame_transform=transform)
+        decoded = read_video_and_audio(source, choose, load_audio=False, frame_transform=transform)
         starts, flat_indices = sampled[0][0], sampled[0][1].reshape(-1)
         positions = np.searchsorted(decoded.indices, flat_indices)
         metadata = _metadata_from_info(decoded.info.video)
         metadata.frames_indices = flat_indices.tolist()
-        log_mels = self._clip_log_mels(decoded, starts, options) if load_audio else None
+        log_mels = self._clip_log_mels(source, decoded, starts, options) if load_audio else None
         return torch.from_numpy(decoded.frames), positions, metadata, log_mels
 
-    def _clip_log_mels(self, decoded: DecodedMedia, starts: np.ndarray, options: _Options) -> torch.Tensor:
-        """Log-mel of the sound under each clip, its window placed by the clip's timestamp (or fraction)."""
-        if decoded.waveform is None:
+    def _clip_log_mels(
+        self, source: MediaSource, decoded: DecodedMedia, starts: np.ndarray, options: _Options
+    ) -> torch.Tensor:
+        """Log-mel of the sound under each clip, its window placed by the clip's timestamp (or fraction). Only the
+        windows are kept and resampled, so memory follows the clips, not the length of the file."""
+        if decoded.info.audio is None:
             raise MediaDecodeError(
                 decoded.info.source, "no audio stream, but the sound track was asked for (load_audio_in_video)"
             )
+        track = AudioTrack(source)
         extractor = options.audio_extractor
         video = decoded.info.video
         span = clip_span(_effective_fps(video.fps), options.num_frames, options.frame_sampling_rate, options.target_fps)
@@ -581,21 +589,20 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             total_frames=video.num_frames,
             span=span,
             video_start_time=video.start_time,
-            audio_start_time=decoded.audio_start_time or 0.0,
-            audio_duration=decoded.waveform.shape[-1] / decoded.sample_rate,
+            audio_start_time=track.start_time,
+            # The original's rule needs the whole track's length: one more decoding pass, still no waveform kept.
+            audio_duration=track.num_samples / track.sample_rate if options.audio_alignment == "fraction" else 0.0,
             clip_seconds=extractor.clip_samples / extractor.sampling_rate,
             alignment=options.audio_alignment,
             frame_times=decoded.frame_times,
         )
-        features = extractor(
-            decoded.waveform,
-            sampling_rate=decoded.sample_rate,
-            clip_starts=[seconds],
+        return extractor.log_mels_of_windows(
+            track.read_windows,
+            track.sample_rate,
+            seconds,
             apply_masking=options.train,
             clip_gain_jitter_db=options.clip_gain_jitter_db if options.train else 0.0,
-            return_tensors="pt",
         )
-        return features["input_features"]
 
     def _sample_options(self, total_frames: int, fps: float | None, options: _Options) -> tuple[np.ndarray, np.ndarray]:
         """Float start positions and frame indices (clips, num_frames) of one video under the call's options."""
@@ -691,10 +698,11 @@ def audio_window_starts(
     clip; it divided by zero for videos no longer than a clip, where this gives 0.
     """
     if alignment == "timestamp":
+        times = clip_starts / fps + video_start_time
         if frame_times is not None and len(frame_times) == total_frames:
-            times = np.interp(clip_starts, np.arange(total_frames), frame_times)
-        else:
-            times = clip_starts / fps + video_start_time
+            steady = np.arange(total_frames) / fps + frame_times[0]
+            if np.abs(frame_times - steady).max() > _STEADY_RATE_TOLERANCE_SECONDS:  # a variable frame rate
+                times = np.interp(clip_starts, np.arange(total_frames), frame_times)
         return np.maximum(times - audio_start_time, 0.0)
     if alignment != "fraction":
         raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {alignment!r}")

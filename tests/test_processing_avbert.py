@@ -328,15 +328,55 @@ def test_a_text_file_has_no_video_stream(tmp_path):
 
 @needs_fixtures
 @pytest.mark.parametrize("alignment", ["timestamp", "fraction"])
-def test_frames_and_waveform_give_what_the_file_gives(alignment):
-    """Decoded arrays honour `audio_alignment` as the file does, so both give the same inputs."""
+@pytest.mark.parametrize("name", ["R6llTwEh07w.mp4", "WUzgd7C1pWA.mp4", "flipping_a_pancake.mkv"])  # 44.1, 48, 48 kHz
+def test_frames_and_waveform_give_what_the_file_gives(alignment, name):
+    """Decoded arrays honour `audio_alignment` as the file does, so both give the same inputs, bit for bit: the file's
+    sound is read and resampled only around its windows, the arrays' as a whole."""
+    path = VIDEOS / "kinetics400" / name
     processor = small_processor(audio_alignment=alignment)
-    from_file = processor(videos=str(KS_VIDEO), return_tensors="pt")
-    info = probe(KS_VIDEO).video
-    frames = read_frames(KS_VIDEO, np.arange(info.num_frames))
-    waveform, rate = read_audio(KS_VIDEO)
+    from_file = processor(videos=str(path), return_tensors="pt")
+    info = probe(path).video
+    frames = read_frames(path, np.arange(info.num_frames))
+    waveform, rate = read_audio(path)
     from_arrays = processor(
         videos=frames, audio=waveform, sampling_rate=rate, video_metadata={"fps": info.fps}, return_tensors="pt"
     )
     torch.testing.assert_close(from_arrays["pixel_values"], from_file["pixel_values"], rtol=0, atol=0)
     torch.testing.assert_close(from_arrays["input_features"], from_file["input_features"], rtol=0, atol=0)
+
+
+def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> None:
+    """A long 64x48 H.264 video with an AAC sound track, written a second at a time."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        times = np.arange(rate) / rate
+        for second in range(seconds):
+            for index in range(fps):
+                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            tone = (0.3 * np.sin(2 * np.pi * (200 + second) * times)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, second * rate
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+
+
+@pytest.mark.parametrize("alignment", ["timestamp", "fraction"])
+def test_memory_follows_the_clips_not_the_file(tmp_path, alignment):
+    """Two minutes at 48 kHz: the whole sound track alone would be 23 MB of float32 (46 MB while concatenated)."""
+    import tracemalloc
+
+    path = tmp_path / "long.mp4"
+    write_long_video(path, seconds=120)
+    processor = small_processor(audio_alignment=alignment)
+    tracemalloc.start()
+    try:
+        out = processor(videos=str(path), return_tensors="pt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out["input_features"].shape == (1, 3, 1, 80, 128)
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
