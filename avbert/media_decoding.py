@@ -164,6 +164,21 @@ def is_media_source(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(value, "read")
 
 
+def reopenable(source: MediaSource) -> MediaSource:
+    """``source`` in a form that can be read more than once (frames, then sound): an unseekable file object is read
+    into memory, keeping its name for error messages; anything else is returned as it is."""
+    source = as_media_source(source)
+    if not hasattr(source, "read") or (hasattr(source, "seekable") and source.seekable()):
+        return source
+    name = _source_name(source)
+    try:
+        file = io.BytesIO(source.read())
+    except (OSError, ValueError) as error:
+        raise MediaDecodeError(name, f"cannot read the file object: {error}") from error
+    file.name = name
+    return file
+
+
 def as_media_source(value: Any) -> Any:
     """The file behind a value of ``datasets``' ``Video`` feature; any other value unchanged.
 

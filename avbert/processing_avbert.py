@@ -89,7 +89,8 @@ class AVBertProcessor(ProcessorMixin):
         if audio is not None:
             if "pixel_values" in data:
                 audio_kwargs.setdefault("num_clips", data["pixel_values"].shape[1])
-                if "clip_starts" not in audio_kwargs and video_kwargs.get("do_sample_frames") is not False:
+                sampled = video_kwargs.get("do_sample_frames", self.video_processor.do_sample_frames) is not False
+                if "clip_starts" not in audio_kwargs and sampled:  # already-sampled frames carry no clip timing
                     audio_kwargs["clip_starts"] = self._audio_clip_starts(metadata, audio, audio_kwargs, video_kwargs)
             data.update(self.feature_extractor(audio, return_tensors="pt", **audio_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)

@@ -57,6 +57,7 @@ from .media_decoding import (
     VideoStreamInfo,
     is_media_source,
     read_video_and_audio,
+    reopenable,
 )
 
 __all__ = ["AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
@@ -562,6 +563,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
         transform = functools.partial(_resize_frame, options=options, short_side=short_side)
         load_audio = options.audio_extractor is not None
+        source = reopenable(source) if load_audio else source  # the sound is read after the frames
         decoded = read_video_and_audio(source, choose, load_audio=False, frame_transform=transform)
         starts, flat_indices = sampled[0][0], sampled[0][1].reshape(-1)
         positions = np.searchsorted(decoded.indices, flat_indices)

@@ -2,6 +2,7 @@
 
 import csv
 import fractions
+import io
 import os
 import shutil
 from pathlib import Path
@@ -380,3 +381,29 @@ def test_memory_follows_the_clips_not_the_file(tmp_path, alignment):
         tracemalloc.stop()
     assert out["input_features"].shape == (1, 3, 1, 80, 128)
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+class _Pipe(io.RawIOBase):
+    """A file object that cannot seek, as a pipe or socket reads."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data, self.name = io.BytesIO(data), "pipe.mp4"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@needs_fixtures
+def test_an_unseekable_file_object_gives_what_the_path_gives():
+    """Frames and sound are read one after the other: a stream that cannot seek is read into memory once."""
+    processor = small_processor()
+    from_path = processor(videos=str(KS_VIDEO), return_tensors="pt")
+    from_pipe = processor(videos=_Pipe(KS_VIDEO.read_bytes()), return_tensors="pt")
+    for key in ("pixel_values", "input_features"):
+        torch.testing.assert_close(from_pipe[key], from_path[key], rtol=0, atol=0)
