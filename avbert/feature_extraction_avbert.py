@@ -24,7 +24,7 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -354,6 +354,40 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         if apply_masking:
             features = torch.stack([self._mask(item_features) for item_features in features])
         return BatchFeature({"input_features": list(features.numpy())}, tensor_type=return_tensors)
+
+    def log_mels_of_windows(
+        self,
+        read_windows: Callable[[list[tuple[int, int]]], list[np.ndarray]],
+        sampling_rate: int,
+        clip_starts: np.ndarray,
+        apply_masking: bool = False,
+        clip_gain_jitter_db: float = 0.0,
+    ) -> torch.Tensor:
+        """The features of ``__call__(waveform, sampling_rate, clip_starts=[clip_starts])`` for one waveform that is
+        read only around its windows: ``read_windows([(start, stop), ...])`` returns those samples of it (zero past
+        its end), so memory and resampling are bounded by the clips, not by the length of the sound.
+
+        Each window is read with a margin and resampled on its own, starting on a sample where the rate ratio's period
+        begins, so its samples fall on the grid of a resampling of the whole waveform (the same values away from the
+        waveform's ends). Returns ``(1, clips, 1, feature_size, num_time_frames)``.
+        """
+        sampling_rate = _check_positive_int("sampling_rate", sampling_rate)
+        wanted = np.rint(np.asarray(clip_starts, dtype=np.float64) * self.sampling_rate).astype(np.int64)
+        divisor = math.gcd(sampling_rate, self.sampling_rate)
+        period_in, period_out = sampling_rate // divisor, self.sampling_rate // divisor
+        margin = 0 if sampling_rate == self.sampling_rate else period_in * max(1, -(-4096 // period_in))
+        starts = np.maximum((wanted // period_out) * period_in - margin, 0)
+        stops = -(-(wanted + self.clip_samples) * period_in // period_out) + margin
+        segments = read_windows([(int(a), int(b)) for a, b in zip(starts, stops, strict=True)])
+        offsets = wanted - starts // period_in * period_out  # starts are whole periods: exact
+        features = self(
+            list(segments),
+            sampling_rate=sampling_rate,
+            clip_starts=(offsets[:, None] / self.sampling_rate).tolist(),
+            clip_gain_jitter_db=clip_gain_jitter_db,
+            return_tensors="pt",
+        )["input_features"][:, 0]
+        return (self._mask(features) if apply_masking else features)[None]
 
     def _resample(self, waveform: torch.Tensor, sampling_rate: int) -> torch.Tensor:
         """Resample to `self.sampling_rate` with torchaudio's windowed-sinc resampler, the original's own method.

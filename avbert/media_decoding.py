@@ -50,10 +50,12 @@ import numpy as np
 
 __all__ = [
     "AudioStreamInfo",
+    "AudioTrack",
     "DecodedMedia",
     "MediaDecodeError",
     "MediaInfo",
     "VideoStreamInfo",
+    "as_media_source",
     "probe",
     "read_audio",
     "read_frames",
@@ -70,6 +72,12 @@ _FRAME_DROPPING_CODECS = frozenset({"mpeg4", "msmpeg4v1", "msmpeg4v2", "msmpeg4v
 _PLACEHOLDER_PACKET_BYTES = 8
 # A container that lists more frames than it holds packets for, beyond this slack, is a truncated file.
 _TRUNCATION_SLACK_FRAMES = 2
+# Containers without a frame count (Matroska / WebM) declare a duration: frames that end this much before it (seconds,
+# or this fraction of it if more) mean a truncated file. A video track may legitimately end a little before the sound.
+_TRUNCATION_SLACK_SECONDS = 1.0
+_TRUNCATION_SLACK_FRACTION = 0.05
+# FFmpeg renders text files (its "tty" demuxer) and some text-art formats as video; they hold no video to classify.
+_TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 
 class MediaDecodeError(ValueError):
@@ -131,6 +139,8 @@ class DecodedMedia:
     given), ``indices`` the indices actually used (after clamping). ``waveform`` is float32 ``(channels, samples)``,
     ``None`` when audio was not requested or the file has none; ``audio_start_time`` is the time of its first sample.
     ``frames_decoded`` counts the video frames the decoder produced, to measure what seeking saved.
+    ``frame_times`` is the presentation time in seconds of every frame (index ``i`` -> ``frame_times[i]``), exact for
+    variable frame rates; ``None`` when the stream's timestamps cannot be trusted (then ``i / fps`` is the estimate).
     """
 
     info: MediaInfo
@@ -140,6 +150,7 @@ class DecodedMedia:
     sample_rate: int | None = None
     audio_start_time: float | None = None
     frames_decoded: int = 0
+    frame_times: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,8 +158,51 @@ class DecodedMedia:
 
 
 def is_media_source(value: Any) -> bool:
-    """A path, encoded bytes or a binary file object: something to decode, as opposed to decoded frames."""
+    """A path, encoded bytes, a binary file object or a ``datasets`` video value: something to decode, as opposed to
+    decoded frames."""
+    value = as_media_source(value)
     return isinstance(value, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(value, "read")
+
+
+def reopenable(source: MediaSource) -> MediaSource:
+    """``source`` in a form that can be read more than once (frames, then sound): an unseekable file object is read
+    into memory, keeping its name for error messages; anything else is returned as it is."""
+    source = as_media_source(source)
+    if not hasattr(source, "read") or (hasattr(source, "seekable") and source.seekable()):
+        return source
+    name = _source_name(source)
+    try:
+        file = io.BytesIO(source.read())
+    except (OSError, ValueError) as error:
+        raise MediaDecodeError(name, f"cannot read the file object: {error}") from error
+    file.name = name
+    return file
+
+
+def as_media_source(value: Any) -> Any:
+    """The file behind a value of ``datasets``' ``Video`` feature; any other value unchanged.
+
+    ``Video()`` rows hold a torchcodec ``VideoDecoder`` that remembers what it was made from (``_hf_encoded``, the
+    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file is decoded again here, for
+    frames and sound in one pass, rather than through that decoder, which has no sound.
+    """
+    encoded = getattr(value, "_hf_encoded", None)
+    if isinstance(encoded, dict):
+        value = encoded
+    if isinstance(value, dict) and {"bytes", "path"} >= set(value) and value:
+        if value.get("bytes") is not None:
+            if value.get("path") is None:
+                return value["bytes"]
+            file = io.BytesIO(value["bytes"])
+            file.name = os.fspath(value["path"])  # errors name the file, not "<bytes>"
+            return file
+        if value.get("path") is not None:
+            return value["path"]
+        raise MediaDecodeError("<datasets video>", "the value holds neither bytes nor a path")
+    if type(value).__module__.startswith("torchcodec."):
+        problem = "a VideoDecoder not made by `datasets` does not say which file it reads; pass the file"
+        raise MediaDecodeError("<torchcodec decoder>", problem)
+    return value
 
 
 def _source_name(source: MediaSource) -> str:
@@ -197,6 +251,7 @@ class _Source:
     """
 
     def __init__(self, source: MediaSource) -> None:
+        source = as_media_source(source)
         self.name = _source_name(source)
         self.path: str | None = None
         self.file: Any = None
@@ -236,7 +291,7 @@ class _Source:
 @contextlib.contextmanager
 def _open(source: MediaSource) -> Iterator[tuple[av.container.InputContainer, _Source]]:
     """Open ``source``; every failure inside the block becomes a MediaDecodeError that names it."""
-    media = _Source(source)
+    media = source if isinstance(source, _Source) else _Source(source)
     try:
         with contextlib.closing(media.open()) as container:
             try:
@@ -250,9 +305,10 @@ def _open(source: MediaSource) -> Iterator[tuple[av.container.InputContainer, _S
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The first video stream that is not a still picture (cover art of an audio file is not a video)."""
+    """The first video stream that is not a still picture (cover art of an audio file is not a video) or text."""
     for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
+        still = stream.disposition & av.stream.Disposition.attached_pic
+        if not still and stream.codec_context.name not in _TEXT_CODECS:
             return stream
     return None
 
@@ -432,6 +488,65 @@ def read_audio(source: MediaSource) -> tuple[np.ndarray, int]:
         return collector.waveform(), int(collector.sample_rate)
 
 
+class AudioTrack:
+    """The first audio stream of a file, read in windows: memory is bounded by the windows, not the file's length.
+
+    ``sample_rate`` and ``start_time`` (seconds, on the video's clock) are those of the first decoded frame, as for
+    :func:`read_audio`. ``read_windows`` decodes the stream once from the start and keeps only the samples inside the
+    windows, counted from the first sample exactly as :func:`read_audio` counts them (bit-identical slices; seeking
+    instead would place frames by timestamps, which Matroska rounds to milliseconds). ``num_samples`` costs one more
+    decoding pass, made only when asked (the original's "fraction" alignment needs the track's length).
+    """
+
+    def __init__(self, source: MediaSource) -> None:
+        self._media = _Source(source)
+        self.name = self._media.name
+        self._num_samples: int | None = None
+        first = next(self._frames(), None)
+        if first is None:
+            raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
+        self.sample_rate = int(first[0].sample_rate)
+        self.channels = first[1].shape[0]
+        self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
+
+    def _frames(self) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
+        """Every decoded frame and its samples, from a freshly opened container (a clean decoder state)."""
+        with _open(self._media) as (container, _):
+            stream = _audio_stream(container)
+            if stream is None:
+                raise MediaDecodeError(self.name, "no audio stream")
+            for frame in container.decode(stream):
+                yield frame, _audio_frame_samples(frame)
+
+    @property
+    def num_samples(self) -> int:
+        if self._num_samples is None:
+            self._num_samples = sum(samples.shape[1] for _, samples in self._frames())
+        return self._num_samples
+
+    def read_windows(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Samples ``[start, stop)`` of each window, float32 ``(channels, samples)``: cut short where the stream ends
+        (what a slice of the whole waveform gives; a window past the end holds one silent sample)."""
+        out = [np.zeros((self.channels, max(stop - start, 0)), dtype=np.float32) for start, stop in windows]
+        last = max((stop for _, stop in windows), default=0)
+        position = 0
+        for frame, samples in self._frames():
+            if frame.sample_rate != self.sample_rate or samples.shape[0] != self.channels:
+                raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
+            end = position + samples.shape[1]
+            for (start, stop), window in zip(windows, out, strict=True):
+                low, high = max(position, start), min(end, stop)
+                if high > low:
+                    window[:, low - start : high - start] = samples[:, low - position : high - position]
+            position = end
+            if position >= last:
+                break
+        if position < last:
+            self._num_samples = position  # the stream ended: its length is known
+            out = [window[:, : max(position - start, 1)] for (start, _), window in zip(windows, out, strict=True)]
+        return out
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Video
 
@@ -451,6 +566,7 @@ class _FrameTable:
     keyframe_ranks: np.ndarray
     reliable: bool
     num_packets: int
+    end_pts: int | None = None  # the largest pts, reliable or not (for the truncation check)
 
     def rank(self, pts: int | None) -> int | None:
         if pts is None:
@@ -496,9 +612,10 @@ def _build_frame_table(
     )
     reliable = has_all_pts and not frame_dropping and bool(np.all(np.diff(sorted_pts) > 0))
     key_ranks = np.flatnonzero(np.asarray(keyframes, dtype=bool)[order]) if reliable else np.zeros(0, np.int64)
+    end_pts = int(sorted_pts[-1]) if len(sorted_pts) else None
     if not reliable:
         sorted_pts = np.arange(len(pts), dtype=np.int64)  # only the count is meaningful
-    return _FrameTable(pts=sorted_pts, keyframe_ranks=key_ranks, reliable=reliable, num_packets=num_packets)
+    return _FrameTable(sorted_pts, key_ranks, reliable, num_packets, end_pts)
 
 
 class _FrameReader:
@@ -651,12 +768,26 @@ def _as_index_array(indices: FrameIndices, name: str) -> np.ndarray:
     return array
 
 
-def _check_not_truncated(stream: av.video.stream.VideoStream, table: _FrameTable, name: str) -> None:
+def _check_not_truncated(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, table: _FrameTable, name: str
+) -> None:
+    """Refuse a file that holds fewer frames than its header announces: by count (MP4, AVI) or, for containers that
+    list no count (Matroska, WebM), by the time its last frame ends against the declared duration."""
     listed = int(stream.frames)
     present = table.num_packets
     if listed > 0 and present < listed - _TRUNCATION_SLACK_FRAMES:
         raise MediaDecodeError(
             name, f"truncated or corrupt: the container lists {listed} frames, {present} are present"
+        )
+    declared = _stream_duration(container, stream)
+    if listed > 0 or declared <= 0 or table.end_pts is None or stream.time_base is None:
+        return
+    rate = _stream_fps(stream, present, declared)
+    start = _seconds(stream.start_time, stream.time_base) or 0.0
+    ends = float(table.end_pts * stream.time_base) - start + (1 / rate if rate > 0 else 0.0)
+    if ends < declared - max(_TRUNCATION_SLACK_SECONDS, _TRUNCATION_SLACK_FRACTION * declared):
+        raise MediaDecodeError(
+            name, f"truncated or corrupt: the container declares {declared:.2f} s, its frames end at {ends:.2f} s"
         )
 
 
@@ -682,7 +813,7 @@ def read_video_and_audio(
         audio_stream = _audio_stream(container) if load_audio else None
         collector = _AudioCollector(name) if audio_stream is not None else None
         table = _build_frame_table(container, video, collector, audio_stream)
-        _check_not_truncated(video, table, name)
+        _check_not_truncated(container, video, table, name)
         num_frames = len(table.pts) if table.reliable else max(int(video.frames), len(table.pts))
         if num_frames == 0:
             raise MediaDecodeError(name, "no video frames")
@@ -697,7 +828,7 @@ def read_video_and_audio(
         info = MediaInfo(
             source=name,
             video=_video_info(container, video, num_frames, reader.rotation),
-            audio=_audio_info(container, audio_stream) if audio_stream is not None else None,
+            audio=_audio_info(container, _audio_stream(container)) if _audio_stream(container) is not None else None,
         )
         frames = _gather(found, wanted, info.video)
         waveform = collector.waveform() if collector is not None and collector.chunks else None
@@ -709,6 +840,7 @@ def read_video_and_audio(
             sample_rate=collector.sample_rate if waveform is not None else None,
             audio_start_time=collector.start_time if waveform is not None else None,
             frames_decoded=reader.frames_decoded,
+            frame_times=table.pts * float(video.time_base) if table.reliable and video.time_base else None,
         )
 
 

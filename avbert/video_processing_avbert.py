@@ -50,20 +50,25 @@ from transformers.video_utils import VideoMetadata
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .media_decoding import (
+    AudioTrack,
     DecodedMedia,
     MediaDecodeError,
     MediaSource,
     VideoStreamInfo,
     is_media_source,
     read_video_and_audio,
+    reopenable,
 )
 
-__all__ = ["AVBertVideoProcessor", "AVBertVideosKwargs"]
+__all__ = ["AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
 DEFAULT_FPS = 30.0
+# Frame times within this of index / fps are a constant rate written with rounded timestamps (Matroska stores
+# milliseconds): the rate places clips more precisely than the rounded times.
+_STEADY_RATE_TOLERANCE_SECONDS = 0.002
 
 
-class AVBertVideosKwargs(VideosKwargs, total=False):
+class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
     """Keyword arguments of :class:`AVBertVideoProcessor` on top of transformers' ``VideosKwargs``.
 
     num_clips: clips per video, uniformly spaced over it.
@@ -294,12 +299,13 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         start_times = vp.clip_start_times(decoded.info.video.num_frames, decoded.info.video.fps)
     """
 
-    valid_kwargs = AVBertVideosKwargs
+    valid_kwargs = AVBertVideoProcessorKwargs
     model_input_names = ["pixel_values"]
 
     resample = PILImageResampling.NEAREST
-    image_mean = (0.45, 0.45, 0.45)
-    image_std = (0.225, 0.225, 0.225)
+    # Lists, not tuples: they round-trip through JSON (`to_dict` of a saved and a loaded processor are equal).
+    image_mean = [0.45, 0.45, 0.45]
+    image_std = [0.225, 0.225, 0.225]
     size = {"shortest_edge": 128}
     default_to_square = False
     crop_size = {"height": 128, "width": 128}
@@ -318,7 +324,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     all_views = False
     temporal_index = None
     do_train_augmentation = False
-    train_jitter_scales = (128, 160)
+    train_jitter_scales = [128, 160]
     train_crop_size = 112
     flip_prob = 0.5
     clip_brightness_jitter = 0.0
@@ -333,7 +339,10 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     audio_time_frames = 128
     audio_feature_extractor = None
 
-    def __init__(self, **kwargs: Unpack[AVBertVideosKwargs]) -> None:
+    def __init__(self, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> None:
+        for name in ("train_jitter_scales", "temporal_index", "image_mean", "image_std"):
+            if isinstance(kwargs.get(name), tuple):
+                kwargs[name] = list(kwargs[name])  # as JSON gives them back
         super().__init__(**kwargs)
 
     # -- temporal sampling --------------------------------------------------------------------------------------------
@@ -367,6 +376,27 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         """
         starts = self._sample(total_frames, fps, num_clips, num_frames, temporal_index)[0]
         return starts / _effective_fps(fps)
+
+    def audio_clip_starts(
+        self, total_frames: int, fps: float | None, audio_duration: float, clip_seconds: float, **kwargs: Any
+    ) -> np.ndarray:
+        """Start (seconds from the first audio sample) of each clip's audio window, for frames and a waveform given
+        apart: the clips the call's settings (``kwargs`` as for ``__call__``) sample, placed as ``audio_alignment``
+        says, exactly as for a file whose streams both start at 0 (``AVBertProcessor`` uses it for arrays)."""
+        options = self._options(kwargs)
+        starts, _ = self._sample_options(total_frames, fps, options)
+        fps = _effective_fps(fps)
+        return audio_window_starts(
+            starts,
+            fps=fps,
+            total_frames=total_frames,
+            span=clip_span(fps, options.num_frames, options.frame_sampling_rate, options.target_fps),
+            video_start_time=0.0,
+            audio_start_time=0.0,
+            audio_duration=audio_duration,
+            clip_seconds=clip_seconds,
+            alignment=options.audio_alignment,
+        )
 
     def _sample(
         self,
@@ -406,7 +436,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
     # -- preprocessing ------------------------------------------------------------------------------------------------
 
-    def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideosKwargs]) -> BatchFeature:
+    def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> BatchFeature:
         """Turn one video or a batch into ``pixel_values`` (batch, clips, 3, frames, H, W); see the class docstring."""
         validate_kwargs(
             captured_kwargs=kwargs.keys(),
@@ -469,8 +499,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             do_rescale=bool(values["do_rescale"]),
             rescale_factor=float(values["rescale_factor"]),
             do_normalize=bool(values["do_normalize"]),
-            image_mean=tuple(float(v) for v in standard["image_mean"]),
-            image_std=tuple(float(v) for v in standard["image_std"]),
+            image_mean=_per_channel(standard["image_mean"]),
+            image_std=_per_channel(standard["image_std"]),
             input_data_format=values["input_data_format"],
             device=values["device"],
             return_metadata=bool(values["return_metadata"]),
@@ -533,20 +563,25 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
         transform = functools.partial(_resize_frame, options=options, short_side=short_side)
         load_audio = options.audio_extractor is not None
-        decoded = read_video_and_audio(source, choose, load_audio=load_audio, frame_transform=transform)
+        source = reopenable(source) if load_audio else source  # the sound is read after the frames
+        decoded = read_video_and_audio(source, choose, load_audio=False, frame_transform=transform)
         starts, flat_indices = sampled[0][0], sampled[0][1].reshape(-1)
         positions = np.searchsorted(decoded.indices, flat_indices)
         metadata = _metadata_from_info(decoded.info.video)
         metadata.frames_indices = flat_indices.tolist()
-        log_mels = self._clip_log_mels(decoded, starts, options) if load_audio else None
+        log_mels = self._clip_log_mels(source, decoded, starts, options) if load_audio else None
         return torch.from_numpy(decoded.frames), positions, metadata, log_mels
 
-    def _clip_log_mels(self, decoded: DecodedMedia, starts: np.ndarray, options: _Options) -> torch.Tensor:
-        """Log-mel of the sound under each clip, its window placed by the clip's timestamp (or fraction)."""
-        if decoded.waveform is None:
+    def _clip_log_mels(
+        self, source: MediaSource, decoded: DecodedMedia, starts: np.ndarray, options: _Options
+    ) -> torch.Tensor:
+        """Log-mel of the sound under each clip, its window placed by the clip's timestamp (or fraction). Only the
+        windows are kept and resampled, so memory follows the clips, not the length of the file."""
+        if decoded.info.audio is None:
             raise MediaDecodeError(
                 decoded.info.source, "no audio stream, but the sound track was asked for (load_audio_in_video)"
             )
+        track = AudioTrack(source)
         extractor = options.audio_extractor
         video = decoded.info.video
         span = clip_span(_effective_fps(video.fps), options.num_frames, options.frame_sampling_rate, options.target_fps)
@@ -556,20 +591,20 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             total_frames=video.num_frames,
             span=span,
             video_start_time=video.start_time,
-            audio_start_time=decoded.audio_start_time or 0.0,
-            audio_duration=decoded.waveform.shape[-1] / decoded.sample_rate,
+            audio_start_time=track.start_time,
+            # The original's rule needs the whole track's length: one more decoding pass, still no waveform kept.
+            audio_duration=track.num_samples / track.sample_rate if options.audio_alignment == "fraction" else 0.0,
             clip_seconds=extractor.clip_samples / extractor.sampling_rate,
             alignment=options.audio_alignment,
+            frame_times=decoded.frame_times,
         )
-        features = extractor(
-            decoded.waveform,
-            sampling_rate=decoded.sample_rate,
-            clip_starts=[seconds],
+        return extractor.log_mels_of_windows(
+            track.read_windows,
+            track.sample_rate,
+            seconds,
             apply_masking=options.train,
             clip_gain_jitter_db=options.clip_gain_jitter_db if options.train else 0.0,
-            return_tensors="pt",
         )
-        return features["input_features"]
 
     def _sample_options(self, total_frames: int, fps: float | None, options: _Options) -> tuple[np.ndarray, np.ndarray]:
         """Float start positions and frame indices (clips, num_frames) of one video under the call's options."""
@@ -652,17 +687,25 @@ def audio_window_starts(
     audio_duration: float,
     clip_seconds: float,
     alignment: str,
+    frame_times: np.ndarray | None = None,
 ) -> np.ndarray:
     """Start of each clip's audio window, in seconds from the first audio sample.
 
-    ``"timestamp"``: the window starts where the clip starts in time (frame position / fps, shifted by the difference
-    of the streams' start times), so picture and sound coincide even when the sound track is shorter or offset.
+    ``"timestamp"``: the window starts where the clip starts in time, so picture and sound coincide even when the sound
+    track is shorter or offset. That time is the clip's start position read on the frames' presentation times
+    (``frame_times``, interpolated between frames), which is right for variable frame rates too; without them (frame
+    arrays, streams whose timestamps cannot be trusted) it is position / fps from the video stream's start.
     ``"fraction"``: the original's rule, the same fraction of the audio as of the video,
     ``int(delta_a * start / delta_v)`` samples with ``delta_a`` / ``delta_v`` the audio / video length minus one
     clip; it divided by zero for videos no longer than a clip, where this gives 0.
     """
     if alignment == "timestamp":
-        return np.maximum(clip_starts / fps + (video_start_time - audio_start_time), 0.0)
+        times = clip_starts / fps + video_start_time
+        if frame_times is not None and len(frame_times) == total_frames:
+            steady = np.arange(total_frames) / fps + frame_times[0]
+            if np.abs(frame_times - steady).max() > _STEADY_RATE_TOLERANCE_SECONDS:  # a variable frame rate
+                times = np.interp(clip_starts, np.arange(total_frames), frame_times)
+        return np.maximum(times - audio_start_time, 0.0)
     if alignment != "fraction":
         raise ValueError(f"audio_alignment must be 'timestamp' or 'fraction', got {alignment!r}")
     rate = 44100  # the original computed the fraction on the 44.1 kHz waveform, in whole samples
@@ -698,6 +741,11 @@ def _validate_settings(values: dict[str, Any]) -> None:
         raise ValueError(f"clip_gain_jitter_db must be a finite number >= 0, got {values['clip_gain_jitter_db']}")
     if values["do_train_augmentation"] and values["all_views"]:
         raise ValueError("all_views is an evaluation option; training uses one random crop per video")
+
+
+def _per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
+    """``image_mean`` / ``image_std`` as one value per RGB channel; a scalar applies to all three."""
+    return (float(value),) * 3 if isinstance(value, int | float) else tuple(float(v) for v in value)
 
 
 def _effective_fps(fps: float | None) -> float:

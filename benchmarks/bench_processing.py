@@ -26,6 +26,7 @@ and `<!-- bench_processing:end -->`.
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import platform
 import statistics
@@ -519,6 +520,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or the script's own assembly of the public pieces (manual)",
     )
     parser.add_argument("--no-all-views", action="store_true", help="skip the all_views=True path")
+    parser.add_argument(
+        "--long-video-minutes", type=int, default=10, help="length of the generated long video (0: skip; default 10)"
+    )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1, as in a worker)")
     parser.add_argument("--note", default=None, help="a remark to add to the report (e.g. about machine load)")
     parser.add_argument("--no-write", action="store_true", help="print the results without updating BENCHMARKS.md")
@@ -534,6 +538,79 @@ def resolve_videos(videos: list[Path] | None) -> list[Path]:
     if missing:
         raise SystemExit(f"video files not found: {', '.join(missing)} (set AVBERT_SHARED_DIR or pass --videos)")
     return paths
+
+
+# The figures this script recorded before the processing redesign, for comparison (ratios, not absolute rates).
+BEFORE_ISSUE_10 = (
+    "- Before issue 10 (2026-11-25 run of this script, the same files, a quieter machine: load 1.4): baseline 1.54, "
+    "efficient 2.39, all_views 4.82 items/s per worker, i.e. 1.55x and 3.13x the baseline. Absolute items/s are not "
+    "comparable across runs on this shared machine; the ratios to the baseline, measured in the same run, are."
+)
+
+LONG_VIDEO_CHILD = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from avbert import AVBertProcessor
+processor = AVBertProcessor()
+def rss_mib(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
+before = rss_mib("VmRSS:")
+start = time.perf_counter()
+out = processor(videos=sys.argv[1], return_tensors="pt")
+seconds = time.perf_counter() - start
+shapes = [list(out[key].shape) for key in ("pixel_values", "input_features")]
+print(json.dumps([seconds, before, rss_mib("VmHWM:"), *shapes]))
+"""
+
+
+def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> None:
+    """A long 64x48 H.264 video with a 48 kHz AAC sound track, written a second at a time."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        times = np.arange(rate) / rate
+        for second in range(seconds):
+            for index in range(fps):
+                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            frame = av.AudioFrame.from_ndarray(
+                (0.3 * np.sin(2 * np.pi * (200 + second % 100) * times)).astype(np.float32)[None], "flt", "mono"
+            )
+            frame.sample_rate, frame.pts = rate, second * rate
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+
+
+def long_video_report(minutes: int) -> str:
+    """One `AVBertProcessor` call (10 clips, frames and sound) on a generated video of `minutes` minutes, in a fresh
+    process so that its peak resident memory (VmHWM) is the call's."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "long.mp4"
+        log(f"writing a {minutes}-minute video")
+        write_long_video(path, 60 * minutes)
+        size = path.stat().st_size
+        log("processing it")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        child = subprocess.run(
+            [sys.executable, "-c", LONG_VIDEO_CHILD, str(path)], capture_output=True, text=True, env=env, check=True
+        )
+    seconds, before, peak, pixels, features = json.loads(child.stdout.strip().splitlines()[-1])
+    return (
+        f"- Long video: one `AVBertProcessor(videos=path)` call (10 clips, frames and the sound under them) on a "
+        f"generated {minutes}-minute 64x48 H.264 30 fps video with 48 kHz AAC sound ({size / 2**20:.1f} MiB): "
+        f"**{seconds:.1f} s**, peak resident memory **{peak:.0f} MiB** ({before:.0f} MiB after importing torch and "
+        f"avbert, so {peak - before:.0f} MiB for the call); outputs {tuple(pixels)} and {tuple(features)}. Before "
+        "this change the whole sound track was decoded and resampled: a 2-hour such video peaked at about 7 GB "
+        "(issue 10), and tests/test_processing_avbert.py::test_memory_follows_the_clips_not_the_file "
+        "measures 46 MiB of traced allocations for 2 minutes of sound with the old path against under 8 MiB now."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -571,6 +648,9 @@ def main(argv: list[str] | None = None) -> None:
     timings = measure(videos, pipelines, args.repeats)
     info = RunInfo(args, torch.get_num_threads(), load_before, os.getloadavg(), checks, time.perf_counter() - STARTED)
     report = format_report(info, videos, pipelines, timings)
+    report += "\n\n" + BEFORE_ISSUE_10
+    if args.long_video_minutes:
+        report += "\n" + long_video_report(args.long_video_minutes)
     print(report)
     if not args.no_write:
         replace_section(args.output, SECTION, report)

@@ -1,6 +1,8 @@
 """AVBertProcessor (one decode for frames and sound), the converter's processor, and the two pipelines on real media."""
 
 import csv
+import fractions
+import io
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +16,8 @@ from transformers import AutoFeatureExtractor, AutoProcessor, AutoVideoProcessor
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor, MediaDecodeError
 from avbert.convert_original_checkpoint import convert_checkpoint
+from avbert.media_decoding import probe, read_audio, read_frames
+from avbert.video_processing_avbert import sample_clips
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURES = SHARED / "fixtures" / "original"
@@ -113,6 +117,31 @@ def test_video_without_audio_is_refused_or_read_without_sound():
     assert set(out) == {"pixel_values"}
 
 
+def test_default_components_are_the_original_setting():
+    processor = AVBertProcessor()
+    assert isinstance(processor.video_processor, AVBertVideoProcessor) and processor.video_processor.num_clips == 10
+    assert isinstance(processor.feature_extractor, AVBertFeatureExtractor)
+    assert processor.feature_extractor.clip_samples == 94080
+
+
+def test_nested_per_modality_kwargs_are_routed_like_flat_ones():
+    processor = small_processor()
+    frames = np.random.default_rng(0).integers(0, 256, (60, 40, 48, 3), dtype=np.uint8)
+    waveform = np.random.default_rng(1).normal(0, 0.1, 44100 * 2).astype(np.float32)
+    flat = processor(videos=frames, audio=waveform, sampling_rate=44100, num_clips=2, spatial_crop=0)
+    nested = processor(
+        videos=frames,
+        audio=waveform,
+        videos_kwargs={"num_clips": 2, "spatial_crop": 0},
+        audio_kwargs={"sampling_rate": 44100},
+    )
+    assert flat["pixel_values"].shape[1] == 2 and flat["input_features"].shape[1] == 2
+    for key in ("pixel_values", "input_features"):
+        torch.testing.assert_close(flat[key], nested[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(videos=frames, num_clips=2, videos_kwargs={"num_clips": 3})
+
+
 def test_save_and_load(tmp_path):
     processor = small_processor(audio_alignment="fraction")
     processor.save_pretrained(tmp_path)
@@ -206,3 +235,175 @@ def test_audio_classification_pipeline(tmp_path):
     assert [p["label"] for p in from_array] == [p["label"] for p in from_path]
     for a, b in zip(from_array, from_path, strict=True):
         assert abs(a["score"] - b["score"]) < 1e-3  # ffmpeg's float decode vs PyAV's int16 / 32768
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real-media correctness: variable frame rates, truncated containers, non-media files
+
+TONES_HZ = (500, 1000, 1500, 2000, 2500, 3000)  # one tone per second
+
+
+def write_vfr_video_with_tones(path: Path) -> list[float]:
+    """Six seconds: 10 fps for the first three, 40 fps for the last three; the sound is TONES_HZ[k] in second k.
+
+    Returns every frame's presentation time in seconds.
+    """
+    times_ms = [100 * i for i in range(30)] + [3000 + 25 * i for i in range(120)]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=40)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = video.time_base = fractions.Fraction(1, 1000)
+        audio = container.add_stream("aac", rate=44100, layout="mono")
+        for index, pts in enumerate(times_ms):
+            image = np.full((48, 64, 3), (index * 5) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        seconds = np.arange(44100 * len(TONES_HZ)) / 44100
+        tones = np.asarray(TONES_HZ)[np.minimum(seconds.astype(int), len(TONES_HZ) - 1)]
+        samples = (0.3 * np.sin(2 * np.pi * tones * seconds)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate, frame.pts = 44100, 0
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    return [ms / 1000 for ms in times_ms]
+
+
+def test_variable_frame_rate_clips_hear_their_own_second(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    frame_times = write_vfr_video_with_tones(path)
+    window = 4410  # 0.1 s
+    extractor = AVBertFeatureExtractor(num_clips=8, clip_samples=window, feature_size=64, num_time_frames=16)
+    processor = AVBertProcessor(
+        feature_extractor=extractor,
+        video_processor=AVBertVideoProcessor(
+            num_clips=8, num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+    )
+    features = processor(videos=str(path), return_tensors="pt")["input_features"][0]
+    # The mel bin each tone peaks in, from the extractor itself.
+    seconds = np.arange(window) / 44100
+    references = extractor([np.sin(2 * np.pi * hz * seconds) for hz in TONES_HZ], sampling_rate=44100)
+    tone_bins = [int(np.argmax(item[0, 0].mean(-1))) for item in references["input_features"]]
+    assert len(set(tone_bins)) == len(TONES_HZ)
+    heard = [tone_bins.index(int(torch.argmax(clip[0].mean(-1)))) for clip in features]
+
+    starts, _ = sample_clips(
+        len(frame_times), probe(path).video.fps, num_clips=8, num_frames=4, frame_sampling_rate=2, target_fps=30
+    )
+    true_times = np.interp(starts, np.arange(len(frame_times)), frame_times)
+    inside = (true_times % 1) < 1 - window / 44100  # windows that do not straddle a change of tone
+    assert inside.sum() >= 6
+    assert np.array_equal(np.asarray(heard)[inside], np.floor(true_times[inside]).astype(int))
+    # The average-rate estimate (index / fps) would put some clips in another second.
+    naive = np.floor(starts / probe(path).video.fps).astype(int)
+    assert (naive[inside] != np.asarray(heard)[inside]).any()
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_matroska_and_webm_are_refused(tmp_path, suffix):
+    codecs = {".mkv": ("libx264", "aac"), ".webm": ("libvpx", "libopus")}[suffix]
+    path = tmp_path / f"clip{suffix}"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codecs[0], rate=30)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for index in range(150):
+            image = np.random.default_rng(index).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+    processor = small_processor()
+    assert processor(videos=str(path), load_audio_in_video=False)["pixel_values"].shape[1] == 3  # whole: fine
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(MediaDecodeError, match=rf"truncated{suffix}: truncated or corrupt"):
+        processor(videos=str(truncated), load_audio_in_video=False)
+
+
+def test_a_text_file_has_no_video_stream(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("FFmpeg's tty demuxer opens any text as video.\n" * 40)
+    with pytest.raises(MediaDecodeError, match=r"notes\.txt: no video stream"):
+        small_processor()(videos=str(text))
+
+
+@needs_fixtures
+@pytest.mark.parametrize("alignment", ["timestamp", "fraction"])
+@pytest.mark.parametrize("name", ["R6llTwEh07w.mp4", "WUzgd7C1pWA.mp4", "flipping_a_pancake.mkv"])  # 44.1, 48, 48 kHz
+def test_frames_and_waveform_give_what_the_file_gives(alignment, name):
+    """Decoded arrays honour `audio_alignment` as the file does, so both give the same inputs, bit for bit: the file's
+    sound is read and resampled only around its windows, the arrays' as a whole."""
+    path = VIDEOS / "kinetics400" / name
+    processor = small_processor(audio_alignment=alignment)
+    from_file = processor(videos=str(path), return_tensors="pt")
+    info = probe(path).video
+    frames = read_frames(path, np.arange(info.num_frames))
+    waveform, rate = read_audio(path)
+    from_arrays = processor(
+        videos=frames, audio=waveform, sampling_rate=rate, video_metadata={"fps": info.fps}, return_tensors="pt"
+    )
+    torch.testing.assert_close(from_arrays["pixel_values"], from_file["pixel_values"], rtol=0, atol=0)
+    torch.testing.assert_close(from_arrays["input_features"], from_file["input_features"], rtol=0, atol=0)
+
+
+def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> None:
+    """A long 64x48 H.264 video with an AAC sound track, written a second at a time."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        times = np.arange(rate) / rate
+        for second in range(seconds):
+            for index in range(fps):
+                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            tone = (0.3 * np.sin(2 * np.pi * (200 + second) * times)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, second * rate
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+
+
+@pytest.mark.parametrize("alignment", ["timestamp", "fraction"])
+def test_memory_follows_the_clips_not_the_file(tmp_path, alignment):
+    """Two minutes at 48 kHz: the whole sound track alone would be 23 MB of float32 (46 MB while concatenated)."""
+    import tracemalloc
+
+    path = tmp_path / "long.mp4"
+    write_long_video(path, seconds=120)
+    processor = small_processor(audio_alignment=alignment)
+    tracemalloc.start()
+    try:
+        out = processor(videos=str(path), return_tensors="pt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out["input_features"].shape == (1, 3, 1, 80, 128)
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+class _Pipe(io.RawIOBase):
+    """A file object that cannot seek, as a pipe or socket reads."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data, self.name = io.BytesIO(data), "pipe.mp4"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@needs_fixtures
+def test_an_unseekable_file_object_gives_what_the_path_gives():
+    """Frames and sound are read one after the other: a stream that cannot seek is read into memory once."""
+    processor = small_processor()
+    from_path = processor(videos=str(KS_VIDEO), return_tensors="pt")
+    from_pipe = processor(videos=_Pipe(KS_VIDEO.read_bytes()), return_tensors="pt")
+    for key in ("pixel_values", "input_features"):
+        torch.testing.assert_close(from_pipe[key], from_path[key], rtol=0, atol=0)

@@ -4,10 +4,10 @@ Data flows one way: files -> ``datasets.Dataset`` rows (``path``, ``label``) -> 
 (``MediaTransform``, run in the DataLoader workers) -> ``AVBertDataCollator`` -> model.
 
 Why plain string paths instead of ``datasets.Video()`` / ``Audio()``: in datasets 5.x those features decode through
-torchcodec, which is not installed; AVBERT's processors decode with PyAV (``avbert.media_decoding``) and need the
-file itself (one demux pass for frames and sound). Decoding happens per row on ``__getitem__``, so nothing is
-decoded twice or held in memory, and an unreadable file becomes an ``error`` on its row instead of stopping a run
-of many hours: the collator drops such rows and says which files they were.
+torchcodec into a decoder without the sound (rows of such datasets are accepted too); AVBERT's processors decode with
+PyAV (``avbert.media_decoding``) and need the file itself (one demux pass for frames and sound). Decoding happens per
+row on ``__getitem__``, so nothing is decoded twice or held in memory, and an unreadable file becomes an ``error`` on
+its row instead of stopping a run of many hours: the collator drops such rows and says which files they were.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
-from avbert.media_decoding import MediaDecodeError, probe, read_audio
+from avbert.media_decoding import MediaDecodeError, as_media_source, probe, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -441,9 +441,13 @@ class MediaTransform:
             "error": [],
             **{key: [] for key in keys},
         }
-        for path in batch["path"]:
+        # `path` rows (load_media_dataset) or the `video` / `audio` column of a `datasets` folder (load_dataset(
+        # "videofolder", ...)): torchcodec decoders or {"bytes", "path"} dicts, decoded here from their file.
+        column = next(name for name in ("path", "video", "audio") if name in batch)
+        for value in batch[column]:
+            path = _media_name(value)
             try:
-                features, error = self._decode(path), None
+                features, error = self._decode(as_media_source(value)), None
             except (MediaDecodeError, ValueError) as exc:
                 features, error = {}, str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             for key in keys:
@@ -451,7 +455,7 @@ class MediaTransform:
             out["error"].append(error)
         return out
 
-    def _decode(self, path: str) -> dict[str, torch.Tensor]:
+    def _decode(self, path: Any) -> dict[str, torch.Tensor]:
         """One file -> tensors without the batch dimension."""
         if self.modality == "audio":
             waveform, rate = read_audio(path)
@@ -497,6 +501,14 @@ class MediaDataset(torch.utils.data.Dataset):
             logger.warning("skipping unreadable file %s", error)
             skipped.append(error)
         raise RuntimeError(f"{len(skipped)} files in a row failed to decode (from row {index}): {'; '.join(skipped)}")
+
+
+def _media_name(value: Any) -> str:
+    """What an error about a row's media calls it: its path when known."""
+    encoded = getattr(value, "_hf_encoded", value)
+    if isinstance(encoded, dict):
+        return str(encoded.get("path") or "<bytes>")
+    return str(value)
 
 
 class AVBertDataCollator:
