@@ -91,29 +91,39 @@ def _is_checkpoint_recompute() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def batch_norm(norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor) -> torch.Tensor:
+    """
+    `norm(hidden_states)`, except in the backward-pass replay of a checkpointed module in training: batch statistics
+    as in the first pass, but the running statistics, which the first pass has already updated, are left alone.
+    """
+    if norm.training and _is_checkpoint_recompute():
+        # Throwaway copies take the update (the op must save the same tensors as in the first pass).
+        running_mean, running_var = norm.running_mean.clone(), norm.running_var.clone()
+        return F.batch_norm(hidden_states, running_mean, running_var, norm.weight, norm.bias, True, 0.0, norm.eps)
+    return norm(hidden_states)
+
+
 def conv_norm(
     conv: nn.Conv2d | nn.Conv3d, norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor, fold: bool
 ) -> torch.Tensor:
     """
-    `norm(conv(hidden_states))`. In eval with `fold`, one convolution with the BatchNorm folded into its weight and
-    bias (computed from the current parameters on every call, so it can never go stale). In training, the replay of a
-    checkpointed block normalizes with batch statistics like the first pass but leaves the running statistics alone,
-    which the first pass has already updated.
+    `batch_norm(norm, conv(hidden_states))`. In eval with `fold`, one convolution with the BatchNorm folded into its
+    weight and bias (computed from the current parameters on every call, so it can never go stale).
     """
-    if not norm.training:
-        if not fold:
-            return norm(conv(hidden_states))
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
-        bias = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        return conv._conv_forward(hidden_states, weight, bias)
-    if _is_checkpoint_recompute():
-        # Throwaway copies take the update (the op must save the same tensors as in the first pass).
-        running_mean, running_var = norm.running_mean.clone(), norm.running_var.clone()
-        return F.batch_norm(conv(hidden_states), running_mean, running_var, norm.weight, norm.bias, True, 0.0, norm.eps)
-    return norm(conv(hidden_states))
+    if not fold or norm.training:
+        return batch_norm(norm, conv(hidden_states))
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv._conv_forward(hidden_states, weight, bias)
+
+
+def checkpoints_stem(encoder: nn.Module) -> bool:
+    # The stems use transformers' older mechanism (a `gradient_checkpointing` flag and `_gradient_checkpointing_func`
+    # set by `activation_checkpointing_enable()`), which keeps their parameter names.
+    return encoder.gradient_checkpointing and encoder.training and torch.is_grad_enabled()
 
 
 class AVBertCNNFastPath:
@@ -194,6 +204,7 @@ class AVBertVisualEncoder(AVBertCNNFastPath, nn.Module):
     """
 
     memory_format = torch.channels_last_3d
+    gradient_checkpointing = False
 
     def __init__(self, config: AVBertConfig):
         super().__init__()
@@ -237,11 +248,18 @@ class AVBertVisualEncoder(AVBertCNNFastPath, nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
-        hidden_states = self.stem_act(conv_norm(self.stem_conv, self.stem_bn, pixel_values, self.fold_batch_norm))
-        hidden_states = self.stem_pool(hidden_states)
+        if checkpoints_stem(self):
+            # From the convolution's output on: the first tensor that requires grad, as reentrant checkpointing needs.
+            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, self.stem_conv(pixel_values))
+        else:
+            hidden_states = conv_norm(self.stem_conv, self.stem_bn, pixel_values, self.fold_batch_norm)
+            hidden_states = self.stem_pool(self.stem_act(hidden_states))
         for stage in self.stages:
             hidden_states = stage(hidden_states)
         return hidden_states
+
+    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.stem_pool(self.stem_act(batch_norm(self.stem_bn, hidden_states)))
 
 
 class AVBertBottleneck2d(AVBertCNNFastPath, GradientCheckpointingLayer):
@@ -322,6 +340,7 @@ class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
     """
 
     memory_format = torch.channels_last
+    gradient_checkpointing = False
 
     def __init__(self, config: AVBertConfig):
         super().__init__()
@@ -355,14 +374,25 @@ class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        fold = self.fold_batch_norm
-        hidden_states = self.stem_act(conv_norm(self.stem_conv_freq, self.stem_bn_freq, input_features, fold))
-        if self.channels_last:  # after the first convolution: a one-channel input has no distinct channels-last form
-            hidden_states = hidden_states.contiguous(memory_format=self.memory_format)
-        hidden_states = self.stem_act(conv_norm(self.stem_conv_time, self.stem_bn_time, hidden_states, fold))
+        if checkpoints_stem(self):  # from the first convolution's output on, as in the visual encoder
+            hidden_states = self.stem_conv_freq(input_features)
+            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, hidden_states)
+        else:
+            hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, input_features, self.fold_batch_norm)
+            hidden_states = self._stem_after_norm(hidden_states)
         for stage in self.stages:
             hidden_states = stage(hidden_states)
         return hidden_states
+
+    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._stem_after_norm(batch_norm(self.stem_bn_freq, hidden_states))
+
+    def _stem_after_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.stem_act(hidden_states)
+        if self.channels_last:  # after the first convolution: a one-channel input has no distinct channels-last form
+            hidden_states = hidden_states.contiguous(memory_format=self.memory_format)
+        hidden_states = conv_norm(self.stem_conv_time, self.stem_bn_time, hidden_states, self.fold_batch_norm)
+        return self.stem_act(hidden_states)
 
 
 def set_cnn_fast_path(model: nn.Module, channels_last: bool | None = None, fold_batch_norm: bool | None = None) -> None:

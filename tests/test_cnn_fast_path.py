@@ -90,18 +90,21 @@ def test_fast_path_trains_like_the_plain_path(make_config, make_inputs, labels):
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
-def test_cnn_checkpointing_matches_and_updates_running_statistics_once(make_config, make_inputs, labels, use_reentrant):
-    """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks."""
-    config = make_config(use_visual=False, use_transformer=False, **NO_DROPOUT)
-    model = randomize_batch_norms(build(AVBertForAudioClassification, config)).train()
+@pytest.mark.parametrize("model_class", [AVBertForAudioClassification, AVBertForVideoClassification])
+def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
+    make_config, make_inputs, labels, use_reentrant, model_class
+):
+    """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem."""
+    config = make_config(use_visual=model_class is AVBertForVideoClassification, use_transformer=False, **NO_DROPOUT)
+    model = randomize_batch_norms(build(model_class, config)).train()
     checkpointed = copy.deepcopy(model)
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     assert checkpointed.is_activation_checkpointing
     blocks = [m for m in checkpointed.modules() if isinstance(m, AVBertBottleneck2d)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
+    assert checkpointed.avbert.audio_encoder.gradient_checkpointing  # the stem
 
-    inputs = make_inputs(video=False)
-    inputs["input_features"].requires_grad_(use_reentrant)  # reentrant checkpoint needs an input that requires grad
+    inputs = make_inputs(video=config.use_visual)  # no input requires grad: the stems checkpoint after their conv
     model(**inputs, labels=labels).loss.backward()
     checkpointed(**inputs, labels=labels).loss.backward()
     # The replay in the backward pass must not move the running statistics a second time: buffers match exactly.
@@ -113,8 +116,9 @@ def test_gradient_checkpointing_enable_checkpoints_the_visual_cnn(make_config):
     model.activation_checkpointing_enable()
     blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck3d)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
+    assert model.avbert.visual_encoder.gradient_checkpointing  # the stem
     model.activation_checkpointing_disable()
-    assert not any(block.gradient_checkpointing for block in blocks)
+    assert not any(module.gradient_checkpointing for module in [*blocks, model.avbert.visual_encoder])
 
 
 # The parity tests of test_conversion.py, rerun unchanged on the fast path: same fixtures, same tolerances.
