@@ -88,7 +88,8 @@ class AVBertClassifierOutput(ModelOutput):
 def _is_checkpoint_recompute() -> bool:
     # Activation checkpointing replays a block's forward inside the backward pass (in both of torch.utils.checkpoint's
     # modes). Autograd exposes the id of the graph task it is running, -1 outside backward; checkpoint uses it too.
-    return torch._C._current_graph_task_id() != -1
+    # Compiled graphs never replay Python: AOTAutograd applies the buffer updates once.
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def batch_norm(norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -130,8 +131,9 @@ class AVBertCNNFastPath:
     """
     The inference and training switches shared by the CNN encoders and their blocks: `channels_last` runs the
     convolutions on channels-last activations (`torch.channels_last_3d` for the visual CNN, `torch.channels_last` for
-    the audio CNN), `fold_batch_norm` folds every BatchNorm into its convolution in eval forwards. Neither changes a
-    parameter or the state dict; see docs/performance.md.
+    the audio CNN; the encoder converts its input and the blocks keep the layout), `fold_batch_norm` folds every
+    BatchNorm into its convolution in eval forwards. Neither changes a parameter or the state dict; see
+    docs/performance.md.
     """
 
     channels_last: bool = False

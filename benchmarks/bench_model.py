@@ -20,6 +20,7 @@ import re
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -627,6 +628,67 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Start-up
+# ----------------------------------------------------------------------------------------------------------------
+
+STARTUP_COMMANDS = {
+    "`import torch, transformers`": ["-c", "import torch, transformers"],
+    "`import torch, transformers; from transformers import PreTrainedModel`": [
+        "-c",
+        "import torch, transformers; from transformers import PreTrainedModel",
+    ],
+    "`import avbert`": ["-c", "import avbert"],
+    **{
+        f"`{script} --help`": ["-m", module, "--help"]
+        for script, module in (
+            ("avbert-train", "avbert.training.train"),
+            ("avbert-evaluate", "avbert.training.evaluate"),
+            ("avbert-pretrain", "avbert.training.pretrain"),
+            ("avbert-prepare", "avbert.training.prepare"),
+            ("avbert-demo", "avbert.training.demo"),
+            ("avbert-convert", "avbert.convert_original_checkpoint"),
+            ("avbert-params", "avbert.parameter_counts"),
+        )
+    },
+}
+
+
+def measure_startup(repeats: int) -> dict[str, list[float]]:
+    """Wall time of each start-up command in a fresh interpreter, the commands interleaved `repeats` times."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    times: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
+    for repeat in range(repeats):
+        for name, arguments in STARTUP_COMMANDS.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *arguments], env=environment, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+            log(f"start-up round {repeat + 1}: {name} {times[name][-1]:.2f} s")
+    return times
+
+
+def format_startup_report(times: dict[str, list[float]], repeats: int) -> str:
+    baseline = statistics.median(next(iter(times.values())))
+    rows = ["| command | median (s) | min (s) | vs `import torch, transformers` |", "|---|---|---|---|"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append(f"| {name} | {median:.2f} | {min(values):.2f} | {median / baseline:.2f}x |")
+    name, _ = read_cpuinfo()
+    lines = [
+        "### Start-up on CPU",
+        "",
+        f"- Command: `{command_line()}`",
+        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- Machine: {name}, {os.cpu_count()} cores (shared with other jobs: compare the ratios, not the seconds)",
+        f"- Method: each command in a fresh `{Path(sys.executable).name}` process (`-c` or `-m ... --help`), the "
+        f"commands interleaved, {repeats} rounds; wall time including interpreter start-up.",
+        "",
+        "\n".join(rows),
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -675,6 +737,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CUDA fp32 matmuls and convolutions: torch's defaults, or TF32 allowed / forbidden (stated in the report)",
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column")
+    parser.add_argument(
+        "--startup",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="instead of the model, measure `import avbert` and every CLI's --help (ROUNDS interleaved rounds)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny config for a smoke run in seconds")
     parser.add_argument("--no-write", action="store_true", help="print the results without updating BENCHMARKS.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -702,6 +771,12 @@ def resolve_device(choice: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.startup is not None:
+        report = format_startup_report(measure_startup(args.startup), args.startup)
+        print(report)
+        if not args.no_write:
+            update_benchmarks_file(args.output, "startup/cpu", report)
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -152,3 +152,17 @@ def test_parity_on_the_fast_path(fast_conversion, test, arguments):
             "ks_tensors": (load_file(folder / "inputs.safetensors"), load_file(folder / "outputs.safetensors")),
         }
     test_function(**arguments)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, training):
+    """Dynamo only (backend="eager"): the folded eval forward and the training forward trace without graph breaks."""
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).fuse_for_inference().train(training)
+    inputs = make_inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(**inputs, labels=labels)
+        actual = compiled(**inputs, labels=labels)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-5)
