@@ -1,9 +1,13 @@
 """Measure AVBERT speed and memory (eval forward, train step, peak memory) and record them in BENCHMARKS.md.
 
+Every run measures the plain port and each fast path (docs/performance.md) side by side: the same model and inputs,
+the variants interleaved round by round, so the ratios hold on a shared machine.
+
 Examples:
-    .venv/bin/python benchmarks/bench_model.py                     # full-size Kinetics-Sounds model, fp32 and bf16
-    .venv/bin/python benchmarks/bench_model.py --tiny --no-write   # smoke run in seconds
-    .venv/bin/python benchmarks/bench_model.py --device cuda       # GPU figures, in their own table
+    .venv/bin/python benchmarks/bench_model.py --dtypes fp32 --iters 2   # full-size Kinetics-Sounds model (~10 min)
+    .venv/bin/python benchmarks/bench_model.py --tiny --no-write         # smoke run
+    .venv/bin/python benchmarks/bench_model.py --device cuda             # GPU: + bf16 and torch.compile variants, MFU
+    .venv/bin/python benchmarks/bench_model.py --startup 3               # import avbert and every CLI's --help
 
 The script owns the part of BENCHMARKS.md between `<!-- bench_model:start -->` and `<!-- bench_model:end -->`. Inside
 it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist.
@@ -187,18 +191,20 @@ class PeakMemory:
     def describe(self) -> str:
         if self.device.type == "cuda":
             return (
-                "`torch.cuda.max_memory_allocated()` over the phase, reset before it (absolute: includes weights, "
-                "inputs and, for training, gradients and Adam state; excludes the caching allocator's reserve)"
+                "`torch.cuda.max_memory_allocated()` over each timed step, reset before it (absolute: includes "
+                "weights, inputs and, for training, gradients and Adam state; excludes the caching allocator's "
+                "reserve); the largest over the timed rounds"
             )
         if self.cpu_method == "vmhwm":
             return (
-                "process peak RSS increase over the phase start (`VmHWM` from /proc/self/status, reset before each "
-                "phase by writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`). Weights "
-                "and inputs predate the phase and are not counted; the train phase's Adam state is"
+                "process peak RSS increase over each timed step (`VmHWM` from /proc/self/status, reset before each "
+                "step by writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`), the largest "
+                "over the timed rounds. Weights, inputs and Adam's state (allocated in the warmup round) predate the "
+                "step and are not counted: activations, gradients and temporaries are"
             )
         return (
-            "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over the phase (cannot be reset: only growth "
-            "beyond the process's earlier peak shows, so later phases may read low)"
+            "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over each step (cannot be reset: only growth "
+            "beyond the process's earlier peak shows, so later variants may read low)"
         )
 
     @contextlib.contextmanager
@@ -584,8 +590,9 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         "convolution, `torch.optim.Adam` default implementation); *fast* = `model.fuse_for_inference()` "
         "(channels-last CNNs; BatchNorm folded into the convolutions in eval) and, in training, "
         "`Adam(fused=True)`; *checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
-        "block and transformer layer recomputed in the backward pass); *compile* = `torch.compile(model)`. "
-        "bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 weights.",
+        "block, both CNN stems and the transformer layer recomputed in the backward pass); *compile* = "
+        "`torch.compile(model)`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 "
+        "weights.",
         f"- FLOPs (`torch.utils.flop_counter.FlopCounterMode`, counted on one clip per video x clips): eval "
         f"{info.flops['eval'] / 1e9:,.4g} GFLOP, train step {info.flops['train'] / 1e9:,.4g} GFLOP per batch. MFU = "
         "TFLOP/s / the device's dense peak for the dtype"
@@ -593,6 +600,9 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         + ".",
         f"- Peak memory: {info.memory.describe()}.",
     ]
+    if hasattr(os, "getloadavg"):
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        lines.append(f"- Load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
     if info.note:
         lines.append(f"- Note: {info.note}")
     lines += [f"- Parity: {line}." for line in parity(results)]
@@ -615,7 +625,12 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
         [
             SECTION_START,
             "## Model speed and memory (`benchmarks/bench_model.py`)",
-            "One table per task and device type; each run replaces only its own table.",
+            "One table per task and device type; each run replaces only its own table."
+            + (
+                ""
+                if any(k.endswith("/cuda") for k in blocks)
+                else " No GPU figures: no GPU was available where these were measured (`--device cuda` adds them)."
+            ),
             *(blocks[k] for k in sorted(blocks)),
             SECTION_END,
         ]
