@@ -85,8 +85,66 @@ class AVBertClassifierOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AVBertBottleneck3d(nn.Module):
-    """3D bottleneck block: (tk x 1 x 1) -> (1 x 3 x 3, spatial stride) -> 1 x 1 x 1, with a projection shortcut."""
+def _is_checkpoint_recompute() -> bool:
+    # Activation checkpointing replays a block's forward inside the backward pass (in both of torch.utils.checkpoint's
+    # modes). Autograd exposes the id of the graph task it is running, -1 outside backward; checkpoint uses it too.
+    # Compiled graphs never replay Python: AOTAutograd applies the buffer updates once.
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
+def batch_norm(norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor) -> torch.Tensor:
+    """
+    `norm(hidden_states)`, except in the backward-pass replay of a checkpointed module in training: batch statistics
+    as in the first pass, but the running statistics, which the first pass has already updated, are left alone.
+    """
+    if norm.training and _is_checkpoint_recompute():
+        # Throwaway copies take the update (the op must save the same tensors as in the first pass).
+        running_mean, running_var = norm.running_mean.clone(), norm.running_var.clone()
+        return F.batch_norm(hidden_states, running_mean, running_var, norm.weight, norm.bias, True, 0.0, norm.eps)
+    return norm(hidden_states)
+
+
+def conv_norm(
+    conv: nn.Conv2d | nn.Conv3d, norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor, fold: bool
+) -> torch.Tensor:
+    """
+    `batch_norm(norm, conv(hidden_states))`. In eval with `fold`, one convolution with the BatchNorm folded into its
+    weight and bias (computed from the current parameters on every call, so it can never go stale).
+    """
+    if not fold or norm.training:
+        return batch_norm(norm, conv(hidden_states))
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv._conv_forward(hidden_states, weight, bias)
+
+
+def checkpoints_stem(encoder: nn.Module) -> bool:
+    # The stems use transformers' older mechanism (a `gradient_checkpointing` flag and `_gradient_checkpointing_func`
+    # set by `activation_checkpointing_enable()`), which keeps their parameter names.
+    return encoder.gradient_checkpointing and encoder.training and torch.is_grad_enabled()
+
+
+class AVBertCNNFastPath:
+    """
+    The inference and training switches shared by the CNN encoders and their blocks: `channels_last` runs the
+    convolutions on channels-last activations (`torch.channels_last_3d` for the visual CNN, `torch.channels_last` for
+    the audio CNN; the encoder converts its input and the blocks keep the layout), `fold_batch_norm` folds every
+    BatchNorm into its convolution in eval forwards. Neither changes a parameter or the state dict; see
+    docs/performance.md.
+    """
+
+    channels_last: bool = False
+    fold_batch_norm: bool = False
+
+
+class AVBertBottleneck3d(AVBertCNNFastPath, GradientCheckpointingLayer):
+    """
+    3D bottleneck block: (tk x 1 x 1) -> (1 x 3 x 3, spatial stride) -> 1 x 1 x 1, with a projection shortcut.
+    Checkpointable: `activation_checkpointing_enable()` recomputes its activations in the backward pass.
+    """
 
     def __init__(
         self,
@@ -130,19 +188,25 @@ class AVBertBottleneck3d(nn.Module):
             )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
-        hidden_states = self.act(self.bn1(self.conv1(hidden_states)))
-        hidden_states = self.act(self.bn2(self.conv2(hidden_states)))
-        hidden_states = self.bn3(self.conv3(hidden_states))
+        fold = self.fold_batch_norm
+        shortcut = hidden_states
+        if self.downsample is not None:
+            shortcut = conv_norm(self.downsample[0], self.downsample[1], hidden_states, fold)
+        hidden_states = self.act(conv_norm(self.conv1, self.bn1, hidden_states, fold))
+        hidden_states = self.act(conv_norm(self.conv2, self.bn2, hidden_states, fold))
+        hidden_states = conv_norm(self.conv3, self.bn3, hidden_states, fold)
         return self.act(hidden_states + shortcut)
 
 
-class AVBertVisualEncoder(nn.Module):
+class AVBertVisualEncoder(AVBertCNNFastPath, nn.Module):
     """
     3D ResNet (PySlowFast slow-only layout): a (5 x 7 x 7) stem with temporal stride 2 and a spatial max-pool, then
     bottleneck stages with temporal kernels only where `visual_temporal_kernel_sizes` asks for them.
     `(N, 3, T, H, W)` clips -> `(N, 4 * base * 2**(stages-1), T/2, H/32, W/32)` feature maps.
     """
+
+    memory_format = torch.channels_last_3d
+    gradient_checkpointing = False
 
     def __init__(self, config: AVBertConfig):
         super().__init__()
@@ -184,17 +248,27 @@ class AVBertVisualEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.stem_pool(self.stem_act(self.stem_bn(self.stem_conv(pixel_values))))
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
+        if checkpoints_stem(self):
+            # From the convolution's output on: the first tensor that requires grad, as reentrant checkpointing needs.
+            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, self.stem_conv(pixel_values))
+        else:
+            hidden_states = conv_norm(self.stem_conv, self.stem_bn, pixel_values, self.fold_batch_norm)
+            hidden_states = self.stem_pool(self.stem_act(hidden_states))
         for stage in self.stages:
             hidden_states = stage(hidden_states)
         return hidden_states
 
+    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.stem_pool(self.stem_act(batch_norm(self.stem_bn, hidden_states)))
 
-class AVBertBottleneck2d(nn.Module):
+
+class AVBertBottleneck2d(AVBertCNNFastPath, GradientCheckpointingLayer):
     """
     2D bottleneck block on (frequency, time) maps. In a separable block the 3x3 convolution is split into a
     frequency (3x1) and a time (1x3) convolution, each with its own norm and activation; the stride goes on the
-    axis the convolution runs along.
+    axis the convolution runs along. Checkpointable like [`AVBertBottleneck3d`].
     """
 
     def __init__(
@@ -247,22 +321,28 @@ class AVBertBottleneck2d(nn.Module):
             )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
-        hidden_states = self.act(self.bn1(self.conv1(hidden_states)))
+        fold = self.fold_batch_norm
+        shortcut = hidden_states
+        if self.downsample is not None:
+            shortcut = conv_norm(self.downsample[0], self.downsample[1], hidden_states, fold)
+        hidden_states = self.act(conv_norm(self.conv1, self.bn1, hidden_states, fold))
         if self.separable:
-            hidden_states = self.act(self.bn2_freq(self.conv2_freq(hidden_states)))
-            hidden_states = self.act(self.bn2_time(self.conv2_time(hidden_states)))
+            hidden_states = self.act(conv_norm(self.conv2_freq, self.bn2_freq, hidden_states, fold))
+            hidden_states = self.act(conv_norm(self.conv2_time, self.bn2_time, hidden_states, fold))
         else:
-            hidden_states = self.act(self.bn2(self.conv2(hidden_states)))
-        hidden_states = self.bn3(self.conv3(hidden_states))
+            hidden_states = self.act(conv_norm(self.conv2, self.bn2, hidden_states, fold))
+        hidden_states = conv_norm(self.conv3, self.bn3, hidden_states, fold)
         return self.act(hidden_states + shortcut)
 
 
-class AVBertAudioEncoder(nn.Module):
+class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
     """
     2D ResNet on log-mel spectrograms: a separable (9x1 then 1x9) stem without stride, then bottleneck stages that all
     halve both axes. `(N, 1, mel, time)` -> `(N, 4 * base * 2**(stages-1), mel/16, time/16)` feature maps.
     """
+
+    memory_format = torch.channels_last
+    gradient_checkpointing = False
 
     def __init__(self, config: AVBertConfig):
         super().__init__()
@@ -296,11 +376,35 @@ class AVBertAudioEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.stem_act(self.stem_bn_freq(self.stem_conv_freq(input_features)))
-        hidden_states = self.stem_act(self.stem_bn_time(self.stem_conv_time(hidden_states)))
+        if checkpoints_stem(self):  # from the first convolution's output on, as in the visual encoder
+            hidden_states = self.stem_conv_freq(input_features)
+            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, hidden_states)
+        else:
+            hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, input_features, self.fold_batch_norm)
+            hidden_states = self._stem_after_norm(hidden_states)
         for stage in self.stages:
             hidden_states = stage(hidden_states)
         return hidden_states
+
+    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._stem_after_norm(batch_norm(self.stem_bn_freq, hidden_states))
+
+    def _stem_after_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.stem_act(hidden_states)
+        if self.channels_last:  # after the first convolution: a one-channel input has no distinct channels-last form
+            hidden_states = hidden_states.contiguous(memory_format=self.memory_format)
+        hidden_states = conv_norm(self.stem_conv_time, self.stem_bn_time, hidden_states, self.fold_batch_norm)
+        return self.stem_act(hidden_states)
+
+
+def set_cnn_fast_path(model: nn.Module, channels_last: bool | None = None, fold_batch_norm: bool | None = None) -> None:
+    """Set the [`AVBertCNNFastPath`] switches of every CNN encoder and block in `model` (None leaves one as it is)."""
+    for module in model.modules():
+        if isinstance(module, AVBertCNNFastPath):
+            if channels_last is not None:
+                module.channels_last = channels_last
+            if fold_batch_norm is not None:
+                module.fold_batch_norm = fold_batch_norm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,6 +759,20 @@ class AVBertPreTrainedModel(PreTrainedModel):
         self.config.freeze_encoder = True
         self.base_model.requires_grad_(False)
         self.train(self.training)
+
+    def fuse_for_inference(self, fuse: bool = True) -> "AVBertPreTrainedModel":
+        """
+        The CNNs' inference fast path: BatchNorm folded into the convolutions in eval forwards and channels-last
+        activations (see docs/performance.md). Parameters, the state dict and training forwards are unchanged;
+        `fuse_for_inference(False)` switches both back.
+        """
+        set_cnn_fast_path(self, channels_last=fuse, fold_batch_norm=fuse)
+        return self
+
+    def set_channels_last(self, enabled: bool = True) -> "AVBertPreTrainedModel":
+        """Run the CNNs on channels-last activations (training and eval), leaving BatchNorm folding as it is."""
+        set_cnn_fast_path(self, channels_last=enabled)
+        return self
 
 
 def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:

@@ -1,9 +1,13 @@
 """Measure AVBERT speed and memory (eval forward, train step, peak memory) and record them in BENCHMARKS.md.
 
+Every run measures the plain port and each fast path (docs/performance.md) side by side: the same model and inputs,
+the variants interleaved round by round, so the ratios hold on a shared machine.
+
 Examples:
-    .venv/bin/python benchmarks/bench_model.py                     # full-size Kinetics-Sounds model, fp32 and bf16
-    .venv/bin/python benchmarks/bench_model.py --tiny --no-write   # smoke run in seconds
-    .venv/bin/python benchmarks/bench_model.py --device cuda       # GPU figures, in their own table
+    .venv/bin/python benchmarks/bench_model.py --dtypes fp32 --iters 2   # full-size Kinetics-Sounds model (~10 min)
+    .venv/bin/python benchmarks/bench_model.py --tiny --no-write         # smoke run
+    .venv/bin/python benchmarks/bench_model.py --device cuda             # GPU: + bf16 and torch.compile variants, MFU
+    .venv/bin/python benchmarks/bench_model.py --startup 3               # import avbert and every CLI's --help
 
 The script owns the part of BENCHMARKS.md between `<!-- bench_model:start -->` and `<!-- bench_model:end -->`. Inside
 it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist.
@@ -20,6 +24,7 @@ import re
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch.utils.flop_counter import FlopCounterMode
 
 from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForVideoClassification
 
@@ -60,7 +66,8 @@ TINY_CONFIG = {
     "num_hidden_layers": 2,
     "orthogonal_size": 16,
 }
-FULL_IMAGE_SIZE, TINY_IMAGE_SIZE = 112, 32
+# The recipes' crops: eval on the 128 short side (center crop), train on a random 112 crop.
+IMAGE_SIZES = {"full": {"eval": 128, "train": 112}, "tiny": {"eval": 32, "train": 32}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,10 +77,10 @@ FULL_IMAGE_SIZE, TINY_IMAGE_SIZE = 112, 32
 
 @dataclass
 class Workload:
-    """A model in train-ready fp32 and the inputs of one batch, on the benchmark device."""
+    """A model in train-ready fp32 and the inputs of one batch per phase, on the benchmark device."""
 
     model: torch.nn.Module
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, dict[str, torch.Tensor]]  # phase ("eval", "train") -> model inputs
     labels: torch.Tensor
     batch_size: int
     num_clips: int
@@ -97,19 +104,35 @@ def build_config(task: str, tiny: bool) -> AVBertConfig:
 
 
 def build_workload(task: str, batch_size: int, num_clips: int, tiny: bool, device: torch.device) -> Workload:
+    # Residual blocks with live last norms (not the zero-scale init), so BatchNorm folding works on real values.
     config = build_config(task, tiny)
+    config.zero_init_final_batch_norm = False
     model_class = AVBertForAudioClassification if task == "esc50" else AVBertForVideoClassification
     model = model_class(config).to(device)
-    image_size = TINY_IMAGE_SIZE if tiny else FULL_IMAGE_SIZE
-    shapes = {}
-    if config.use_visual:
-        shapes["pixel_values"] = (batch_size, num_clips, config.num_channels, config.num_frames, image_size, image_size)
-    if config.use_audio:
-        shapes["input_features"] = (batch_size, num_clips, 1, config.num_mel_bins, config.audio_num_frames)
     generator = torch.Generator().manual_seed(0)
-    inputs = {name: torch.randn(shape, generator=generator).to(device) for name, shape in shapes.items()}
+    inputs = {}
+    for phase, image_size in IMAGE_SIZES["tiny" if tiny else "full"].items():
+        shapes = {}
+        if config.use_visual:
+            shapes["pixel_values"] = (batch_size, num_clips, config.num_channels, config.num_frames) + (image_size,) * 2
+        if config.use_audio:
+            shapes["input_features"] = (batch_size, num_clips, 1, config.num_mel_bins, config.audio_num_frames)
+        inputs[phase] = {name: torch.randn(shape, generator=generator).to(device) for name, shape in shapes.items()}
     labels = torch.randint(config.num_labels, (batch_size,), generator=generator).to(device)
+    calibrate_batch_norms(model, {name: tensor[:, :2] for name, tensor in inputs["train"].items()})
     return Workload(model, inputs, labels, batch_size, num_clips)
+
+
+def calibrate_batch_norms(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    """Running statistics from one training-mode pass (as after training), instead of the init's zero mean, unit var."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 1.0
+    with torch.no_grad():
+        model.train()(**inputs)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -168,18 +191,20 @@ class PeakMemory:
     def describe(self) -> str:
         if self.device.type == "cuda":
             return (
-                "`torch.cuda.max_memory_allocated()` over the phase, reset before it (absolute: includes weights, "
-                "inputs and, for training, gradients and Adam state; excludes the caching allocator's reserve)"
+                "`torch.cuda.max_memory_allocated()` over each timed step, reset before it (absolute: includes "
+                "weights, inputs and, for training, gradients and Adam state; excludes the caching allocator's "
+                "reserve); the largest over the timed rounds"
             )
         if self.cpu_method == "vmhwm":
             return (
-                "process peak RSS increase over the phase start (`VmHWM` from /proc/self/status, reset before each "
-                "phase by writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`). Weights "
-                "and inputs predate the phase and are not counted; the train phase's Adam state is"
+                "process peak RSS increase over each timed step (`VmHWM` from /proc/self/status, reset before each "
+                "step by writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`), the largest "
+                "over the timed rounds. Weights, inputs and Adam's state (allocated in the warmup round) predate the "
+                "step and are not counted: activations, gradients and temporaries are"
             )
         return (
-            "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over the phase (cannot be reset: only growth "
-            "beyond the process's earlier peak shows, so later phases may read low)"
+            "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over each step (cannot be reset: only growth "
+            "beyond the process's earlier peak shows, so later variants may read low)"
         )
 
     @contextlib.contextmanager
@@ -205,20 +230,60 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Timing
+# Variants and timing
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Variant:
+    """
+    One way of running the same model on the same inputs. Every switch is applied at run time to the one shared
+    model, so all variants of a run use identical weights.
+    """
+
+    phase: str  # "eval" or "train"
+    name: str
+    dtype: str = "fp32"
+    fast_path: bool = False  # model.fuse_for_inference(): channels-last CNNs, BatchNorm folded in eval forwards
+    fused_optimizer: bool = False  # torch.optim.Adam(fused=True): one fused kernel for the whole update
+    checkpointing: bool = False  # model.activation_checkpointing_enable(): CNN blocks and transformer layer
+    compile: bool = False  # torch.compile(model)
+
+
+def build_variants(dtypes: list[str], compile_model: bool) -> list[Variant]:
+    """Per dtype: the plain port and each fast path, eval then train."""
+    variants = []
+    for dtype in dtypes:
+        variants += [Variant("eval", "plain", dtype), Variant("eval", "fast", dtype, fast_path=True)]
+        if compile_model:
+            variants.append(Variant("eval", "fast + compile", dtype, fast_path=True, compile=True))
+    for dtype in dtypes:
+        variants += [
+            Variant("train", "plain", dtype),
+            Variant("train", "fast", dtype, fast_path=True, fused_optimizer=True),
+            Variant("train", "fast + checkpointing", dtype, fast_path=True, fused_optimizer=True, checkpointing=True),
+        ]
+        if compile_model:
+            variants.append(
+                Variant("train", "fast + compile", dtype, fast_path=True, fused_optimizer=True, compile=True)
+            )
+    return variants
+
+
 @dataclass
-class DtypeResult:
-    dtype: str
-    eval_median_ms: float
-    eval_min_ms: float
-    eval_clips_per_s: float
-    train_median_ms: float
-    train_clips_per_s: float
-    eval_peak_mib: float
-    train_peak_mib: float
+class Measurement:
+    variant: Variant
+    times_ms: list[float]
+    peak_mib: list[float]
+    output: object = None  # the last eval output, for the parity check
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def peak(self) -> float:
+        return max(self.peak_mib)
 
 
 def autocast_context(dtype_name: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -228,70 +293,118 @@ def autocast_context(dtype_name: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def time_calls(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
-    """Run `step` warmup + iters times; return the wall time of the last `iters` calls in milliseconds."""
+class Runner:
+    """Makes the step of each variant: the shared model set up as the variant asks, then one eval or train step."""
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def __init__(self, workload: Workload, device: torch.device):
+        self.workload = workload
+        self.device = device
+        self.compiled: torch.nn.Module | None = None
+        self.optimizers: dict[bool, torch.optim.Optimizer] = {}
 
-    for _ in range(warmup):
-        step()
-    synchronize()
-    times_ms = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        step()
-        synchronize()
-        times_ms.append((time.perf_counter() - start) * 1000)
-    return times_ms
+    def _prepare(self, variant: Variant) -> Callable[..., object]:
+        model = self.workload.model
+        model.train(variant.phase == "train")
+        model.fuse_for_inference(variant.fast_path)
+        if variant.checkpointing:
+            model.activation_checkpointing_enable()
+        elif model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+        if not variant.compile:
+            return model
+        if self.compiled is None:
+            self.compiled = torch.compile(model)
+        return self.compiled
 
+    def _optimizer(self, fused: bool) -> torch.optim.Optimizer:
+        if fused not in self.optimizers:  # one per kind, so Adam's state is allocated in the warmup steps
+            parameters = self.workload.model.parameters()
+            self.optimizers[fused] = torch.optim.Adam(parameters, lr=1e-6, fused=fused or None)
+        return self.optimizers[fused]
 
-def time_eval(workload: Workload, dtype_name: str, warmup: int, iters: int, device: torch.device) -> list[float]:
-    model = workload.model.eval()
-
-    def step() -> None:
-        with torch.inference_mode(), autocast_context(dtype_name, device):
-            model(**workload.inputs)
-
-    return time_calls(step, warmup, iters, device)
-
-
-def time_train(workload: Workload, dtype_name: str, warmup: int, iters: int, device: torch.device) -> list[float]:
-    model = workload.model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with autocast_context(dtype_name, device):
-            loss = model(**workload.inputs, labels=workload.labels).loss
+    def step(self, variant: Variant) -> object:
+        forward = self._prepare(variant)
+        inputs = self.workload.inputs[variant.phase]
+        if variant.phase == "eval":
+            with torch.inference_mode(), autocast_context(variant.dtype, self.device):
+                return forward(**inputs)
+        optimizer = self._optimizer(variant.fused_optimizer)
+        with autocast_context(variant.dtype, self.device):
+            loss = forward(**inputs, labels=self.workload.labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return None
 
-    return time_calls(step, warmup, iters, device)  # the optimizer and its Adam state die with this frame
+
+def measure_interleaved(
+    runner: Runner, variants: list[Variant], warmup: int, iters: int, memory: "PeakMemory"
+) -> list[Measurement]:
+    """
+    Round-robin over the variants, `warmup + iters` rounds: contention from other processes then hits every variant
+    alike, and the ratios of medians stay meaningful on a shared machine.
+    """
+    device = runner.device
+    results = {variant: Measurement(variant, [], []) for variant in variants}
+    for round_index in range(warmup + iters):
+        timed = round_index >= warmup
+        for variant in variants:
+            with memory.measure() as peak:
+                start = time.perf_counter()
+                output = runner.step(variant)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed_ms = (time.perf_counter() - start) * 1000
+            log(
+                f"{'timed' if timed else 'warmup'} round {round_index + 1 - (warmup if timed else 0)}: "
+                f"{variant.phase} {variant.dtype} {variant.name}: {elapsed_ms:,.0f} ms, peak {peak['mib']:,.0f} MiB"
+            )
+            if timed:
+                results[variant].times_ms.append(elapsed_ms)
+                results[variant].peak_mib.append(peak["mib"])
+                results[variant].output = output
+    return list(results.values())
 
 
-def benchmark_dtype(
-    workload: Workload, dtype_name: str, warmup: int, iters: int, device: torch.device, memory: PeakMemory
-) -> DtypeResult:
-    log(f"[{dtype_name}] eval: {warmup} warmup + {iters} timed forwards")
-    with memory.measure() as eval_memory:
-        eval_ms = time_eval(workload, dtype_name, warmup, iters, device)
-    log(f"[{dtype_name}] eval median {statistics.median(eval_ms):.1f} ms; train: {warmup} warmup + {iters} steps")
-    with memory.measure() as train_memory:
-        train_ms = time_train(workload, dtype_name, warmup, iters, device)
-    log(f"[{dtype_name}] train step median {statistics.median(train_ms):.1f} ms")
-    eval_median, train_median = statistics.median(eval_ms), statistics.median(train_ms)
-    return DtypeResult(
-        dtype=dtype_name,
-        eval_median_ms=eval_median,
-        eval_min_ms=min(eval_ms),
-        eval_clips_per_s=workload.clips_per_batch / (eval_median / 1000),
-        train_median_ms=train_median,
-        train_clips_per_s=workload.clips_per_batch / (train_median / 1000),
-        eval_peak_mib=eval_memory["mib"],
-        train_peak_mib=train_memory["mib"],
-    )
+def count_flops(workload: Workload, phase: str) -> float:
+    """
+    FLOPs of one eval forward or one train step (forward + backward) of the workload, counted by
+    `torch.utils.flop_counter.FlopCounterMode` on the first clip of each video and multiplied by the clips per
+    video (the CNNs, over 99.9% of the FLOPs, are per clip; the transformer's share is slightly undercounted).
+    """
+    model = workload.model
+    model.fuse_for_inference(False)
+    if model.is_activation_checkpointing:
+        model.activation_checkpointing_disable()
+    inputs = {name: tensor[:, :1] for name, tensor in workload.inputs[phase].items()}
+    with FlopCounterMode(display=False) as counter:
+        if phase == "eval":
+            with torch.no_grad():
+                model.eval()(**inputs)
+        else:
+            model.train()(**inputs, labels=workload.labels).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() * workload.num_clips
+
+
+def parity(results: list[Measurement]) -> list[str]:
+    """Largest differences of each fast eval variant's outputs from the plain port's (same dtype)."""
+    plain = {r.variant.dtype: r.output for r in results if r.variant.phase == "eval" and r.variant.name == "plain"}
+    lines = []
+    for result in results:
+        reference = plain.get(result.variant.dtype)
+        if result.variant.phase != "eval" or result.variant.name == "plain" or reference is None:
+            continue
+        parts = []
+        for field in ("clip_logits", "sequence_logits", "logits"):
+            actual, expected = getattr(result.output, field), getattr(reference, field)
+            if actual is None:
+                continue
+            difference = (actual.float() - expected.float()).abs().max().item()
+            scale = expected.float().abs().max().item()
+            parts.append(f"`{field}` {difference:.2e} (of max |value| {scale:.2f})")
+        lines.append(f"{result.variant.dtype} {result.variant.name} vs plain: max abs difference " + ", ".join(parts))
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,18 +489,39 @@ def describe_tf32() -> str:
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 
+PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0}, "A100": {"bf16": 312.0}}
 
-def format_table(results: list[DtypeResult]) -> str:
+
+def peak_tflops(device: torch.device, dtype: str, override: float | None) -> float | None:
+    """Dense peak of the device for `dtype` (datasheet figures of known GPUs, or --peak-tflops); None if unknown."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks.get(dtype) for gpu, peaks in PEAK_TFLOPS.items() if gpu in name), None)
+
+
+def format_table(
+    results: list[Measurement], workload: Workload, flops: dict[str, float], peaks: dict[str, float | None]
+) -> str:
     header = (
-        "| dtype | eval median (ms) | eval min (ms) | eval clips/s | train step median (ms) | train clips/s "
-        "| eval peak mem (MiB) | train peak mem (MiB) |"
+        "| phase | dtype | variant | median (ms) | min (ms) | videos/s | clips/s | speed-up vs plain "
+        "| peak mem (MiB) | mem vs plain | TFLOP/s | MFU |"
     )
-    rows = [header, "|" + "---|" * 8]
+    rows = [header, "|" + "---|" * 12]
+    plain = {(r.variant.phase, r.variant.dtype): r for r in results if r.variant.name == "plain"}
     for r in results:
+        reference = plain[(r.variant.phase, r.variant.dtype)]
+        seconds = r.median_ms / 1000
+        achieved = flops[r.variant.phase] / seconds / 1e12
+        peak = peaks.get(r.variant.dtype)
+        memory_ratio = r.peak / reference.peak if reference.peak > 0 else float("nan")
         rows.append(
-            f"| {r.dtype} | {r.eval_median_ms:,.1f} | {r.eval_min_ms:,.1f} | {r.eval_clips_per_s:,.2f} "
-            f"| {r.train_median_ms:,.1f} | {r.train_clips_per_s:,.2f} | {r.eval_peak_mib:,.0f} "
-            f"| {r.train_peak_mib:,.0f} |"
+            f"| {r.variant.phase} | {r.variant.dtype} | {r.variant.name} | {r.median_ms:,.0f} | {min(r.times_ms):,.0f} "
+            f"| {workload.batch_size / seconds:,.3f} | {workload.clips_per_batch / seconds:,.2f} "
+            f"| {reference.median_ms / r.median_ms:.2f}x | {r.peak:,.0f} | {memory_ratio:.2f}x | {achieved:.3f} "
+            f"| {'n/a' if peak is None else f'{achieved / peak:.1%}'} |"
         )
     return "\n".join(rows)
 
@@ -409,6 +543,8 @@ class RunInfo:
     iters: int
     note: str | None
     wall_s: float
+    flops: dict[str, float]
+    peaks: dict[str, float | None]
 
 
 def block_key(args: argparse.Namespace, device: torch.device) -> str:
@@ -421,11 +557,15 @@ def block_key(args: argparse.Namespace, device: torch.device) -> str:
     return f"{args.task}{'-tiny' if args.tiny else ''}{shape}/{device.type}"
 
 
-def format_report(info: RunInfo, results: list[DtypeResult]) -> str:
+def format_report(info: RunInfo, results: list[Measurement]) -> str:
     """The markdown heading, run description and results table of one run."""
     args, device, workload = info.args, info.device, info.workload
     model = workload.model
-    shapes = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in workload.inputs.items())
+    shapes = "; ".join(
+        f"{phase}: " + ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in inputs.items())
+        for phase, inputs in workload.inputs.items()
+    )
+    threads = f"torch threads {torch.get_num_threads()}"
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"### {args.task}{' (tiny config)' if args.tiny else ''} on {device.type.upper()}",
@@ -442,15 +582,31 @@ def format_report(info: RunInfo, results: list[DtypeResult]) -> str:
         f"- Model: `{type(model).__name__}`, {count_parameters(model):,} parameters, attention "
         f"`{model.config._attn_implementation}`; batch size {workload.batch_size}, "
         f"clips per video {workload.num_clips}, inputs {shapes}",
-        f"- Method: {info.warmup} warmup + {info.iters} timed iterations per phase. Eval: `model.eval()` under "
+        f"- Method: {info.warmup} warmup + {info.iters} timed rounds; each round runs every variant once in turn "
+        f"(interleaved, so contention hits all alike; {threads}); medians. One model and one set of inputs for all "
+        "variants (weights random, BatchNorm statistics from one training-mode pass). Eval: `model.eval()` under "
         "`torch.inference_mode()`. Train step: `model.train()`, forward with labels, backward, Adam step, "
-        "`zero_grad`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 weights. "
-        "clips/s = batch x clips / median time.",
+        "`zero_grad`. Variants: *plain* = the port as it loads (contiguous NCDHW, BatchNorm after each "
+        "convolution, `torch.optim.Adam` default implementation); *fast* = `model.fuse_for_inference()` "
+        "(channels-last CNNs; BatchNorm folded into the convolutions in eval) and, in training, "
+        "`Adam(fused=True)`; *checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
+        "block, both CNN stems and the transformer layer recomputed in the backward pass); *compile* = "
+        "`torch.compile(model)`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 "
+        "weights.",
+        f"- FLOPs (`torch.utils.flop_counter.FlopCounterMode`, counted on one clip per video x clips): eval "
+        f"{info.flops['eval'] / 1e9:,.4g} GFLOP, train step {info.flops['train'] / 1e9:,.4g} GFLOP per batch. MFU = "
+        "TFLOP/s / the device's dense peak for the dtype"
+        + ("" if any(info.peaks.values()) else " (n/a: no peak known for this device; pass --peak-tflops)")
+        + ".",
         f"- Peak memory: {info.memory.describe()}.",
     ]
+    if hasattr(os, "getloadavg"):
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        lines.append(f"- Load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
     if info.note:
         lines.append(f"- Note: {info.note}")
-    lines += ["", format_table(results)]
+    lines += [f"- Parity: {line}." for line in parity(results)]
+    lines += ["", format_table(results, workload, info.flops, info.peaks)]
     return "\n".join(lines)
 
 
@@ -469,7 +625,12 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
         [
             SECTION_START,
             "## Model speed and memory (`benchmarks/bench_model.py`)",
-            "One table per task and device type; each run replaces only its own table.",
+            "One table per task and device type; each run replaces only its own table."
+            + (
+                ""
+                if any(k.endswith("/cuda") for k in blocks)
+                else " No GPU figures: no GPU was available where these were measured (`--device cuda` adds them)."
+            ),
             *(blocks[k] for k in sorted(blocks)),
             SECTION_END,
         ]
@@ -479,6 +640,67 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
     else:
         text = text[:start] + section + text[end + len(SECTION_END) :]
     path.write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Start-up
+# ----------------------------------------------------------------------------------------------------------------
+
+STARTUP_COMMANDS = {
+    "`import torch, transformers`": ["-c", "import torch, transformers"],
+    "`import torch, transformers; from transformers import PreTrainedModel`": [
+        "-c",
+        "import torch, transformers; from transformers import PreTrainedModel",
+    ],
+    "`import avbert`": ["-c", "import avbert"],
+    **{
+        f"`{script} --help`": ["-m", module, "--help"]
+        for script, module in (
+            ("avbert-train", "avbert.training.train"),
+            ("avbert-evaluate", "avbert.training.evaluate"),
+            ("avbert-pretrain", "avbert.training.pretrain"),
+            ("avbert-prepare", "avbert.training.prepare"),
+            ("avbert-demo", "avbert.training.demo"),
+            ("avbert-convert", "avbert.convert_original_checkpoint"),
+            ("avbert-params", "avbert.parameter_counts"),
+        )
+    },
+}
+
+
+def measure_startup(repeats: int) -> dict[str, list[float]]:
+    """Wall time of each start-up command in a fresh interpreter, the commands interleaved `repeats` times."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    times: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
+    for repeat in range(repeats):
+        for name, arguments in STARTUP_COMMANDS.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *arguments], env=environment, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+            log(f"start-up round {repeat + 1}: {name} {times[name][-1]:.2f} s")
+    return times
+
+
+def format_startup_report(times: dict[str, list[float]], repeats: int) -> str:
+    baseline = statistics.median(next(iter(times.values())))
+    rows = ["| command | median (s) | min (s) | vs `import torch, transformers` |", "|---|---|---|---|"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append(f"| {name} | {median:.2f} | {min(values):.2f} | {median / baseline:.2f}x |")
+    name, _ = read_cpuinfo()
+    lines = [
+        "### Start-up on CPU",
+        "",
+        f"- Command: `{command_line()}`",
+        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- Machine: {name}, {os.cpu_count()} cores (shared with other jobs: compare the ratios, not the seconds)",
+        f"- Method: each command in a fresh `{Path(sys.executable).name}` process (`-c` or `-m ... --help`), the "
+        f"commands interleaved, {repeats} rounds; wall time including interpreter start-up.",
+        "",
+        "\n".join(rows),
+    ]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -514,8 +736,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of fp32, bf16 (default both; fp32 only for the full model on a CPU without "
         "native bf16, where bf16 takes tens of minutes)",
     )
-    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations per phase (CPU 1, GPU 5)")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations per phase (CPU 3, GPU 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (CPU 1, GPU 5)")
+    parser.add_argument("--iters", type=int, default=None, help="timed rounds (CPU 3, GPU 20)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure torch.compile variants (default: on CUDA only; on a CPU compiling the full model takes "
+        "minutes)",
+    )
+    parser.add_argument(
+        "--tf32",
+        choices=("default", "on", "off"),
+        default="default",
+        help="CUDA fp32 matmuls and convolutions: torch's defaults, or TF32 allowed / forbidden (stated in the report)",
+    )
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column")
+    parser.add_argument(
+        "--startup",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="instead of the model, measure `import avbert` and every CLI's --help (ROUNDS interleaved rounds)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny config for a smoke run in seconds")
     parser.add_argument("--no-write", action="store_true", help="print the results without updating BENCHMARKS.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -543,6 +786,12 @@ def resolve_device(choice: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.startup is not None:
+        report = format_startup_report(measure_startup(args.startup), args.startup)
+        print(report)
+        if not args.no_write:
+            update_benchmarks_file(args.output, "startup/cpu", report)
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -553,13 +802,29 @@ def main(argv: list[str] | None = None) -> None:
     warmup = default_warmup if args.warmup is None else args.warmup
     iters = default_iters if args.iters is None else args.iters
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions for the fixed shapes of a run
+        if args.tf32 != "default":
+            precision = "tf32" if args.tf32 == "on" else "ieee"
+            torch.backends.cuda.matmul.fp32_precision = precision
+            torch.backends.cudnn.conv.fp32_precision = precision
+    compile_model = device.type == "cuda" if args.compile is None else args.compile
+
     torch.manual_seed(0)
     log(f"Building {args.task}{' (tiny)' if args.tiny else ''} on {device} ...")
     workload = build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device)
     memory = PeakMemory(device)
-    results = [benchmark_dtype(workload, name, warmup, iters, device, memory) for name in dtypes]
+    flops = {phase: count_flops(workload, phase) for phase in ("eval", "train")}
+    variants = build_variants(dtypes, compile_model)
+    runner = Runner(workload, device)
+    # Eval first: training steps change the weights, and the parity check compares eval outputs.
+    results = []
+    for phase in ("eval", "train"):
+        phase_variants = [variant for variant in variants if variant.phase == phase]
+        results += measure_interleaved(runner, phase_variants, warmup, iters, memory)
+    peaks = {dtype: peak_tflops(device, dtype, args.peak_tflops) for dtype in dtypes}
 
-    info = RunInfo(args, device, workload, memory, warmup, iters, note, time.perf_counter() - STARTED)
+    info = RunInfo(args, device, workload, memory, warmup, iters, note, time.perf_counter() - STARTED, flops, peaks)
     report = format_report(info, results)
     print(report)
     if not args.no_write:

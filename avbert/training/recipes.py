@@ -159,7 +159,17 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
     groups = build_param_groups(model, recipe)
     if not groups:
         raise ValueError("The model has no trainable parameters for this recipe.")
-    return torch.optim.Adam(groups, betas=recipe.betas, eps=recipe.adam_eps, amsgrad=False)
+    fused = fused_adam_supported(groups) or None
+    return torch.optim.Adam(groups, betas=recipe.betas, eps=recipe.adam_eps, amsgrad=False, fused=fused)
+
+
+def fused_adam_supported(groups: list[dict]) -> bool:
+    """
+    Whether torch's fused Adam kernel (the same update, one kernel per step instead of a loop over the parameters;
+    docs/performance.md) serves every parameter: floating point, on a CPU or CUDA device.
+    """
+    parameters = [parameter for group in groups for parameter in group["params"]]
+    return all(parameter.is_floating_point() and parameter.device.type in ("cpu", "cuda") for parameter in parameters)
 
 
 def schedule_factor(lr_policy: str, progress: float) -> float:
