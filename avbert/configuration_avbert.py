@@ -3,6 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.generation.configuration_utils import GenerationConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 FUSION_MODES = ("mid", "late", "early")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley")
@@ -11,7 +14,8 @@ CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
 NEGATIVE_SAMPLING = ("cans", "random", "easy", "hard")
 
 # Keyword arguments that `PreTrainedConfig` itself consumes or that `from_pretrained` passes along. Anything else that
-# is not a field of `AVBertConfig` is a typo or a key of another model and is refused (see `__post_init__`).
+# is not a field of `AVBertConfig` is kept as an attribute, as every transformers config does (tools, PEFT and users
+# add their own), with a warning that names it in case it is a typo (see `__post_init__`).
 _BASE_CONFIG_KWARGS = frozenset(
     {
         "num_labels",
@@ -169,7 +173,10 @@ class AVBertConfig(PreTrainedConfig):
         generation_keys = GenerationConfig._get_default_generation_params().keys()
         unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KWARGS and k not in generation_keys)
         if unknown:
-            raise ValueError(f"AVBertConfig got unknown configuration keys: {', '.join(unknown)}")
+            logger.warning(
+                f"AVBertConfig does not declare {', '.join(unknown)}; kept as attribute(s) but unused by AVBERT "
+                "(check the spelling if you meant a field of AVBertConfig)."
+            )
         super().__post_init__(**kwargs)
         # `@strict` runs the `validate_*` methods too (again on `save_pretrained`), but wraps their errors in its own
         # exception type; running them here first gives users a plain ValueError.

@@ -505,8 +505,12 @@ class AVBertLayer(GradientCheckpointingLayer):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, group: int, rotations: AVBertLayerRotations, **kwargs
+        self, hidden_states: torch.Tensor, group: int, *rotations: torch.Tensor | None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rotations` are the six matrices of [`AVBertLayerRotations`], passed one by one: reentrant gradient
+        checkpointing sees (and returns gradients for) only tensors that are positional arguments of the layer. The
+        group is positional too, so that a recomputation replays each application of the shared layer with its own."""
+        rotations = AVBertLayerRotations(*rotations)
         attention_output, attention_weights = self.attention(hidden_states, group, rotations, **kwargs)
         feed_forward = self.activation(self.intermediate(attention_output, group, rotations.intermediate))
         feed_forward = self.output(feed_forward, group, rotations.output)
@@ -539,7 +543,7 @@ class AVBertEncoder(nn.Module):
         for index in range(self.config.num_hidden_layers):
             layer_index = index % len(self.layers)
             hidden_states, attention_weights = self.layers[layer_index](
-                hidden_states, group, rotations[layer_index], **kwargs
+                hidden_states, group, *rotations[layer_index], output_attentions=output_attentions, **kwargs
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -766,11 +770,6 @@ class AVBertModel(AVBertPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "Attention maps are only computed by eager attention; load the model with "
-                "attn_implementation='eager' (or call model.set_attn_implementation('eager')) to get them."
-            )
         visual_features, audio_features = self.get_clip_features(pixel_values, input_features)
         stages = self.config.transformer_stages
         if not stages:
@@ -1049,8 +1048,11 @@ class AVBertForPreTrainingOutput(ModelOutput):
         Cross-entropy of correct pair prediction (are this picture and this sound from the same video).
     pair_logits (`torch.FloatTensor` of shape `(batch_size, 2)`), pair_labels (`torch.LongTensor` of `(batch_size,)`):
         Scores and targets of correct pair prediction (1 = the sound belongs to the video).
-    visual_mask, audio_mask (`torch.BoolTensor` of shape `(batch_size, num_clips)`):
-        The masked clip positions (the audio mask in the order of the swapped sound tracks).
+    visual_mask, audio_mask (`torch.LongTensor` of shape `(batch_size, num_clips)`):
+        1 at the masked clip positions, 0 elsewhere (the audio mask in the order of the swapped sound tracks).
+    hidden_states, attentions:
+        As in [`AVBertModelOutput`] (the multimodal stage), returned when `output_hidden_states` /
+        `output_attentions` are set.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1060,8 +1062,10 @@ class AVBertForPreTrainingOutput(ModelOutput):
     pair_loss: torch.FloatTensor | None = None
     pair_logits: torch.FloatTensor | None = None
     pair_labels: torch.LongTensor | None = None
-    visual_mask: torch.BoolTensor | None = None
-    audio_mask: torch.BoolTensor | None = None
+    visual_mask: torch.LongTensor | None = None
+    audio_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def sample_clip_mask(
@@ -1203,7 +1207,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         mask: torch.Tensor,
         targets: torch.Tensor,
         embeddings: torch.Tensor,
-        generator=None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """InfoNCE over the masked clips of one modality; candidates are all that modality's clips in the batch."""
         anchors = mask.flatten().nonzero().squeeze(1)
@@ -1222,6 +1226,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             predictions, targets.flatten(0, 1), anchors, negatives, self.config.contrastive_temperature
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -1229,7 +1234,8 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         visual_mask: torch.BoolTensor | None = None,
         audio_mask: torch.BoolTensor | None = None,
         pair_labels: torch.LongTensor | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> AVBertForPreTrainingOutput:
         r"""
@@ -1240,19 +1246,26 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         pair_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             1 keeps a video's own sound track, 0 swaps it with the next video's (in batch order); drawn with
             `pair_negative_ratio` when omitted.
+
+        In training mode the omitted masks and pair labels and the negatives are drawn from torch's global generator;
+        in eval mode from one seeded afresh on every call, so evaluation losses are reproducible.
         """
         if pixel_values is None or input_features is None:
             raise ValueError("AVBertForPreTraining needs both pixel_values and input_features.")
         config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         visual_features, audio_features = self.avbert.get_clip_features(pixel_values, input_features)
         batch_size, num_clips = visual_features.shape[:2]
         device = visual_features.device
+        generator = None if self.training else torch.Generator(device).manual_seed(0)
         if visual_mask is None:
-            visual_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+            visual_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device, generator)
         if audio_mask is None:
-            audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+            audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device, generator)
         if pair_labels is None:
-            pair_labels = sample_pair_labels(batch_size, config.pair_negative_ratio, device)
+            pair_labels = sample_pair_labels(batch_size, config.pair_negative_ratio, device, generator)
+        visual_mask, audio_mask = visual_mask.bool(), audio_mask.bool()
         order = torch.arange(batch_size, device=device)
         audio_order = torch.where(pair_labels.bool(), order, (order + 1) % batch_size)
 
@@ -1275,6 +1288,9 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         outputs = self.avbert.encode_tokens(
             torch.cat([visual_tokens[:, :1], masked_visual], dim=1),
             torch.cat([audio_tokens[:, :1], masked_audio], dim=1),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
 
         flat_visual, flat_audio = visual_features.flatten(0, 1), audio_features.flatten(0, 1)
@@ -1284,9 +1300,15 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             visual_mask,
             visual_targets,
             flat_visual,
+            generator,
         )
         audio_loss = self._stage_loss(
-            self.audio_prediction_head, outputs.audio_last_hidden_state[:, 1:], audio_mask, audio_targets, flat_audio
+            self.audio_prediction_head,
+            outputs.audio_last_hidden_state[:, 1:],
+            audio_mask,
+            audio_targets,
+            flat_audio,
+            generator,
         )
         # In the multimodal stage only matched pairs predict their masked clips (a swapped sound track is no context).
         matched = pair_labels.bool()[:, None]
@@ -1297,12 +1319,14 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             visual_mask & matched,
             visual_targets,
             flat_visual,
+            generator,
         ) + self._stage_loss(
             self.multimodal_prediction_head,
             multimodal[:, num_clips + 2 :],
             audio_mask & matched,
             audio_targets,
             flat_audio,
+            generator,
         )
         multimodal_loss = multimodal_loss / 2
         pair_logits = self.pair_head(torch.cat([multimodal[:, 0], multimodal[:, num_clips + 1]], dim=-1))
@@ -1310,7 +1334,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         loss = (
             config.mep_loss_weight * (visual_loss + audio_loss + multimodal_loss) + config.pair_loss_weight * pair_loss
         )
-        output = AVBertForPreTrainingOutput(
+        return AVBertForPreTrainingOutput(
             loss=loss,
             visual_mep_loss=visual_loss,
             audio_mep_loss=audio_loss,
@@ -1318,11 +1342,11 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             pair_loss=pair_loss,
             pair_logits=pair_logits,
             pair_labels=pair_labels,
-            visual_mask=visual_mask,
-            audio_mask=audio_mask,
+            visual_mask=visual_mask.long(),
+            audio_mask=audio_mask.long(),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-        return_dict = config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -7,6 +7,7 @@ linear evaluation, low precision, torch.compile, the orthogonal-matrix cache and
 
 import copy
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -112,9 +113,24 @@ def test_config_validation_errors_are_value_errors(make_config):
         make_config(fusion="middle")
 
 
-def test_config_rejects_unknown_key():
-    with pytest.raises(ValueError, match="unknown configuration keys: hiden_size"):
-        AVBertConfig(hiden_size=3)
+def test_config_keeps_undeclared_keys_with_a_warning(caplog):
+    # As every transformers config: tools, PEFT and users add attributes, and save_pretrained writes them.
+    with caplog.at_level("WARNING", logger="avbert.configuration_avbert"):
+        config = AVBertConfig(hiden_size=3, tie_word_embeddings=False)
+    assert config.hiden_size == 3 and config.hidden_size == 768
+    assert "hiden_size" in caplog.text and "tie_word_embeddings" in caplog.text
+
+
+def test_saved_folder_with_undeclared_keys_loads(make_config, tmp_path, caplog):
+    make_config().save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**saved, "peft_note": "added by a tool"}))
+    with caplog.at_level("WARNING", logger="avbert.configuration_avbert"):
+        config = AutoConfig.from_pretrained(tmp_path)
+    assert config.peft_note == "added by a tool"
+    assert "peft_note" in caplog.text
+    assert AVBertConfig.from_pretrained(tmp_path).to_dict()["peft_note"] == "added by a tool"
 
 
 def test_config_rejects_wrong_type(make_config):
@@ -708,6 +724,21 @@ def test_sdpa_is_the_default_and_matches_eager(make_config, make_inputs):
         torch.testing.assert_close(sdpa_output[name], eager_output[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_output_attentions_under_sdpa_warns_and_returns_no_maps(make_config, make_inputs):
+    # As the in-tree 5.24 models: SDPA computes no attention maps; asking for them warns once and gives `None` per
+    # layer instead of failing.
+    from transformers.integrations import sdpa_attention
+
+    model = build(AVBertForVideoClassification, make_config()).eval()
+    messages = []
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sdpa_attention.logger, "warning", lambda message, *args, **kwargs: messages.append(message))
+        sdpa_attention.logger.warning_once.cache_clear()
+        output = model(**make_inputs(), output_attentions=True)
+    assert output.attentions == (None,) * model.config.num_hidden_layers
+    assert any("output_attentions" in message for message in messages)
+
+
 def test_set_attn_implementation_switches_at_runtime(make_config, make_inputs):
     model = build(AVBertForVideoClassification, make_config()).eval()
     inputs = make_inputs()
@@ -725,21 +756,24 @@ def test_set_attn_implementation_switches_at_runtime(make_config, make_inputs):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def enable_checkpointing(model):
+def enable_checkpointing(model, **checkpointing_kwargs):
     """transformers v5 name, falling back to the v4 one; must not warn."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable()
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs or None)
         else:  # pragma: no cover - transformers < 5
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs or None)
 
 
-def test_gradient_checkpointing_gives_same_loss_and_gradients(make_config, make_inputs, labels):
+# Reentrant checkpointing sees only the layer's positional tensors: the shared rotations must be among them (inside a
+# container they were not, and the second application of the layer backpropagated through a freed graph).
+@pytest.mark.parametrize("use_reentrant", [None, False, True], ids=["default", "non-reentrant", "reentrant"])
+def test_gradient_checkpointing_gives_same_loss_and_gradients(make_config, make_inputs, labels, use_reentrant):
     assert hasattr(AVBertForVideoClassification, "activation_checkpointing_enable")
     model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).train()
     checkpointed = copy.deepcopy(model)
-    enable_checkpointing(checkpointed)
+    enable_checkpointing(checkpointed, **({} if use_reentrant is None else {"use_reentrant": use_reentrant}))
     assert checkpointed.is_activation_checkpointing
     assert all(layer.gradient_checkpointing for layer in checkpointed.avbert.transformer.layers)
     inputs = make_inputs()
