@@ -22,6 +22,7 @@ import yaml
 
 from .configuration_avbert import AVBertConfig
 from .feature_extraction_avbert import AVBertFeatureExtractor
+from .model_card import converted_provenance, write_model_card
 from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification, AVBertOrthogonal
 from .processing_avbert import AVBertProcessor
 from .video_processing_avbert import AVBertVideoProcessor
@@ -433,13 +434,22 @@ def convert_checkpoint(
         logger.info("Initialized the task heads, absent from the pretrained checkpoint: %s", missing)
     if dropped:
         logger.info("Dropped %d keys (transformer aliases, pretraining heads, unused parts).", len(dropped))
+    parity = {}
     if cached_rotations:
         worst = _check_cached_rotations(cached_rotations, model)
         logger.info("Orthogonal matrices agree with the checkpoint's cached _B within %.2g.", worst)
+        parity["max abs difference of the orthogonal matrices to the checkpoint's cached `_B`"] = worst
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
         build_preprocessor(config, task).save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            model,
+            license="unknown",
+            provenance=converted_provenance(checkpoint_path, task, pretrained_layout),
+            parity=parity,
+        )
     return model
 
 

@@ -13,12 +13,13 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_avbert import AVBertConfig
+from .model_card import write_model_card
 
 
 @dataclass
@@ -29,6 +30,9 @@ class AVBertModelOutput(ModelOutput):
         `[summary_v, v_1..v_S, summary_a, a_1..a_S]` (mid and early fusion: the multimodal stage; late fusion: the
         two single-modality stages concatenated); with one modality it is `[summary, x_1..x_S]`. `None` for
         CNN-only configurations.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Whole-video embedding: the mean of the summary-token outputs of the last stage (one per modality), as the
+        pooled output of CLIP / PE audio-video. `None` for CNN-only configurations.
     visual_features (`torch.FloatTensor` of shape `(batch_size, num_clips, visual_feature_size)`):
         Globally pooled visual CNN feature of every clip.
     audio_features (`torch.FloatTensor` of shape `(batch_size, num_clips, audio_feature_size)`):
@@ -43,6 +47,7 @@ class AVBertModelOutput(ModelOutput):
     """
 
     last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     visual_features: torch.FloatTensor | None = None
     audio_features: torch.FloatTensor | None = None
     visual_last_hidden_state: torch.FloatTensor | None = None
@@ -647,6 +652,18 @@ class AVBertPreTrainedModel(PreTrainedModel):
             init.normal_(module.visual_mask_token, std=std)
             init.normal_(module.audio_mask_token, std=std)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `trust_remote_code` loads a saved folder through AutoModel as well as through the saved head's Auto class
+        # (`custom_object_save` adds only the latter to `auto_map`).
+        if self._auto_class is not None:
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            saved_map = getattr(self.config, "auto_map", None) or {}
+            self.config.auto_map = {"AutoModel": f"{module}.AVBertModel", **saved_map}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self)
+        return result
+
     def train(self, mode: bool = True):
         super().train(mode)
         # Linear evaluation: the frozen backbone keeps its BatchNorm statistics and runs without dropout.
@@ -798,7 +815,68 @@ class AVBertModel(AVBertPreTrainedModel):
             **kwargs,
         )
         # A fresh output keeps the fields in declaration order (last_hidden_state first in tuples).
-        return AVBertModelOutput(**{**output, "visual_features": visual_features, "audio_features": audio_features})
+        # The summary tokens of the last stage sit at the start of each modality's `1 + num_clips` positions.
+        sequence_length = (visual_tokens if visual_tokens is not None else audio_tokens).shape[1]
+        summary_outputs = output.last_hidden_state[:, ::sequence_length]
+        return AVBertModelOutput(
+            **{
+                **output,
+                "pooler_output": summary_outputs.mean(dim=1),
+                "visual_features": visual_features,
+                "audio_features": audio_features,
+            }
+        )
+
+    @can_return_tuple
+    def get_video_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        r"""
+        Video embeddings for retrieval and probing, in the manner of CLIP's `get_image_features`: the visual stage
+        alone (no sound needed).
+
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_clips, num_channels, num_frames, height, width)`):
+            Normalized video clips.
+
+        Returns a `BaseModelOutputWithPooling`: `pooler_output` `(batch_size, hidden_size)` is the visual summary
+        token's output and `last_hidden_state` `(batch_size, 1 + num_clips, hidden_size)` the visual stage's
+        sequence; `hidden_states` / `attentions` as for [`AVBertModel`]. Without a visual transformer stage (CNN-only
+        models, early fusion) `last_hidden_state` is the per-clip CNN features and `pooler_output` their mean.
+        """
+        return self._single_modality_features("visual", pixel_values=pixel_values, **kwargs)
+
+    @can_return_tuple
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        r"""
+        Audio embeddings for retrieval and probing: the audio stage alone, as [`~AVBertModel.get_video_features`]
+        for the visual one.
+
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, time)`):
+            Log-mel spectrograms of the clips.
+        """
+        return self._single_modality_features("audio", input_features=input_features, **kwargs)
+
+    def _single_modality_features(
+        self, modality: str, output_attentions: bool | None = None, output_hidden_states: bool | None = None, **inputs
+    ) -> BaseModelOutputWithPooling:
+        visual_features, audio_features = self.get_clip_features(**inputs)
+        features = visual_features if modality == "visual" else audio_features
+        if modality not in self.config.transformer_stages:
+            return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=features.mean(dim=1))
+        projection = self.visual_projection if modality == "visual" else self.audio_projection
+        tokens = projection(features)
+        output = self.encode_tokens(
+            tokens if modality == "visual" else None,
+            tokens if modality == "audio" else None,
+            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=(
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=output.last_hidden_state,
+            pooler_output=output.last_hidden_state[:, 0],
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+        )
 
     def encode_tokens(
         self,
@@ -1007,6 +1085,12 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
 
     main_input_name = "input_features"
     input_modalities = ("audio",)
+    # An audio-visual checkpoint's visual encoder, transformer and sequence head have no place in this audio-only
+    # model: they are dropped without a line each in the load report.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^avbert\.(visual_|multimodal_|transformer\.|audio_projection\.|audio_embeddings\.|audio_transformer\.)",
+        r"^sequence_head\.",
+    ]
 
     def __init__(self, config: AVBertConfig):
         if not config.use_audio:
@@ -1043,6 +1127,18 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
         clip_logits = self.clip_head(audio_features)
         loss = self._clip_loss(clip_logits, labels, **kwargs) if labels is not None else None
         return AVBertClassifierOutput(loss=loss, logits=self._video_logits(clip_logits), clip_logits=clip_logits)
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        # The clip head of an audio-visual checkpoint classifies [visual, audio] features (a wider input than here):
+        # it starts anew, reported as newly initialized, instead of failing the load as a size mismatch.
+        classifier = self.clip_head.classifier
+        wider = {key for key in loading_info.mismatched_keys if key[0] == "clip_head.classifier.weight"}
+        if any(key[1][-1] != key[2][-1] for key in wider):
+            loading_info.mismatched_keys -= wider
+            loading_info.missing_keys |= {"clip_head.classifier.weight", "clip_head.classifier.bias"}
+            init.normal_(classifier.weight, std=self.config.initializer_range)
+            init.zeros_(classifier.bias)
 
 
 # ----------------------------------------------------------------------------------------------------------------

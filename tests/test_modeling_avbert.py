@@ -21,6 +21,7 @@ from conftest import BATCH_SIZE, NO_DROPOUT, NUM_CLIPS, NUM_LABELS
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForVideoClassification
+from transformers.utils import logging as hf_logging
 
 from avbert import (
     AVBertClassifierOutput,
@@ -355,6 +356,11 @@ saved = torch.load(data)
 with torch.no_grad():
     logits = model(pixel_values=saved["pixel_values"], input_features=saved["input_features"]).logits
 torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-6)
+# The folder's auto_map lists AutoModel too: the backbone loads from the classifier's folder.
+from transformers import AutoModel
+
+backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert type(backbone).__name__ == "AVBertModel" and type(backbone).__module__.startswith("transformers_modules.")
 print("REMOTE_CODE_OK", module)
 """
 
@@ -382,6 +388,71 @@ def test_remote_code_loads_without_the_package(saved_classifier, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE_CODE_OK transformers_modules." in result.stdout
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES[:2])
+def test_auto_map_lists_auto_model_and_the_head(make_config, tmp_path, model_class):
+    build(model_class, make_config()).save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_avbert.AVBertConfig"
+    assert auto_map["AutoModel"] == "modeling_avbert.AVBertModel"
+    if model_class is AVBertForVideoClassification:
+        assert auto_map["AutoModelForVideoClassification"] == "modeling_avbert.AVBertForVideoClassification"
+
+
+def test_audio_classifier_loads_an_audio_visual_folder_with_a_short_report(saved_classifier, make_inputs, caplog):
+    model, folder, _, _ = saved_classifier
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            audio = AutoModelForAudioClassification.from_pretrained(folder)
+    finally:
+        hf_logging.disable_propagation()
+    text = caplog.text
+    # Only the new clip head is reported (the audio-visual one classifies [visual, audio] features).
+    assert "clip_head.classifier.weight" in text and "UNEXPECTED" not in text and "MISMATCH" not in text
+    reported = {line.split("|")[0].strip() for line in text.splitlines() if "| MISSING" in line}
+    assert reported == {"clip_head.classifier.weight", "clip_head.classifier.bias"}
+    assert isinstance(audio, AVBertForAudioClassification) and audio.avbert.visual_encoder is None
+    assert audio.clip_head.classifier.weight.shape[1] == model.config.audio_feature_size
+    assert torch.count_nonzero(audio.clip_head.classifier.bias) == 0
+    for name, tensor in audio.avbert.audio_encoder.state_dict().items():
+        torch.testing.assert_close(tensor, model.avbert.audio_encoder.state_dict()[name], rtol=0, atol=0, msg=name)
+    with torch.no_grad():
+        assert audio.eval()(**make_inputs(video=False)).logits.shape == (BATCH_SIZE, NUM_LABELS)
+
+
+def test_pooled_output_and_single_modality_features(make_config, make_inputs):
+    model = build(AVBertModel, make_config(), attn_implementation="eager").eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        output = model(**inputs)
+        video = model.get_video_features(inputs["pixel_values"], output_hidden_states=True)
+        audio = model.get_audio_features(inputs["input_features"])
+        visual_only = model(pixel_values=inputs["pixel_values"])
+    hidden = model.config.hidden_size
+    summaries = output.last_hidden_state[:, [0, NUM_CLIPS + 1]]
+    torch.testing.assert_close(output.pooler_output, summaries.mean(dim=1))
+    # The visual stage does not see the sound: the video embedding is the visual stage's summary output.
+    torch.testing.assert_close(video.last_hidden_state, output.visual_last_hidden_state)
+    torch.testing.assert_close(video.pooler_output, output.visual_last_hidden_state[:, 0])
+    torch.testing.assert_close(video.pooler_output, visual_only.pooler_output)
+    assert len(video.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(audio.pooler_output, output.audio_last_hidden_state[:, 0])
+    assert video.pooler_output.shape == audio.pooler_output.shape == (BATCH_SIZE, hidden)
+    as_tuple = model.get_audio_features(inputs["input_features"], return_dict=False)
+    torch.testing.assert_close(as_tuple[1], audio.pooler_output)
+
+
+def test_features_of_a_cnn_only_model_are_the_mean_clip_features(make_config, make_inputs):
+    model = build(AVBertModel, make_config(use_transformer=False)).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        output = model(**inputs)
+        video = model.get_video_features(inputs["pixel_values"])
+    torch.testing.assert_close(video.last_hidden_state, output.visual_features)
+    torch.testing.assert_close(video.pooler_output, output.visual_features.mean(dim=1))
+    assert output.pooler_output is None
 
 
 def test_state_dict_has_no_orthogonal_cache(make_config, make_inputs):
