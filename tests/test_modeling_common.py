@@ -159,6 +159,9 @@ class AVBertModelTest(AVBertCommonTestMixin, unittest.TestCase):
         super().setUp()
         # hidden_states (last stage), visual_hidden_states, audio_hidden_states; the same for attentions.
         self.model_tester.num_hidden_states_types = 3
+        # `get_video_features` takes the model's own `pixel_values` (the mixin would rename them to the
+        # `pixel_values_videos` of vision-language models); a video-only tester provides them.
+        self.model_tester.video_model_tester = AVBertModelTester(self, use_audio=False)
 
 
 class AVBertForVideoClassificationTest(AVBertCommonTestMixin, unittest.TestCase):
