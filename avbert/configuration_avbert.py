@@ -2,7 +2,11 @@
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.generation.configuration_utils import GenerationConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 FUSION_MODES = ("mid", "late", "early")
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley")
@@ -11,7 +15,8 @@ CLASSIFIER_LOSSES = ("cross_entropy", "multi_margin")
 NEGATIVE_SAMPLING = ("cans", "random", "easy", "hard")
 
 # Keyword arguments that `PreTrainedConfig` itself consumes or that `from_pretrained` passes along. Anything else that
-# is not a field of `AVBertConfig` is a typo or a key of another model and is refused (see `__post_init__`).
+# is not a field of `AVBertConfig` is kept as an attribute, as every transformers config does (tools, PEFT and users
+# add their own), with a warning that names it in case it is a typo (see `__post_init__`).
 _BASE_CONFIG_KWARGS = frozenset(
     {
         "num_labels",
@@ -169,8 +174,13 @@ class AVBertConfig(PreTrainedConfig):
         generation_keys = GenerationConfig._get_default_generation_params().keys()
         unknown = sorted(k for k in kwargs if k not in _BASE_CONFIG_KWARGS and k not in generation_keys)
         if unknown:
-            raise ValueError(f"AVBertConfig got unknown configuration keys: {', '.join(unknown)}")
+            logger.warning(
+                f"AVBertConfig does not declare {', '.join(unknown)}; kept as attribute(s) but unused by AVBERT "
+                "(check the spelling if you meant a field of AVBertConfig)."
+            )
         super().__post_init__(**kwargs)
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {self.num_labels}.")
         # `@strict` runs the `validate_*` methods too (again on `save_pretrained`), but wraps their errors in its own
         # exception type; running them here first gives users a plain ValueError.
         self.validate_modalities()
@@ -179,15 +189,29 @@ class AVBertConfig(PreTrainedConfig):
         self.validate_heads()
         self.validate_pretraining()
 
+    def _require(self, condition: str, *names: str) -> None:
+        """Raise a ValueError naming the first field of `names` whose value fails `condition` (positive, ...)."""
+        checks = {
+            "positive": lambda value: value > 0,
+            "non-negative": lambda value: value >= 0,
+            "in [0, 1]": lambda value: 0 <= value <= 1,
+        }
+        for name in names:
+            value = getattr(self, name)
+            if not checks[condition](value):
+                raise ValueError(f"{name} must be {condition}, got {value}.")
+
     def validate_modalities(self):
         if not (self.use_visual or self.use_audio):
             raise ValueError("AVBertConfig needs at least one modality: use_visual or use_audio must be True.")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
-        if self.num_clips < 1:
-            raise ValueError(f"num_clips must be positive, got {self.num_clips}.")
+        self._require("positive", "num_clips")
 
     def validate_encoders(self):
+        self._require("positive", "num_channels", "num_frames", "num_mel_bins", "audio_num_frames")
+        self._require("positive", "batch_norm_eps")
+        self._require("in [0, 1]", "batch_norm_momentum")
         if len(self.visual_depths) != len(self.visual_temporal_kernel_sizes):
             raise ValueError(
                 "visual_depths and visual_temporal_kernel_sizes must have one entry per stage, got "
@@ -204,6 +228,19 @@ class AVBertConfig(PreTrainedConfig):
             raise ValueError("Encoder depths and widths must be positive.")
 
     def validate_transformer(self):
+        self._require(
+            "positive",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_hidden_layers",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
+        self._require("non-negative", "layer_norm_eps")
+        self._require("in [0, 1]", "hidden_dropout_prob", "attention_probs_dropout_prob")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -213,8 +250,15 @@ class AVBertConfig(PreTrainedConfig):
             raise ValueError(f"orthogonal_map must be one of {ORTHOGONAL_MAPS}, got {self.orthogonal_map!r}.")
         if self.orthogonal_init not in ORTHOGONAL_INITS:
             raise ValueError(f"orthogonal_init must be one of {ORTHOGONAL_INITS}, got {self.orthogonal_init!r}.")
-        if self.use_decomposition and self.orthogonal_size < 1:
-            raise ValueError(f"orthogonal_size must be positive, got {self.orthogonal_size}.")
+        if self.use_decomposition and not 1 <= self.orthogonal_size <= self.hidden_size:
+            raise ValueError(
+                f"orthogonal_size must be positive and at most hidden_size ({self.hidden_size}), "
+                f"got {self.orthogonal_size}."
+            )
+        if "multimodal" in self.transformer_stages and self.type_vocab_size < 2:
+            raise ValueError(
+                f"type_vocab_size must be at least 2 (visual and audio token types), got {self.type_vocab_size}."
+            )
         if self.use_transformer and self.num_clips + 1 > self.max_position_embeddings:
             raise ValueError(
                 f"num_clips={self.num_clips} needs {self.num_clips + 1} positions (summary token + clips) but "
@@ -224,6 +268,8 @@ class AVBertConfig(PreTrainedConfig):
             raise ValueError(f"fusion={self.fusion!r} combines two modalities; it needs use_visual and use_audio.")
 
     def validate_heads(self):
+        self._require("in [0, 1]", "classifier_dropout")
+        self._require("non-negative", "head_layer_norm_eps", "multi_margin_margin", "initializer_range")
         if self.classifier_loss not in CLASSIFIER_LOSSES:
             raise ValueError(f"classifier_loss must be one of {CLASSIFIER_LOSSES}, got {self.classifier_loss!r}.")
 

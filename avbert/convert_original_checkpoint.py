@@ -26,6 +26,7 @@ import yaml
 
 from .configuration_avbert import AVBertConfig
 from .feature_extraction_avbert import AVBertFeatureExtractor
+from .model_card import converted_provenance, write_model_card
 from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification, AVBertOrthogonal
 from .processing_avbert import AVBertProcessor
 from .video_processing_avbert import AVBertVideoProcessor
@@ -540,7 +541,7 @@ def convert_checkpoint(
     state_dict, pretrained_layout = load_original_checkpoint(checkpoint_path)
     config = build_config(task, original_config_path, labels)
     try:
-        model = _convert_into_model(state_dict, task, pretrained_layout, config, seed)
+        model, parity = _convert_into_model(state_dict, task, pretrained_layout, config, seed)
     except ConversionError as error:
         likely = _likely_task(state_dict, pretrained_layout)
         if likely is not None and likely != task:
@@ -551,6 +552,13 @@ def convert_checkpoint(
     if output_dir is not None:
         model.save_pretrained(output_dir)
         build_preprocessor(config, task, original_config_path).save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            model,
+            license="unknown",
+            provenance=converted_provenance(checkpoint_path, task, pretrained_layout),
+            parity=parity,
+        )
     return model
 
 
@@ -570,7 +578,8 @@ def _likely_task(state_dict: dict[str, torch.Tensor], pretrained_layout: bool) -
 
 def _convert_into_model(
     state_dict: dict[str, torch.Tensor], task: str, pretrained_layout: bool, config: AVBertConfig, seed: int
-) -> AVBertForVideoClassification | AVBertForAudioClassification:
+) -> tuple[AVBertForVideoClassification | AVBertForAudioClassification, dict[str, float]]:
+    """The converted model (in eval mode) and the parity figures measured on the way, for the model card."""
     converted, cached_rotations, dropped = convert_state_dict(state_dict, task, pretrained_layout)
 
     # Heads missing from a pretrained checkpoint start as in the original: N(0, 0.01) weights, zero biases.
@@ -599,10 +608,12 @@ def _convert_into_model(
         logger.info("Initialized the task heads, absent from the pretrained checkpoint: %s", missing)
     if dropped:
         logger.info("Dropped %d keys (transformer aliases, pretraining heads, unused parts).", len(dropped))
+    parity = {}
     if cached_rotations:
         worst = _check_cached_rotations(cached_rotations, model)
         logger.info("Orthogonal matrices agree with the checkpoint's cached _B within %.2g.", worst)
-    return model.eval()
+        parity["max abs difference of the orthogonal matrices to the checkpoint's cached `_B`"] = worst
+    return model.eval(), parity
 
 
 def build_preprocessor(

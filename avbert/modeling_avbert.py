@@ -13,12 +13,13 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_avbert import AVBertConfig
+from .model_card import write_model_card
 
 
 @dataclass
@@ -29,6 +30,9 @@ class AVBertModelOutput(ModelOutput):
         `[summary_v, v_1..v_S, summary_a, a_1..a_S]` (mid and early fusion: the multimodal stage; late fusion: the
         two single-modality stages concatenated); with one modality it is `[summary, x_1..x_S]`. `None` for
         CNN-only configurations.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Whole-video embedding: the mean of the summary-token outputs of the last stage (one per modality), as the
+        pooled output of CLIP / PE audio-video. `None` for CNN-only configurations.
     visual_features (`torch.FloatTensor` of shape `(batch_size, num_clips, visual_feature_size)`):
         Globally pooled visual CNN feature of every clip.
     audio_features (`torch.FloatTensor` of shape `(batch_size, num_clips, audio_feature_size)`):
@@ -43,6 +47,7 @@ class AVBertModelOutput(ModelOutput):
     """
 
     last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     visual_features: torch.FloatTensor | None = None
     audio_features: torch.FloatTensor | None = None
     visual_last_hidden_state: torch.FloatTensor | None = None
@@ -609,8 +614,12 @@ class AVBertLayer(GradientCheckpointingLayer):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, group: int, rotations: AVBertLayerRotations, **kwargs
+        self, hidden_states: torch.Tensor, group: int, *rotations: torch.Tensor | None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rotations` are the six matrices of [`AVBertLayerRotations`], passed one by one: reentrant gradient
+        checkpointing sees (and returns gradients for) only tensors that are positional arguments of the layer. The
+        group is positional too, so that a recomputation replays each application of the shared layer with its own."""
+        rotations = AVBertLayerRotations(*rotations)
         attention_output, attention_weights = self.attention(hidden_states, group, rotations, **kwargs)
         feed_forward = self.activation(self.intermediate(attention_output, group, rotations.intermediate))
         feed_forward = self.output(feed_forward, group, rotations.output)
@@ -643,7 +652,7 @@ class AVBertEncoder(nn.Module):
         for index in range(self.config.num_hidden_layers):
             layer_index = index % len(self.layers)
             hidden_states, attention_weights = self.layers[layer_index](
-                hidden_states, group, rotations[layer_index], **kwargs
+                hidden_states, group, *rotations[layer_index], output_attentions=output_attentions, **kwargs
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -747,6 +756,18 @@ class AVBertPreTrainedModel(PreTrainedModel):
             init.normal_(module.visual_mask_token, std=std)
             init.normal_(module.audio_mask_token, std=std)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `trust_remote_code` loads a saved folder through AutoModel as well as through the saved head's Auto class
+        # (`custom_object_save` adds only the latter to `auto_map`).
+        if self._auto_class is not None:
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            saved_map = getattr(self.config, "auto_map", None) or {}
+            self.config.auto_map = {"AutoModel": f"{module}.AVBertModel", **saved_map}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self)
+        return result
+
     def train(self, mode: bool = True):
         super().train(mode)
         # Linear evaluation: the frozen backbone keeps its BatchNorm statistics and runs without dropout.
@@ -775,13 +796,24 @@ class AVBertPreTrainedModel(PreTrainedModel):
         return self
 
 
-def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:
+def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str, model_dtype: torch.dtype) -> None:
     if not torch.is_tensor(tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(tensor).__name__}.")
     if tensor.ndim != ndim:
         raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got {tuple(tensor.shape)}.")
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}.")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)}, an empty batch or zero clips per video: {layout} needs "
+            "batch >= 1 and num_clips >= 1."
+        )
+    # Under autocast the convolutions cast their inputs themselves; otherwise a mismatch fails deep in a conv kernel.
+    if tensor.dtype != model_dtype and not torch.is_autocast_enabled(tensor.device.type):
+        raise ValueError(
+            f"{name} is {tensor.dtype} but the model's weights are {model_dtype}: cast the inputs "
+            f"({name}.to(model.dtype)), load the model with dtype={tensor.dtype}, or run under torch.autocast."
+        )
 
 
 class AVBertModel(AVBertPreTrainedModel):
@@ -845,14 +877,16 @@ class AVBertModel(AVBertPreTrainedModel):
         if pixel_values is not None:
             if self.visual_encoder is None:
                 raise ValueError("This AVBERT model has no visual encoder (use_visual=False) but got pixel_values.")
-            _check_clip_tensor("pixel_values", pixel_values, 6, "(batch, num_clips, channels, frames, height, width)")
+            _check_clip_tensor(
+                "pixel_values", pixel_values, 6, "(batch, num_clips, channels, frames, height, width)", self.dtype
+            )
             batch, clips = pixel_values.shape[:2]
             feature_map = self.visual_encoder(pixel_values.flatten(0, 1))
             visual_features = feature_map.mean(dim=(2, 3, 4)).view(batch, clips, -1)
         if input_features is not None:
             if self.audio_encoder is None:
                 raise ValueError("This AVBERT model has no audio encoder (use_audio=False) but got input_features.")
-            _check_clip_tensor("input_features", input_features, 5, "(batch, num_clips, 1, mel_bins, time)")
+            _check_clip_tensor("input_features", input_features, 5, "(batch, num_clips, 1, mel_bins, time)", self.dtype)
             batch, clips = input_features.shape[:2]
             feature_map = self.audio_encoder(input_features.flatten(0, 1))
             audio_features = feature_map.mean(dim=(2, 3)).view(batch, clips, -1)
@@ -884,11 +918,6 @@ class AVBertModel(AVBertPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "Attention maps are only computed by eager attention; load the model with "
-                "attn_implementation='eager' (or call model.set_attn_implementation('eager')) to get them."
-            )
         visual_features, audio_features = self.get_clip_features(pixel_values, input_features)
         stages = self.config.transformer_stages
         if not stages:
@@ -904,7 +933,68 @@ class AVBertModel(AVBertPreTrainedModel):
             **kwargs,
         )
         # A fresh output keeps the fields in declaration order (last_hidden_state first in tuples).
-        return AVBertModelOutput(**{**output, "visual_features": visual_features, "audio_features": audio_features})
+        # The summary tokens of the last stage sit at the start of each modality's `1 + num_clips` positions.
+        sequence_length = (visual_tokens if visual_tokens is not None else audio_tokens).shape[1]
+        summary_outputs = output.last_hidden_state[:, ::sequence_length]
+        return AVBertModelOutput(
+            **{
+                **output,
+                "pooler_output": summary_outputs.mean(dim=1),
+                "visual_features": visual_features,
+                "audio_features": audio_features,
+            }
+        )
+
+    @can_return_tuple
+    def get_video_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        r"""
+        Video embeddings for retrieval and probing, in the manner of CLIP's `get_image_features`: the visual stage
+        alone (no sound needed).
+
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_clips, num_channels, num_frames, height, width)`):
+            Normalized video clips.
+
+        Returns a `BaseModelOutputWithPooling`: `pooler_output` `(batch_size, hidden_size)` is the visual summary
+        token's output and `last_hidden_state` `(batch_size, 1 + num_clips, hidden_size)` the visual stage's
+        sequence; `hidden_states` / `attentions` as for [`AVBertModel`]. Without a visual transformer stage (CNN-only
+        models, early fusion) `last_hidden_state` is the per-clip CNN features and `pooler_output` their mean.
+        """
+        return self._single_modality_features("visual", pixel_values=pixel_values, **kwargs)
+
+    @can_return_tuple
+    def get_audio_features(self, input_features: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling:
+        r"""
+        Audio embeddings for retrieval and probing: the audio stage alone, as [`~AVBertModel.get_video_features`]
+        for the visual one.
+
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_clips, 1, num_mel_bins, time)`):
+            Log-mel spectrograms of the clips.
+        """
+        return self._single_modality_features("audio", input_features=input_features, **kwargs)
+
+    def _single_modality_features(
+        self, modality: str, output_attentions: bool | None = None, output_hidden_states: bool | None = None, **inputs
+    ) -> BaseModelOutputWithPooling:
+        visual_features, audio_features = self.get_clip_features(**inputs)
+        features = visual_features if modality == "visual" else audio_features
+        if modality not in self.config.transformer_stages:
+            return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=features.mean(dim=1))
+        projection = self.visual_projection if modality == "visual" else self.audio_projection
+        tokens = projection(features)
+        output = self.encode_tokens(
+            tokens if modality == "visual" else None,
+            tokens if modality == "audio" else None,
+            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=(
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=output.last_hidden_state,
+            pooler_output=output.last_hidden_state[:, 0],
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+        )
 
     def encode_tokens(
         self,
@@ -1113,6 +1203,12 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
 
     main_input_name = "input_features"
     input_modalities = ("audio",)
+    # An audio-visual checkpoint's visual encoder, transformer and sequence head have no place in this audio-only
+    # model: they are dropped without a line each in the load report.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^avbert\.(visual_|multimodal_|transformer\.|audio_projection\.|audio_embeddings\.|audio_transformer\.)",
+        r"^sequence_head\.",
+    ]
 
     def __init__(self, config: AVBertConfig):
         if not config.use_audio:
@@ -1150,6 +1246,18 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
         loss = self._clip_loss(clip_logits, labels, **kwargs) if labels is not None else None
         return AVBertClassifierOutput(loss=loss, logits=self._video_logits(clip_logits), clip_logits=clip_logits)
 
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        # The clip head of an audio-visual checkpoint classifies [visual, audio] features (a wider input than here):
+        # it starts anew, reported as newly initialized, instead of failing the load as a size mismatch.
+        classifier = self.clip_head.classifier
+        wider = {key for key in loading_info.mismatched_keys if key[0] == "clip_head.classifier.weight"}
+        if any(key[1][-1] != key[2][-1] for key in wider):
+            loading_info.mismatched_keys -= wider
+            loading_info.missing_keys |= {"clip_head.classifier.weight", "clip_head.classifier.bias"}
+            init.normal_(classifier.weight, std=self.config.initializer_range)
+            init.zeros_(classifier.bias)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Self-supervised pretraining (not in the original repository; from the paper, choices in docs/pretraining.md)
@@ -1167,8 +1275,11 @@ class AVBertForPreTrainingOutput(ModelOutput):
         Cross-entropy of correct pair prediction (are this picture and this sound from the same video).
     pair_logits (`torch.FloatTensor` of shape `(batch_size, 2)`), pair_labels (`torch.LongTensor` of `(batch_size,)`):
         Scores and targets of correct pair prediction (1 = the sound belongs to the video).
-    visual_mask, audio_mask (`torch.BoolTensor` of shape `(batch_size, num_clips)`):
-        The masked clip positions (the audio mask in the order of the swapped sound tracks).
+    visual_mask, audio_mask (`torch.LongTensor` of shape `(batch_size, num_clips)`):
+        1 at the masked clip positions, 0 elsewhere (the audio mask in the order of the swapped sound tracks).
+    hidden_states, attentions:
+        As in [`AVBertModelOutput`] (the multimodal stage), returned when `output_hidden_states` /
+        `output_attentions` are set.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1178,8 +1289,10 @@ class AVBertForPreTrainingOutput(ModelOutput):
     pair_loss: torch.FloatTensor | None = None
     pair_logits: torch.FloatTensor | None = None
     pair_labels: torch.LongTensor | None = None
-    visual_mask: torch.BoolTensor | None = None
-    audio_mask: torch.BoolTensor | None = None
+    visual_mask: torch.LongTensor | None = None
+    audio_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def sample_clip_mask(
@@ -1321,7 +1434,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         mask: torch.Tensor,
         targets: torch.Tensor,
         embeddings: torch.Tensor,
-        generator=None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """InfoNCE over the masked clips of one modality; candidates are all that modality's clips in the batch."""
         anchors = mask.flatten().nonzero().squeeze(1)
@@ -1340,6 +1453,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             predictions, targets.flatten(0, 1), anchors, negatives, self.config.contrastive_temperature
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -1347,7 +1461,8 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         visual_mask: torch.BoolTensor | None = None,
         audio_mask: torch.BoolTensor | None = None,
         pair_labels: torch.LongTensor | None = None,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> AVBertForPreTrainingOutput:
         r"""
@@ -1358,19 +1473,26 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         pair_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             1 keeps a video's own sound track, 0 swaps it with the next video's (in batch order); drawn with
             `pair_negative_ratio` when omitted.
+
+        In training mode the omitted masks and pair labels and the negatives are drawn from torch's global generator;
+        in eval mode from one seeded afresh on every call, so evaluation losses are reproducible.
         """
         if pixel_values is None or input_features is None:
             raise ValueError("AVBertForPreTraining needs both pixel_values and input_features.")
         config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         visual_features, audio_features = self.avbert.get_clip_features(pixel_values, input_features)
         batch_size, num_clips = visual_features.shape[:2]
         device = visual_features.device
+        generator = None if self.training else torch.Generator(device).manual_seed(0)
         if visual_mask is None:
-            visual_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+            visual_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device, generator)
         if audio_mask is None:
-            audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device)
+            audio_mask = sample_clip_mask(batch_size, num_clips, config.mask_ratio, device, generator)
         if pair_labels is None:
-            pair_labels = sample_pair_labels(batch_size, config.pair_negative_ratio, device)
+            pair_labels = sample_pair_labels(batch_size, config.pair_negative_ratio, device, generator)
+        visual_mask, audio_mask = visual_mask.bool(), audio_mask.bool()
         order = torch.arange(batch_size, device=device)
         audio_order = torch.where(pair_labels.bool(), order, (order + 1) % batch_size)
 
@@ -1393,6 +1515,9 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         outputs = self.avbert.encode_tokens(
             torch.cat([visual_tokens[:, :1], masked_visual], dim=1),
             torch.cat([audio_tokens[:, :1], masked_audio], dim=1),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
 
         flat_visual, flat_audio = visual_features.flatten(0, 1), audio_features.flatten(0, 1)
@@ -1402,9 +1527,15 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             visual_mask,
             visual_targets,
             flat_visual,
+            generator,
         )
         audio_loss = self._stage_loss(
-            self.audio_prediction_head, outputs.audio_last_hidden_state[:, 1:], audio_mask, audio_targets, flat_audio
+            self.audio_prediction_head,
+            outputs.audio_last_hidden_state[:, 1:],
+            audio_mask,
+            audio_targets,
+            flat_audio,
+            generator,
         )
         # In the multimodal stage only matched pairs predict their masked clips (a swapped sound track is no context).
         matched = pair_labels.bool()[:, None]
@@ -1415,12 +1546,14 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             visual_mask & matched,
             visual_targets,
             flat_visual,
+            generator,
         ) + self._stage_loss(
             self.multimodal_prediction_head,
             multimodal[:, num_clips + 2 :],
             audio_mask & matched,
             audio_targets,
             flat_audio,
+            generator,
         )
         multimodal_loss = multimodal_loss / 2
         pair_logits = self.pair_head(torch.cat([multimodal[:, 0], multimodal[:, num_clips + 1]], dim=-1))
@@ -1428,7 +1561,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         loss = (
             config.mep_loss_weight * (visual_loss + audio_loss + multimodal_loss) + config.pair_loss_weight * pair_loss
         )
-        output = AVBertForPreTrainingOutput(
+        return AVBertForPreTrainingOutput(
             loss=loss,
             visual_mep_loss=visual_loss,
             audio_mep_loss=audio_loss,
@@ -1436,11 +1569,11 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
             pair_loss=pair_loss,
             pair_logits=pair_logits,
             pair_labels=pair_labels,
-            visual_mask=visual_mask,
-            audio_mask=audio_mask,
+            visual_mask=visual_mask.long(),
+            audio_mask=audio_mask.long(),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
-        return_dict = config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

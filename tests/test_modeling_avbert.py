@@ -7,6 +7,7 @@ linear evaluation, low precision, torch.compile, the orthogonal-matrix cache and
 
 import copy
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -20,6 +21,7 @@ from conftest import BATCH_SIZE, NO_DROPOUT, NUM_CLIPS, NUM_LABELS
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForVideoClassification
+from transformers.utils import logging as hf_logging
 
 from avbert import (
     AVBertClassifierOutput,
@@ -112,9 +114,24 @@ def test_config_validation_errors_are_value_errors(make_config):
         make_config(fusion="middle")
 
 
-def test_config_rejects_unknown_key():
-    with pytest.raises(ValueError, match="unknown configuration keys: hiden_size"):
-        AVBertConfig(hiden_size=3)
+def test_config_keeps_undeclared_keys_with_a_warning(caplog):
+    # As every transformers config: tools, PEFT and users add attributes, and save_pretrained writes them.
+    with caplog.at_level("WARNING", logger="avbert.configuration_avbert"):
+        config = AVBertConfig(hiden_size=3, tie_word_embeddings=False)
+    assert config.hiden_size == 3 and config.hidden_size == 768
+    assert "hiden_size" in caplog.text and "tie_word_embeddings" in caplog.text
+
+
+def test_saved_folder_with_undeclared_keys_loads(make_config, tmp_path, caplog):
+    make_config().save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**saved, "peft_note": "added by a tool"}))
+    with caplog.at_level("WARNING", logger="avbert.configuration_avbert"):
+        config = AutoConfig.from_pretrained(tmp_path)
+    assert config.peft_note == "added by a tool"
+    assert "peft_note" in caplog.text
+    assert AVBertConfig.from_pretrained(tmp_path).to_dict()["peft_note"] == "added by a tool"
 
 
 def test_config_rejects_wrong_type(make_config):
@@ -339,6 +356,11 @@ saved = torch.load(data)
 with torch.no_grad():
     logits = model(pixel_values=saved["pixel_values"], input_features=saved["input_features"]).logits
 torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-6)
+# The folder's auto_map lists AutoModel too: the backbone loads from the classifier's folder.
+from transformers import AutoModel
+
+backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert type(backbone).__name__ == "AVBertModel" and type(backbone).__module__.startswith("transformers_modules.")
 print("REMOTE_CODE_OK", module)
 """
 
@@ -366,6 +388,71 @@ def test_remote_code_loads_without_the_package(saved_classifier, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE_CODE_OK transformers_modules." in result.stdout
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES[:2])
+def test_auto_map_lists_auto_model_and_the_head(make_config, tmp_path, model_class):
+    build(model_class, make_config()).save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_avbert.AVBertConfig"
+    assert auto_map["AutoModel"] == "modeling_avbert.AVBertModel"
+    if model_class is AVBertForVideoClassification:
+        assert auto_map["AutoModelForVideoClassification"] == "modeling_avbert.AVBertForVideoClassification"
+
+
+def test_audio_classifier_loads_an_audio_visual_folder_with_a_short_report(saved_classifier, make_inputs, caplog):
+    model, folder, _, _ = saved_classifier
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            audio = AutoModelForAudioClassification.from_pretrained(folder)
+    finally:
+        hf_logging.disable_propagation()
+    text = caplog.text
+    # Only the new clip head is reported (the audio-visual one classifies [visual, audio] features).
+    assert "clip_head.classifier.weight" in text and "UNEXPECTED" not in text and "MISMATCH" not in text
+    reported = {line.split("|")[0].strip() for line in text.splitlines() if "| MISSING" in line}
+    assert reported == {"clip_head.classifier.weight", "clip_head.classifier.bias"}
+    assert isinstance(audio, AVBertForAudioClassification) and audio.avbert.visual_encoder is None
+    assert audio.clip_head.classifier.weight.shape[1] == model.config.audio_feature_size
+    assert torch.count_nonzero(audio.clip_head.classifier.bias) == 0
+    for name, tensor in audio.avbert.audio_encoder.state_dict().items():
+        torch.testing.assert_close(tensor, model.avbert.audio_encoder.state_dict()[name], rtol=0, atol=0, msg=name)
+    with torch.no_grad():
+        assert audio.eval()(**make_inputs(video=False)).logits.shape == (BATCH_SIZE, NUM_LABELS)
+
+
+def test_pooled_output_and_single_modality_features(make_config, make_inputs):
+    model = build(AVBertModel, make_config(), attn_implementation="eager").eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        output = model(**inputs)
+        video = model.get_video_features(inputs["pixel_values"], output_hidden_states=True)
+        audio = model.get_audio_features(inputs["input_features"])
+        visual_only = model(pixel_values=inputs["pixel_values"])
+    hidden = model.config.hidden_size
+    summaries = output.last_hidden_state[:, [0, NUM_CLIPS + 1]]
+    torch.testing.assert_close(output.pooler_output, summaries.mean(dim=1))
+    # The visual stage does not see the sound: the video embedding is the visual stage's summary output.
+    torch.testing.assert_close(video.last_hidden_state, output.visual_last_hidden_state)
+    torch.testing.assert_close(video.pooler_output, output.visual_last_hidden_state[:, 0])
+    torch.testing.assert_close(video.pooler_output, visual_only.pooler_output)
+    assert len(video.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(audio.pooler_output, output.audio_last_hidden_state[:, 0])
+    assert video.pooler_output.shape == audio.pooler_output.shape == (BATCH_SIZE, hidden)
+    as_tuple = model.get_audio_features(inputs["input_features"], return_dict=False)
+    torch.testing.assert_close(as_tuple[1], audio.pooler_output)
+
+
+def test_features_of_a_cnn_only_model_are_the_mean_clip_features(make_config, make_inputs):
+    model = build(AVBertModel, make_config(use_transformer=False)).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        output = model(**inputs)
+        video = model.get_video_features(inputs["pixel_values"])
+    torch.testing.assert_close(video.last_hidden_state, output.visual_features)
+    torch.testing.assert_close(video.pooler_output, output.visual_features.mean(dim=1))
+    assert output.pooler_output is None
 
 
 def test_state_dict_has_no_orthogonal_cache(make_config, make_inputs):
@@ -708,6 +795,21 @@ def test_sdpa_is_the_default_and_matches_eager(make_config, make_inputs):
         torch.testing.assert_close(sdpa_output[name], eager_output[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_output_attentions_under_sdpa_warns_and_returns_no_maps(make_config, make_inputs):
+    # As the in-tree 5.24 models: SDPA computes no attention maps; asking for them warns once and gives `None` per
+    # layer instead of failing.
+    from transformers.integrations import sdpa_attention
+
+    model = build(AVBertForVideoClassification, make_config()).eval()
+    messages = []
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sdpa_attention.logger, "warning", lambda message, *args, **kwargs: messages.append(message))
+        sdpa_attention.logger.warning_once.cache_clear()
+        output = model(**make_inputs(), output_attentions=True)
+    assert output.attentions == (None,) * model.config.num_hidden_layers
+    assert any("output_attentions" in message for message in messages)
+
+
 def test_set_attn_implementation_switches_at_runtime(make_config, make_inputs):
     model = build(AVBertForVideoClassification, make_config()).eval()
     inputs = make_inputs()
@@ -725,21 +827,24 @@ def test_set_attn_implementation_switches_at_runtime(make_config, make_inputs):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def enable_checkpointing(model):
+def enable_checkpointing(model, **checkpointing_kwargs):
     """transformers v5 name, falling back to the v4 one; must not warn."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable()
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs or None)
         else:  # pragma: no cover - transformers < 5
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs or None)
 
 
-def test_gradient_checkpointing_gives_same_loss_and_gradients(make_config, make_inputs, labels):
+# Reentrant checkpointing sees only the layer's positional tensors: the shared rotations must be among them (inside a
+# container they were not, and the second application of the layer backpropagated through a freed graph).
+@pytest.mark.parametrize("use_reentrant", [None, False, True], ids=["default", "non-reentrant", "reentrant"])
+def test_gradient_checkpointing_gives_same_loss_and_gradients(make_config, make_inputs, labels, use_reentrant):
     assert hasattr(AVBertForVideoClassification, "activation_checkpointing_enable")
     model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).train()
     checkpointed = copy.deepcopy(model)
-    enable_checkpointing(checkpointed)
+    enable_checkpointing(checkpointed, **({} if use_reentrant is None else {"use_reentrant": use_reentrant}))
     assert checkpointed.is_activation_checkpointing
     assert all(layer.gradient_checkpointing for layer in checkpointed.avbert.transformer.layers)
     inputs = make_inputs()
@@ -1019,8 +1124,25 @@ def test_early_fusion_needs_both_modalities(make_config, make_inputs):
             ValueError,
             r"same \(batch, num_clips\), got \(2, 2\) and \(2, 3\)",
         ),
+        (lambda x: {k: v[:0] for k, v in x.items()}, ValueError, r"pixel_values has shape \(0, 3, .*empty batch"),
+        (lambda x: {k: v[:, :0] for k, v in x.items()}, ValueError, r"pixel_values has shape \(2, 0, .*zero clips"),
+        (
+            lambda x: {**x, "input_features": x["input_features"].half()},
+            ValueError,
+            r"input_features is torch.float16 but the model's weights are torch.float32",
+        ),
     ],
-    ids=["video-ndim", "audio-ndim", "video-int", "audio-int", "video-numpy", "clip-count-mismatch"],
+    ids=[
+        "video-ndim",
+        "audio-ndim",
+        "video-int",
+        "audio-int",
+        "video-numpy",
+        "clip-count-mismatch",
+        "empty-batch",
+        "zero-clips",
+        "float16-on-float32",
+    ],
 )
 def test_invalid_inputs_raise(make_config, make_inputs, change, error, message):
     model = build(AVBertForVideoClassification, make_config()).eval()

@@ -226,3 +226,19 @@ def test_refuses_configurations_without_both_modalities():
         AVBertConfig(**TINY, mask_ratio=0.0)
     with pytest.raises(ValueError, match="negative_sampling"):
         AVBertConfig(**TINY, negative_sampling="semi-hard")
+
+
+def test_outputs_hidden_states_attentions_and_integer_masks():
+    torch.manual_seed(0)
+    model = AVBertForPreTraining(AVBertConfig(**TINY, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        output = model(**inputs(), output_hidden_states=True, output_attentions=True)
+        again = model(**inputs())
+    layers = model.config.num_hidden_layers
+    assert len(output.hidden_states) == layers + 1 and len(output.attentions) == layers
+    assert output.hidden_states[-1].shape == (3, 2 * (CLIPS + 1), model.config.hidden_size)  # the multimodal stage
+    assert output.visual_mask.dtype == output.audio_mask.dtype == torch.long
+    assert set(output.visual_mask.unique().tolist()) <= {0, 1}
+    # Eval mode draws masks, pair labels and negatives from a freshly seeded generator: the loss is reproducible.
+    assert torch.equal(again.loss, output.loss) and torch.equal(again.visual_mask, output.visual_mask)
+    assert again.hidden_states is None
