@@ -46,6 +46,7 @@ from _report import available_cores, command_line, cpu_model, replace_section, u
 
 from avbert import AVBertFeatureExtractor, AVBertVideoProcessor
 from avbert.media_decoding import DecodedMedia, MediaInfo, probe, read_video_and_audio
+from avbert.training.synthetic import write_long_video
 from avbert.video_processing_avbert import resize_frames, short_side_size
 
 STARTED = time.perf_counter()  # after the (slow) torch and transformers imports
@@ -563,26 +564,6 @@ seconds = time.perf_counter() - start
 shapes = [list(out[key].shape) for key in ("pixel_values", "input_features")]
 print(json.dumps([seconds, before, rss_mib("VmHWM:"), *shapes]))
 """
-
-
-def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> None:
-    """A long 64x48 H.264 video with a 48 kHz AAC sound track, written a second at a time."""
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=rate, layout="mono")
-        times = np.arange(rate) / rate
-        for second in range(seconds):
-            for index in range(fps):
-                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
-                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            frame = av.AudioFrame.from_ndarray(
-                (0.3 * np.sin(2 * np.pi * (200 + second % 100) * times)).astype(np.float32)[None], "flt", "mono"
-            )
-            frame.sample_rate, frame.pts = rate, second * rate
-            container.mux(audio.encode(frame))
-        container.mux(video.encode())
-        container.mux(audio.encode())
 
 
 def long_video_report(minutes: int) -> str:

@@ -17,6 +17,7 @@ from transformers import AutoFeatureExtractor, AutoProcessor, AutoVideoProcessor
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor, MediaDecodeError
 from avbert.convert_original_checkpoint import convert_checkpoint
 from avbert.media_decoding import probe, read_audio, read_frames
+from avbert.training.synthetic import write_long_video
 from avbert.video_processing_avbert import sample_clips
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -344,25 +345,6 @@ def test_frames_and_waveform_give_what_the_file_gives(alignment, name):
     )
     torch.testing.assert_close(from_arrays["pixel_values"], from_file["pixel_values"], rtol=0, atol=0)
     torch.testing.assert_close(from_arrays["input_features"], from_file["input_features"], rtol=0, atol=0)
-
-
-def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> None:
-    """A long 64x48 H.264 video with an AAC sound track, written a second at a time."""
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream("aac", rate=rate, layout="mono")
-        times = np.arange(rate) / rate
-        for second in range(seconds):
-            for index in range(fps):
-                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
-                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            tone = (0.3 * np.sin(2 * np.pi * (200 + second) * times)).astype(np.float32)[None]
-            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
-            frame.sample_rate, frame.pts = rate, second * rate
-            container.mux(audio.encode(frame))
-        container.mux(video.encode())
-        container.mux(audio.encode())
 
 
 @pytest.mark.parametrize("alignment", ["timestamp", "fraction"])

@@ -39,6 +39,7 @@ __all__ = [
     "main",
     "make_synthetic_av_dataset",
     "synthetic_classes",
+    "write_long_video",
 ]
 
 # (colour name, RGB, shape); colours differ strongly in hue so chroma subsampling and compression keep them apart.
@@ -156,6 +157,27 @@ def write_av_file(path: Path, frames: np.ndarray, fps: int, waveform: np.ndarray
         frame = av.AudioFrame.from_ndarray(waveform[None], format="flt", layout="mono")
         frame.sample_rate, frame.pts = sample_rate, 0
         container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    return path
+
+
+def write_long_video(path: Path, seconds: int, fps: int = 30, rate: int = 48000) -> Path:
+    """A long 64x48 H.264 video with a 48 kHz AAC mono sound track (a tone that changes each second), written a second
+    at a time so that hours of it never sit in memory: for the memory tests and the long-video benchmark."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        times = np.arange(rate) / rate
+        for second in range(seconds):
+            for index in range(fps):
+                image = np.full((48, 64, 3), (second * fps + index) % 256, np.uint8)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            tone = (0.3 * np.sin(2 * np.pi * (200 + second % 100) * times)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, second * rate
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
         container.mux(audio.encode())
     return path
 
