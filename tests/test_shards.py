@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from test_pretraining_cli import TINY  # a tiny model for the processors below (default 80 x 128 log-mels)
+from test_training_data import make_tiny_processor
 from torch.utils.data import DataLoader
 
 from avbert.configuration_avbert import AVBertConfig
-from avbert.feature_extraction_avbert import AVBertFeatureExtractor
 from avbert.modeling_avbert import AVBertForVideoClassification
-from avbert.processing_avbert import AVBertProcessor
 from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
 from avbert.training.shards import (
     ShardedVideoDataset,
@@ -28,7 +27,6 @@ from avbert.training.shards import (
 )
 from avbert.training.synthetic import make_synthetic_av_dataset
 from avbert.training.train import run as train_run
-from avbert.video_processing_avbert import AVBertVideoProcessor
 
 
 def keys_of(rows: list[dict]) -> list[str]:
@@ -150,20 +148,6 @@ def test_resume_continues_the_interrupted_order_exactly(corpus: Path, num_worker
     assert sum(map(len, read_keys(resumed))) == len(resumed)  # 16, or 12 with 3 workers (4 left out)
 
 
-def tiny_processor() -> AVBertProcessor:
-    video = AVBertVideoProcessor(
-        num_clips=2,
-        num_frames=4,
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
-        train_jitter_scales=(32, 40),
-        train_crop_size=28,
-    )
-    return AVBertProcessor(
-        feature_extractor=AVBertFeatureExtractor(num_clips=2, clip_samples=8000), video_processor=video
-    )
-
-
 def test_bad_sample_is_reported_with_its_shard_and_key(corpus: Path, tmp_path: Path) -> None:
     good = sorted((corpus / "src").rglob("*.mp4"))[:3]
     bad = tmp_path / "src" / "broken.mp4"
@@ -172,7 +156,7 @@ def test_bad_sample_is_reported_with_its_shard_and_key(corpus: Path, tmp_path: P
     write_shards([*good, bad], [0, 1, 0, 1], tmp_path / "shards")
     dataset = ShardedVideoDataset(
         load_manifests(str(tmp_path / "shards")),
-        MediaTransform(tiny_processor(), "audio-visual", train=True),
+        MediaTransform(make_tiny_processor(), "audio-visual", train=True),
         batch_size=4,
         shuffle_buffer=0,
     )
@@ -225,7 +209,7 @@ def test_avbert_train_reads_train_and_eval_shards_over_http(corpus: Path, http_s
     model_dir = tmp_path / "model"
     config = AVBertConfig(**TINY, num_clips=2, num_labels=2)
     AVBertForVideoClassification(config).save_pretrained(model_dir)
-    tiny_processor().save_pretrained(model_dir)
+    make_tiny_processor().save_pretrained(model_dir)
     out = tmp_path / "out"
     metrics = train_run(
         [

@@ -83,8 +83,8 @@ def make_esc50(root: Path, meta: bool = True) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_processor() -> AVBertProcessor:
+def make_tiny_processor() -> AVBertProcessor:
+    """Two clips of 4 frames at 32 px and half a second of sound each: fast to decode in tests."""
     video = AVBertVideoProcessor(
         num_clips=2,
         num_frames=4,
@@ -96,6 +96,11 @@ def tiny_processor() -> AVBertProcessor:
     return AVBertProcessor(
         feature_extractor=AVBertFeatureExtractor(num_clips=2, clip_samples=8000), video_processor=video
     )
+
+
+@pytest.fixture
+def tiny_processor() -> AVBertProcessor:
+    return make_tiny_processor()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
