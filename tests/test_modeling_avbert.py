@@ -400,6 +400,19 @@ def test_auto_map_lists_auto_model_and_the_head(make_config, tmp_path, model_cla
         assert auto_map["AutoModelForVideoClassification"] == "modeling_avbert.AVBertForVideoClassification"
 
 
+def test_loading_a_saved_folder_is_as_quiet_as_a_stock_family(saved_classifier, capfd):
+    """Loading a folder into its own class prints what VideoMAE's does: transformers' progress bar, no report."""
+    _, folder, _, _ = saved_classifier
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoModelForVideoClassification.from_pretrained(folder)
+        AutoConfig.from_pretrained(folder)
+    captured = capfd.readouterr()
+    lines = [line for line in (captured.out + captured.err).replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("Loading weights") for line in lines), lines
+
+
 def test_audio_classifier_loads_an_audio_visual_folder_with_a_short_report(saved_classifier, make_inputs, caplog):
     model, folder, _, _ = saved_classifier
     hf_logging.enable_propagation()
