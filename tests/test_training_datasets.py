@@ -1,0 +1,116 @@
+"""The training command lines on a `datasets` dataset (`--dataset_name videofolder --data_dir ...`, or a loaded
+`Dataset` / `DatasetDict` through the Python `run` APIs): load_dataset -> processor -> Trainer -> a model folder that
+AutoModel and the pipeline load. Generated videos, tiny models, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import Dataset, DatasetDict, load_dataset
+from test_training_cli import TRAIN_FLAGS, console, media_dir, model_dir  # noqa: F401  (fixtures)
+from test_training_recipes import TINY
+
+from avbert.training import pretrain, train
+from avbert.training.cli import UsageError
+
+pytest.importorskip("torchcodec")
+
+RECIPE = ("--recipe", "kinetics-sounds")
+
+
+def test_train_and_evaluate_a_videofolder_dataset(media_dir, model_dir, tmp_path):  # noqa: F811
+    from transformers import AutoModelForVideoClassification, pipeline
+
+    out = tmp_path / "run"
+    source = ("--dataset_name", "videofolder", "--data_dir", str(media_dir))
+    result = console(
+        "avbert-train", *RECIPE, *source, "--model", str(model_dir), "--output_dir", str(out),
+        "--num_train_epochs", "1", *TRAIN_FLAGS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((out / "train_results.json").read_text())
+    # The broken file of the videofolder is decoded (in a DataLoader worker), skipped and reported as for folders.
+    assert trained["num_skipped_files"] == 1 and "zz_broken.mp4" in trained["skipped_files"][0]
+    names = load_dataset("videofolder", data_dir=str(media_dir), split="train").features["label"].names
+    model = AutoModelForVideoClassification.from_pretrained(out)
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == names  # from the ClassLabel
+    video = next((media_dir / "test").rglob("*.mp4"))
+    predictions = pipeline("video-classification", model=str(out))(str(video), top_k=2)
+    assert len(predictions) == 2 and {p["label"] for p in predictions} <= set(names)
+
+    evaluated = console(
+        "avbert-evaluate", *RECIPE, "--model", str(out), "--dataset-name", "videofolder", "--data-dir",
+        str(media_dir), "--output-dir", str(tmp_path / "eval"), "--device", "cpu",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 4 and metrics["dataset_name"] == "videofolder"  # the test split: 1 per class
+    assert metrics["class_names"] == names
+
+
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("avbert-train", ("--video_column_name", "clip"), "--video_column_name clip: split 'train' has no such column"),
+        ("avbert-train", ("--label_column_name", "video"), "--label_column_name video: the column of split 'train' is"),
+        ("avbert-train", ("--eval_split_name", "validation"), "--eval_split_name validation: the dataset has no such"),
+        ("avbert-evaluate", ("--label-column-name", "nope"), "--label_column_name nope: split 'test' has no such col"),
+        ("avbert-evaluate", ("--split", "dev"), "--split dev: the dataset has no such split (splits: train, test)"),
+    ],
+)
+def test_a_wrong_column_or_split_is_a_one_line_error(script, flags, message, media_dir, model_dir, tmp_path):  # noqa: F811
+    out = ("--output_dir", str(tmp_path / "o")) if script == "avbert-train" else ("--output-dir", str(tmp_path / "o"))
+    source = ("--dataset_name", "videofolder", "--data_dir", str(media_dir))
+    result = console(script, *RECIPE, *source, "--model", str(model_dir), *out, *flags)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{script}: error: {message}" in result.stderr, result.stderr[-3000:]
+
+
+def test_an_unloadable_dataset_name_is_a_one_line_error(model_dir, tmp_path):  # noqa: F811
+    result = console(
+        "avbert-train", *RECIPE, "--dataset_name", "videofolder", "--data_dir", str(tmp_path / "none"),
+        "--model", str(model_dir), "--output_dir", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "avbert-train: error: --dataset_name videofolder: cannot load it" in result.stderr
+
+
+def _run_args(model_dir, out) -> list[str]:  # noqa: F811
+    return [*RECIPE, "--model", str(model_dir), "--output_dir", str(out), *TRAIN_FLAGS]
+
+
+def test_python_api_refuses_a_bad_dataset_by_column_and_split(media_dir, model_dir, tmp_path):  # noqa: F811
+    videos = sorted(str(p) for p in (media_dir / "train").rglob("*_0*.mp4"))
+    as_strings = Dataset.from_dict({"video": videos, "label": ["a"] * len(videos)})
+    with pytest.raises(UsageError, match="--label_column_name label: the column of split 'train' is Value, not"):
+        train.run(_run_args(model_dir, tmp_path / "o"), dataset=as_strings)
+    loaded = load_dataset("videofolder", data_dir=str(media_dir))
+    empty = DatasetDict({"train": loaded["train"], "test": loaded["test"].select([])})
+    with pytest.raises(UsageError, match="split 'test' of the dataset has no rows"):
+        train.run(_run_args(model_dir, tmp_path / "o"), dataset=empty)
+
+
+def test_python_api_trains_on_a_loaded_dataset_with_a_held_out_part(media_dir, model_dir, tmp_path):  # noqa: F811
+    # One split (as a videofolder of <class>/ folders gives): a seeded, stratified part is held out for evaluation.
+    flat = load_dataset("videofolder", data_dir=str(media_dir / "train"), split="train")
+    flat = flat.rename_column("video", "clip")
+    argv = [*_run_args(model_dir, tmp_path / "run"), "--max_steps", "1", "--video_column_name", "clip"]
+    metrics = train.run(argv, dataset=flat)
+    assert 0 <= metrics["eval_accuracy"] <= 1 and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_pretrain_on_a_loaded_dataset(media_dir, tmp_path):  # noqa: F811
+    unlabeled = load_dataset("videofolder", data_dir=str(media_dir), split="test").remove_columns("label")
+    out = tmp_path / "out"
+    metrics = pretrain.run(
+        [
+            "--output-dir", str(out), "--config-overrides", json.dumps({**TINY, "num_negatives": 2}),
+            "--num_clips", "2", "--short_side", "32", "--crop_size", "32", "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+        ],
+        dataset=unlabeled,
+    )  # fmt: skip
+    assert metrics["train_loss"] == metrics["train_loss"] and (out / "model.safetensors").is_file()
+    with pytest.raises(UsageError, match="--video_column_name video: split 'train' has no such column"):
+        pretrain.run(["--output-dir", str(out)], dataset=unlabeled.rename_column("video", "clip"))
