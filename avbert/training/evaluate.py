@@ -165,9 +165,8 @@ def _media_and_labels(dataset: Any, indices: list[int]) -> tuple[list[Any], list
     """Columns of the selected rows; only ``path`` (a path or a `datasets` media value) and ``label`` are read (a
     list of dicts works as well)."""
     rows = [dataset[index] for index in indices]
-    return [row["path"] if isinstance(row["path"], dict) else str(row["path"]) for row in rows], [
-        int(row["label"]) for row in rows
-    ]
+    media = [row["path"] if isinstance(row["path"], dict) else str(row["path"]) for row in rows]
+    return media, [int(row["label"]) for row in rows]
 
 
 def num_views(processor: Any, modality: str) -> dict[str, int]:
@@ -219,7 +218,8 @@ def evaluate_model(
     device: str | torch.device | None = None,
     k: Iterable[int] = (1, 5),
 ) -> EvaluationResult:
-    """Multi-view accuracy of ``model`` on ``dataset`` (rows with ``path`` and ``label``, e.g. `load_media_dataset`).
+    """Multi-view accuracy of ``model`` on ``dataset`` (rows with ``path`` and ``label``, e.g. `load_media_dataset`;
+    ``path`` may hold `datasets` media values, as the rows of `avbert.training.datasets_source.media_rows` do).
 
     Args:
         processor: an ``AVBertProcessor`` (video models) or ``AVBertFeatureExtractor`` (audio models); its
@@ -353,7 +353,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("audio_column_name", "audio"),
         ("label_column_name", "label"),
     ):
-        help_text = DATASET_HELP[flag].replace("%", "%%") + (f" (default: {default})" if default else "")
+        help_text = DATASET_HELP[flag] + (f" (default: {default})" if default else "")
         parser.add_argument(f"--{flag.replace('_', '-')}", f"--{flag}", default=default, help=help_text)
     parser.add_argument(
         "--split",
@@ -400,8 +400,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
             raise UsageError("give --data-dir (a dataset folder) or --dataset-name (a `datasets` dataset)")
         if not args.data_dir.exists():
             raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
+    rows = load_split(args, modality, dataset)  # a wrong split or column is said before the model loads
     model, processor = load_model_and_processor(args.model, modality)
-    rows = load_split(args, modality, dataset)
     result = evaluate_model(
         model,
         processor,

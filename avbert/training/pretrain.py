@@ -6,8 +6,8 @@
 
 `--dataset_name` reads the videos of a `datasets` dataset instead (`--dataset_name videofolder --data-dir VIDEOS`,
 `--dataset_config_name`, `--video_column_name`, `--train_split_name`; docs/training.md). `--shards MANIFESTS` reads
-WebDataset shards written by `avbert-prepare shards --unlabeled` instead (local or
-streamed, split over ranks and DataLoader workers, resumable sample for sample; docs/training.md, Scale-out).
+WebDataset shards written by `avbert-prepare shards --unlabeled` instead (local or streamed, split over ranks and
+DataLoader workers, resumable sample for sample; docs/training.md, Scale-out).
 Every media file under `--data-dir` (recursive; any container FFmpeg reads, text and image files left out and
 reported) is one training item: a sequence of
 `num_clips` uniformly spaced clips (default 30: the paper's 30-second inputs) with the sound under each clip.
@@ -72,7 +72,11 @@ class PretrainArguments:
     """What to pretrain and on which videos (the rest of the command line is `TrainingArguments`)."""
 
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder of unlabeled videos with sound (searched recursively)."}
+        default=None,
+        metadata={
+            "help": "Folder of unlabeled videos with sound (searched recursively; with --dataset_name: the folder "
+            "the loader reads)."
+        },
     )
     shards: str | None = field(
         default=None,
