@@ -5,6 +5,8 @@ AutoModel and the pipeline load. Generated videos, tiny models, nothing download
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict, load_dataset
@@ -115,3 +117,28 @@ def test_pretrain_on_a_loaded_dataset(media_dir, tmp_path):  # noqa: F811
     assert metrics["train_loss"] == metrics["train_loss"] and (out / "model.safetensors").is_file()
     with pytest.raises(UsageError, match="--video_column_name video: split 'train' has no such column"):
         pretrain.run(["--output-dir", str(out)], dataset=unlabeled.rename_column("video", "clip"))
+
+
+SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+ESC50 = SHARED / "data" / "esc50" / "audio"
+
+
+@pytest.mark.skipif(not ESC50.is_dir(), reason=f"no ESC-50 clips in {ESC50}")
+def test_the_audio_recipe_reads_an_audiofolder(tmp_path):
+    """`--dataset_name audiofolder`: the esc50 recipe reads `--audio_column_name` (default `audio`)."""
+    from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
+
+    folder = tmp_path / "sounds"
+    for target, name in ((3, "cow"), (19, "thunderstorm")):
+        (folder / name).mkdir(parents=True)
+        for clip in sorted(ESC50.glob(f"*-{target}.flac"))[:3]:
+            (folder / name / clip.name).symlink_to(clip)
+    audio_model = tmp_path / "model"
+    AVBertForAudioClassification(AVBertConfig(**{**TINY, "num_labels": 2, "num_clips": 2})).save_pretrained(audio_model)
+    AVBertFeatureExtractor(num_clips=2, feature_size=16, num_time_frames=16).save_pretrained(audio_model)
+    out = tmp_path / "run"
+    source = ["--recipe", "esc50", "--dataset_name", "audiofolder", "--data_dir", str(folder)]
+    train.run([*source, "--model", str(audio_model), "--output_dir", str(out), "--max_steps", "1", *TRAIN_FLAGS])
+    metrics = evaluate.run([*source, "--model", str(out), "--output-dir", str(tmp_path / "eval"), "--device", "cpu"])
+    assert metrics["class_names"] == ["cow", "thunderstorm"] and metrics["num_videos"] == 2  # one held out per class
+    assert metrics["num_skipped"] == 0
