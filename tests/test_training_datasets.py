@@ -92,6 +92,10 @@ def test_python_api_refuses_a_bad_dataset_by_column_and_split(media_dir, model_d
     empty = DatasetDict({"train": loaded["train"], "test": loaded["test"].select([])})
     with pytest.raises(UsageError, match="split 'test' of the dataset has no rows"):
         train.run(_run_args(model_dir, tmp_path / "o"), dataset=empty)
+    loaded.save_to_disk(tmp_path / "saved")  # --dataset_name also takes a save_to_disk folder
+    with pytest.raises(UsageError, match="--video_column_name clip: split 'train' has no such column"):
+        saved = ["--dataset_name", str(tmp_path / "saved"), "--video_column_name", "clip"]
+        train.run([*_run_args(model_dir, tmp_path / "o"), *saved])
 
 
 def test_python_api_trains_on_a_loaded_dataset_with_a_held_out_part(media_dir, model_dir, tmp_path):  # noqa: F811

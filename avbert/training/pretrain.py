@@ -236,7 +236,7 @@ def unlabeled_rows(args: PretrainArguments, dataset: Any = None) -> Dataset:
         dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir)
     if dataset is None:
         return unlabeled_dataset(args.data_dir)
-    columns = Columns("video_column_name", args.video_column_name, label=None)
+    columns = Columns.of(args, "audio-visual", labeled=False)
     return split_rows(as_splits(dataset, args.train_split_name), args.train_split_name, "train_split_name", columns)
 
 

@@ -269,8 +269,9 @@ def load_splits(
     data_args: ModelDataArguments, recipe: Recipe, seed: int, dataset: Any = None
 ) -> tuple[Any, Any, list[str]]:
     """The train and eval rows (None for a split read from shards) and the class names: the same classes in both
-    splits, no file in both, optionally a stratified subset of each. The rows come from ``dataset`` (a loaded
-    ``Dataset`` / ``DatasetDict``), else ``--dataset_name``, else the ``--data_dir`` layout."""
+    splits, optionally a stratified subset of each. The rows come from ``dataset`` (a loaded ``Dataset`` /
+    ``DatasetDict``: `datasets_source.train_eval_rows`), else ``--dataset_name``, else the ``--data_dir`` layout
+    (whose splits must not share a file)."""
     shards = {"train": data_args.train_shards, "eval": data_args.eval_shards}
     if dataset is None and data_args.dataset_name is not None:
         dataset = load_source(data_args.dataset_name, data_args.dataset_config_name, data_args.data_dir)
@@ -342,7 +343,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         resume = resolve_resume(
             training_args.resume_from_checkpoint, training_args.output_dir, training_args.process_index == 0
         )
-    media = {}
+    datasets = {}
     for split, rows, shards in (
         ("train", train_rows, data_args.train_shards),
         ("eval", eval_rows, data_args.eval_shards),
@@ -350,17 +351,17 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         transform = MediaTransform(processor, recipe.modality, train=split == "train")
         if rows is None:
             train = split == "train"
-            media[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train)
+            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train)
         else:
-            media[split] = MediaDataset(rows, transform)
+            datasets[split] = MediaDataset(rows, transform)
 
     # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
     trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
         recipe=recipe,
-        train_dataset=media["train"],
-        eval_dataset=media["eval"],
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
         data_collator=AVBertDataCollator(report_skipped=True),
         compute_metrics=top_k_metrics(),
         callbacks=[TrainingCurveCallback(), ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
