@@ -59,6 +59,8 @@ def test_train_and_evaluate_a_videofolder_dataset(media_dir, model_dir, tmp_path
         ("avbert-train", ("--eval_split_name", "validation"), "--eval_split_name validation: the dataset has no such"),
         ("avbert-evaluate", ("--label-column-name", "nope"), "--label_column_name nope: split 'test' has no such col"),
         ("avbert-evaluate", ("--split", "dev"), "--split dev: the dataset has no such split (splits: train, test)"),
+        ("avbert-train", ("--layout", "folder"), "--layout, --train_shards and --eval_shards are for"),
+        ("avbert-evaluate", ("--layout", "folder"), "--layout is for --data-dir folders"),
     ],
 )
 def test_a_wrong_column_or_split_is_a_one_line_error(script, flags, message, media_dir, model_dir, tmp_path, capsys):  # noqa: F811

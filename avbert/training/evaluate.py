@@ -378,6 +378,8 @@ def load_split(args: argparse.Namespace, modality: str, dataset: Any = None) -> 
         dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir and str(args.data_dir))
     if dataset is None:
         return load_media_dataset(args.layout or args.recipe, args.data_dir, args.split, args.split_id)
+    if args.layout is not None:
+        raise UsageError("--layout is for --data-dir folders; a `datasets` dataset has its own columns and splits")
     splits, columns = as_splits(dataset, args.split), Columns.of(args, modality)
     if args.split not in splits and list(splits) == ["train"]:
         return train_eval_rows(splits, "train", args.split, columns)[1]  # what avbert-train held out

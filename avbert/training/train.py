@@ -276,8 +276,11 @@ def load_splits(
     if dataset is None and data_args.dataset_name is not None:
         dataset = load_source(data_args.dataset_name, data_args.dataset_config_name, data_args.data_dir)
     if dataset is not None:
-        if any(shards.values()):
-            raise UsageError("a `datasets` dataset gives both splits: give no --train_shards / --eval_shards with it")
+        if any(shards.values()) or data_args.layout is not None:
+            raise UsageError(
+                "--layout, --train_shards and --eval_shards are for --data_dir folders and shards; a `datasets` "
+                "dataset has its own columns and splits"
+            )
         train, evaluation = train_eval_rows(
             as_splits(dataset, data_args.train_split_name),
             data_args.train_split_name,
