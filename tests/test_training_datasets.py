@@ -5,6 +5,7 @@ AutoModel and the pipeline load. Generated videos, tiny models, nothing download
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_python_api_trains_on_a_loaded_dataset_with_a_held_out_part(media_dir, m
     assert 0 <= metrics["eval_accuracy"] <= 1 and (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def test_pretrain_on_a_loaded_dataset(media_dir, tmp_path):  # noqa: F811
+def test_pretrain_on_a_loaded_dataset(media_dir, tmp_path, capsys):  # noqa: F811
     unlabeled = load_dataset("videofolder", data_dir=str(media_dir), split="test").remove_columns("label")
     out = tmp_path / "out"
     metrics = pretrain.run(
@@ -120,9 +121,14 @@ def test_pretrain_on_a_loaded_dataset(media_dir, tmp_path):  # noqa: F811
         ],
         dataset=unlabeled,
     )  # fmt: skip
-    assert metrics["train_loss"] == metrics["train_loss"] and (out / "model.safetensors").is_file()
+    assert math.isfinite(metrics["train_loss"]) and (out / "model.safetensors").is_file()
     with pytest.raises(UsageError, match="--video_column_name video: split 'train' has no such column"):
         pretrain.run(["--output-dir", str(out)], dataset=unlabeled.rename_column("video", "clip"))
+    source = ["--dataset_name", "videofolder", "--data-dir", str(media_dir), "--train_split_name", "unlabeled"]
+    tiny = ["--config-overrides", json.dumps(TINY), "--num_clips", "2", "--output-dir", str(out)]
+    assert pretrain.main([*source, *tiny]) == 1
+    error = capsys.readouterr().err
+    assert "avbert-pretrain: error: --train_split_name unlabeled: the dataset has no such split" in error
 
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
