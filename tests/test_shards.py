@@ -246,3 +246,41 @@ def test_prepare_shards_command_labels_sizes_and_errors(corpus: Path, tmp_path: 
     assert prepare_main(["shards", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
     with pytest.raises(SystemExit):
         prepare_main(["shards", str(corpus / "src"), str(tmp_path / "y"), "--shard-size", "lots"])
+
+
+def test_unlabeled_shards_leave_out_files_pretraining_cannot_use(corpus: Path, tmp_path: Path, capsys) -> None:
+    """WAV files and silent videos open fine but hold no video / no sound: they were written into pretraining shards,
+    where every epoch decoded and skipped them. They are left out and listed with their reason, as `check` does."""
+    import av
+    import numpy as np
+    from test_training_cli import make_silent_video
+
+    from avbert.training.prepare import main as prepare_main
+
+    source = tmp_path / "videos" / "class_a"
+    source.mkdir(parents=True)
+    for video in sorted((corpus / "src").rglob("*.mp4"))[:2]:
+        (source / video.name).symlink_to(video)
+    make_silent_video(source / "silent.mp4")
+    with av.open(str(source / "sound.wav"), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+    def shards(name: str, *flags: str) -> ShardManifest:
+        assert prepare_main(["shards", str(source.parent), str(tmp_path / name), *flags]) == 0
+        return load_manifests(str(tmp_path / name))
+
+    unlabeled = shards("unlabeled", "--unlabeled")
+    assert unlabeled.num_samples == 2 and unlabeled.class_names is None  # was 4: both written
+    reasons = {item["path"]: item["reason"] for item in unlabeled.skipped}
+    assert reasons["class_a/silent.mp4"].startswith("no audio stream")
+    assert reasons["class_a/sound.wav"] == "no video stream"
+    assert "silent.mp4: no audio stream" in capsys.readouterr().err
+    # A labeled corpus keeps any readable media unless a recipe says which streams it reads.
+    assert shards("labeled").num_samples == 4
+    assert [item["path"] for item in shards("visual", "--recipe", "ucf101").skipped] == ["class_a/sound.wav"]
+    audio = shards("audio", "--unlabeled", "--recipe", "esc50")
+    assert [item["path"] for item in audio.skipped] == ["class_a/silent.mp4"] and audio.num_samples == 3

@@ -245,25 +245,32 @@ def _folder(data_dir: Path, split: str, split_id: int) -> FileList:
 
 
 def _auto_split(paths: list[Path], labels: list[int], split: str, where: Path) -> tuple[list[Path], list[int]]:
-    """``split`` ("train" or "test") of a seeded, stratified split: per class, a random ``AUTO_SPLIT_TEST_FRACTION``
-    (at least one file when the class has two or more) is test, the rest train. Same seed, same split, every call."""
+    """``split`` ("train" or "test") of the seeded, stratified split of `auto_split_indices`."""
     _check_split(split, ("train", "test"), f"folder without split folders ({where})")
     logger.info(
         "%s has no train/test split: using a seeded stratified split, %.0f%% of each class for test",
         where,
         100 * AUTO_SPLIT_TEST_FRACTION,
     )
+    wanted = auto_split_indices(labels, split == "test")
+    return [paths[i] for i in wanted], [labels[i] for i in wanted]
+
+
+def auto_split_indices(labels: Iterable[int], test: bool) -> list[int]:
+    """The rows (sorted) of the test (or train) part of a seeded, stratified split: per class, a random
+    ``AUTO_SPLIT_TEST_FRACTION`` (at least one row when the class has two or more) is test, the rest train. Same
+    labels, same split, every call."""
+    labels = list(labels)
     rng = np.random.default_rng(AUTO_SPLIT_SEED)
-    test = set()
+    test_rows = set()
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):
         by_class.setdefault(label, []).append(index)
     for label in sorted(by_class):
         members = by_class[label]
         count = min(len(members) - 1, max(1, round(AUTO_SPLIT_TEST_FRACTION * len(members))))
-        test.update(int(i) for i in rng.permutation(members)[:count])
-    wanted = [i for i in range(len(paths)) if (i in test) == (split == "test")]
-    return [paths[i] for i in wanted], [labels[i] for i in wanted]
+        test_rows.update(int(i) for i in rng.permutation(members)[:count])
+    return [i for i in range(len(labels)) if (i in test_rows) == test]
 
 
 def _table(data_dir: Path, split: str, split_id: int, suffixes: tuple[str, ...] = (".csv",)) -> FileList:

@@ -34,11 +34,12 @@ from torch.utils.data import Dataset as TorchDataset
 
 import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes)
 from avbert.feature_extraction_avbert import AVBertFeatureExtractor
-from avbert.media_decoding import read_audio
+from avbert.media_decoding import as_media_source, read_audio
 from avbert.processing_avbert import AVBertProcessor
 
 from .cli import UsageError, exit_status
-from .data import load_media_dataset
+from .data import _media_name, load_media_dataset
+from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
 from .recipes import RECIPES
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torc
 # Decoding
 
 
-def decode_views(processor: Any, path: str, modality: str) -> dict[str, torch.Tensor]:
-    """All test views of one file, with a leading view axis: (3, clips, ...) for videos, (1, clips, ...) for audio."""
+def decode_views(processor: Any, path: Any, modality: str) -> dict[str, torch.Tensor]:
+    """All test views of one file (a path or a `datasets` value), with a leading view axis: (3, clips, ...) for
+    videos, (1, clips, ...) for audio."""
     if modality == "audio":
-        waveform, rate = read_audio(path)
+        waveform, rate = read_audio(as_media_source(path))
         return dict(processor(waveform, sampling_rate=rate, return_tensors="pt", apply_masking=False))
     inputs = processor(videos=path, return_tensors="pt", all_views=True, load_audio_in_video=modality == "audio-visual")
     keys = ("pixel_values", "input_features") if modality == "audio-visual" else ("pixel_values",)
@@ -103,18 +105,20 @@ def decode_views(processor: Any, path: str, modality: str) -> dict[str, torch.Te
 
 
 class _ViewsDataset(TorchDataset):
-    """Decodes one file per item (in DataLoader workers); a failure becomes an ``error`` string, not an exception."""
+    """Decodes one file per item (in DataLoader workers); a failure becomes an ``error`` string, not an exception.
+    ``media`` are paths or `datasets` values (``{"bytes", "path"}`` dicts), reported by their path."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], processor: Any, modality: str) -> None:
-        self.paths, self.labels, self.processor, self.modality = list(paths), list(labels), processor, modality
+    def __init__(self, media: Sequence[Any], labels: Sequence[int], processor: Any, modality: str) -> None:
+        self.media, self.labels, self.processor, self.modality = list(media), list(labels), processor, modality
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.media)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"path": self.paths[index], "label": int(self.labels[index]), "error": None}
+        path = _media_name(self.media[index])
+        item: dict[str, Any] = {"path": path, "label": int(self.labels[index]), "error": None}
         try:
-            item["inputs"] = decode_views(self.processor, self.paths[index], self.modality)
+            item["inputs"] = decode_views(self.processor, self.media[index], self.modality)
         except (ValueError, OSError) as exc:  # MediaDecodeError is a ValueError
             item["error"] = str(exc)
         return item
@@ -157,10 +161,12 @@ def _class_names(dataset: Any, model: torch.nn.Module) -> list[str]:
     return [str(model.config.id2label[index]) for index in range(model.config.num_labels)]
 
 
-def _paths_and_labels(dataset: Any, indices: list[int]) -> tuple[list[str], list[int]]:
-    """Columns of the selected rows; only ``path`` and ``label`` are read (a list of dicts works as well)."""
+def _media_and_labels(dataset: Any, indices: list[int]) -> tuple[list[Any], list[int]]:
+    """Columns of the selected rows; only ``path`` (a path or a `datasets` media value) and ``label`` are read (a
+    list of dicts works as well)."""
     rows = [dataset[index] for index in indices]
-    return [str(row["path"]) for row in rows], [int(row["label"]) for row in rows]
+    media = [row["path"] if isinstance(row["path"], dict) else str(row["path"]) for row in rows]
+    return media, [int(row["label"]) for row in rows]
 
 
 def num_views(processor: Any, modality: str) -> dict[str, int]:
@@ -212,7 +218,8 @@ def evaluate_model(
     device: str | torch.device | None = None,
     k: Iterable[int] = (1, 5),
 ) -> EvaluationResult:
-    """Multi-view accuracy of ``model`` on ``dataset`` (rows with ``path`` and ``label``, e.g. `load_media_dataset`).
+    """Multi-view accuracy of ``model`` on ``dataset`` (rows with ``path`` and ``label``, e.g. `load_media_dataset`;
+    ``path`` may hold `datasets` media values, as the rows of `avbert.training.datasets_source.media_rows` do).
 
     Args:
         processor: an ``AVBertProcessor`` (video models) or ``AVBertFeatureExtractor`` (audio models); its
@@ -234,9 +241,9 @@ def evaluate_model(
     if len(names) != model.config.num_labels:
         raise ValueError(f"the dataset has {len(names)} classes but the model predicts {model.config.num_labels}")
     indices = evenly_spaced_subset(len(dataset), max_samples)
-    paths, labels = _paths_and_labels(dataset, indices)
+    media, labels = _media_and_labels(dataset, indices)
     loader = DataLoader(
-        _ViewsDataset(paths, labels, processor, modality),
+        _ViewsDataset(media, labels, processor, modality),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_as_list,
@@ -336,10 +343,25 @@ def write_outputs(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avbert-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="folder with the model and its processor")
-    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--data-dir", "--data_dir", type=Path, help="dataset root (with --dataset-name: its folder)")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
     parser.add_argument("--layout", help="dataset layout (default: the recipe's name; see load_media_dataset)")
-    parser.add_argument("--split", default="test")
+    for flag, default in (
+        ("dataset_name", None),
+        ("dataset_config_name", None),
+        ("video_column_name", "video"),
+        ("audio_column_name", "audio"),
+        ("label_column_name", "label"),
+    ):
+        help_text = DATASET_HELP[flag] + (f" (default: {default})" if default else "")
+        parser.add_argument(f"--{flag.replace('_', '-')}", f"--{flag}", default=default, help=help_text)
+    parser.add_argument(
+        "--split",
+        "--eval-split-name",
+        "--eval_split_name",
+        default="test",
+        help="split to evaluate (a `datasets` dataset with only a train split: the part avbert-train held out)",
+    )
     parser.add_argument("--split-id", type=int, default=1, help="UCF101 split list / ESC-50 test fold")
     parser.add_argument("--output-dir", type=Path, help="default: <model>/eval-<split>")
     parser.add_argument("--batch-size", type=int, default=2, help="files per forward pass (a video gives 3 rows)")
@@ -349,21 +371,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Evaluate a saved model on one split and write the outputs; returns the metrics dict."""
+def load_split(args: argparse.Namespace, modality: str, dataset: Any = None) -> Any:
+    """The rows to evaluate: ``--split`` of ``dataset`` (loaded already) or ``--dataset-name``, else of the
+    ``--data-dir`` layout."""
+    if dataset is None and args.dataset_name is not None:
+        dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir and str(args.data_dir))
+    if dataset is None:
+        return load_media_dataset(args.layout or args.recipe, args.data_dir, args.split, args.split_id)
+    if args.layout is not None:
+        raise UsageError("--layout is for --data-dir folders; a `datasets` dataset has its own columns and splits")
+    splits, columns = as_splits(dataset, args.split), Columns.of(args, modality)
+    if args.split not in splits and list(splits) == ["train"]:
+        return train_eval_rows(splits, "train", args.split, columns)[1]  # what avbert-train held out
+    return split_rows(splits, args.split, "split", columns)
+
+
+def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any]:
+    """Evaluate a saved model on one split and write the outputs; returns the metrics dict.
+
+    ``dataset``: an already loaded ``datasets.DatasetDict`` (its ``--split``) or ``Dataset`` (evaluated whole)
+    instead of ``--data-dir`` / ``--dataset-name``; the column flags apply to it.
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     modality = RECIPES[args.recipe].modality
     if not args.model.is_dir():
         raise UsageError(f"--model {args.model}: no such folder (it takes a save_pretrained folder)")
-    if not args.data_dir.exists():
-        raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
+    if dataset is None and args.dataset_name is None:
+        if args.data_dir is None:
+            raise UsageError("give --data-dir (a dataset folder) or --dataset-name (a `datasets` dataset)")
+        if not args.data_dir.exists():
+            raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
+    rows = load_split(args, modality, dataset)  # a wrong split or column is said before the model loads
     model, processor = load_model_and_processor(args.model, modality)
-    dataset = load_media_dataset(args.layout or args.recipe, args.data_dir, args.split, args.split_id)
     result = evaluate_model(
         model,
         processor,
-        dataset,
+        rows,
         modality=modality,
         batch_size=args.batch_size,
         max_samples=args.max_samples,
@@ -373,8 +417,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     extra = {
         "model": str(args.model),
         "recipe": args.recipe,
-        "data_dir": str(args.data_dir),
-        "layout": args.layout or args.recipe,
+        "data_dir": None if args.data_dir is None else str(args.data_dir),
+        **({"dataset_name": args.dataset_name} if args.dataset_name else {"layout": args.layout or args.recipe}),
         "split": args.split,
         "split_id": args.split_id,
         **num_views(processor, modality),

@@ -5,6 +5,7 @@
     avbert-prepare folder --output-dir data/mine --source ~/videos      # any tree of media -> <class>/<file> + CSV
     avbert-prepare check --source data/mine --recipe kinetics-sounds --output-dir data/check   # probe every file
     avbert-prepare shards data/mine data/mine-shards --shard-size 1GB  # WebDataset shards (see avbert.training.shards)
+    avbert-prepare shards ~/videos data/pretrain-shards --unlabeled    # only files with video and sound (pretraining)
 
 The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
 ESC-50, ``train/`` + ``test/`` for Kinetics-Sounds), so that folder is what ``--data-dir`` of training takes.

@@ -4,8 +4,10 @@
     avbert-pretrain --data-dir VIDEOS --output-dir runs/pretrain [--model FOLDER] [--config-overrides JSON]
                     [--num_clips 30] [any TrainingArguments flag, e.g. --bf16 --per_device_train_batch_size 8]
 
-`--shards MANIFESTS` reads WebDataset shards written by `avbert-prepare shards --unlabeled` instead (local or
-streamed, split over ranks and DataLoader workers, resumable sample for sample; docs/training.md, Scale-out).
+`--dataset_name` reads the videos of a `datasets` dataset instead (`--dataset_name videofolder --data-dir VIDEOS`,
+`--dataset_config_name`, `--video_column_name`, `--train_split_name`; docs/training.md). `--shards MANIFESTS` reads
+WebDataset shards written by `avbert-prepare shards --unlabeled` instead (local or streamed, split over ranks and
+DataLoader workers, resumable sample for sample; docs/training.md, Scale-out).
 Every media file under `--data-dir` (recursive; any container FFmpeg reads, text and image files left out and
 reported) is one training item: a sequence of
 `num_clips` uniformly spaced clips (default 30: the paper's 30-second inputs) with the sound under each clip.
@@ -44,8 +46,15 @@ from ..modeling_avbert import AVBertForPreTraining
 from ..processing_avbert import AVBertProcessor
 from ..video_processing_avbert import AVBertVideoProcessor
 from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
-from .cli import exit_status, launched_on_cpu_without_flag, refuse_single_process_accelerate_cpu, resolve_resume
+from .cli import (
+    UsageError,
+    exit_status,
+    launched_on_cpu_without_flag,
+    refuse_single_process_accelerate_cpu,
+    resolve_resume,
+)
 from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
+from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
 from .distributed import release_process_group
 from .recipes import SkippedFilesMixin
 from .shards import shard_dataset, shard_trainer
@@ -63,7 +72,11 @@ class PretrainArguments:
     """What to pretrain and on which videos (the rest of the command line is `TrainingArguments`)."""
 
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder of unlabeled videos with sound (searched recursively)."}
+        default=None,
+        metadata={
+            "help": "Folder of unlabeled videos with sound (searched recursively; with --dataset_name: the folder "
+            "the loader reads)."
+        },
     )
     shards: str | None = field(
         default=None,
@@ -73,6 +86,10 @@ class PretrainArguments:
         },
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
+    dataset_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_name"]})
+    dataset_config_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_config_name"]})
+    video_column_name: str = field(default="video", metadata={"help": DATASET_HELP["video_column_name"]})
+    train_split_name: str = field(default="train", metadata={"help": "The dataset's split to pretrain on."})
     model: str | None = field(
         default=None, metadata={"help": "save_pretrained folder to continue from (default: a new model)."}
     )
@@ -212,8 +229,23 @@ def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArgument
     return pretrain_args, training_args
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Pretrain and save model + processor to `--output-dir`; returns the training metrics."""
+def unlabeled_rows(args: PretrainArguments, dataset: Any = None) -> Dataset:
+    """The `path` rows to pretrain on: `--train_split_name` of `dataset` (loaded already) or `--dataset_name` (its
+    labels, if any, unused), else the media files under `--data-dir`."""
+    if dataset is None and args.dataset_name is not None:
+        dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir)
+    if dataset is None:
+        return unlabeled_dataset(args.data_dir)
+    columns = Columns.of(args, "audio-visual", labeled=False)
+    return split_rows(as_splits(dataset, args.train_split_name), args.train_split_name, "train_split_name", columns)
+
+
+def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any]:
+    """Pretrain and save model + processor to `--output-dir`; returns the training metrics.
+
+    `dataset`: an already loaded `datasets.DatasetDict` (its `--train_split_name` split) or `Dataset` instead of
+    `--data-dir` / `--dataset_name`; `--video_column_name` names its video column.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     refuse_single_process_accelerate_cpu()
     args, training_args = parse_args(argv)
@@ -222,18 +254,24 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     set_seed(training_args.seed)
-    if (args.data_dir is None) == (args.shards is None):
-        raise ValueError("give exactly one of --data-dir (a folder of videos) and --shards (shard manifests)")
+    from_datasets = dataset is not None or args.dataset_name is not None
+    if from_datasets and args.shards is not None:
+        raise UsageError("give a `datasets` dataset or --shards (shard manifests), not both")
+    if not from_datasets and (args.data_dir is None) == (args.shards is None):
+        raise UsageError(
+            "give exactly one of --data-dir (a folder of videos), --dataset_name (a `datasets` dataset) and "
+            "--shards (shard manifests)"
+        )
     model = build_model(args)
     processor = build_processor(model.config, args)
     transform = MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
     if args.shards is not None:
-        dataset = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer)
+        media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer)
     else:
-        dataset = MediaDataset(unlabeled_dataset(args.data_dir), transform)
+        media = MediaDataset(unlabeled_rows(args, dataset), transform)
     logger.info(
         "Pretraining on %d files, %d clips x %d frames, %s parameters",
-        len(dataset),
+        len(media),
         model.config.num_clips,
         model.config.num_frames,
         f"{sum(p.numel() for p in model.parameters()):,}",
@@ -245,7 +283,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = shard_trainer(PreTrainer)(
         model=model,
         args=training_args,
-        train_dataset=dataset,
+        train_dataset=media,
         data_collator=PretrainingCollator(report_skipped=True),
         callbacks=[ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],
     )

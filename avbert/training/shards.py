@@ -4,7 +4,9 @@
 A shard is a plain POSIX tar (the WebDataset layout, readable by ``tar``, ``webdataset`` and ``datasets``'
 ``webdataset`` builder): per sample ``KEY.<ext>`` holds the media file's bytes exactly as they were (no re-encoding)
 and ``KEY.json`` its label and source. ``manifest.json`` next to the shards lists every shard with its sample count,
-size and SHA-256, the class names, and the files that were probed as unreadable and left out.
+size and SHA-256, the class names, and the files left out with the reason: unreadable ones, and with ``--recipe`` or
+``--unlabeled`` (pretraining reads video and sound) the ones without the streams the training reads, such as WAV files
+and silent videos for pretraining (probed and decoded by ``avbert-prepare check``'s `decode_problem`).
 
 Reading (``ShardedVideoDataset``), built on ``webdataset``'s tar streaming (local paths, ``http(s)://`` through
 ``curl``, ``pipe:`` commands, which is how object stores are read):
@@ -620,17 +622,29 @@ def _shards_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split-id", type=int, default=1, help="UCF101 split / ESC-50 fold (default: 1)")
     parser.add_argument("--unlabeled", action="store_true", help="every video file under SOURCE, no labels")
+    parser.add_argument(
+        "--recipe",
+        choices=("ucf101", "esc50", "kinetics-sounds"),
+        help="leave out the files without the streams this recipe reads, probed and decoded as `avbert-prepare check "
+        "--recipe` does (default: with --unlabeled, video and sound, what avbert-pretrain reads; else any readable "
+        "media)",
+    )
     return parser
 
 
 def prepare_shards(argv: Sequence[str]) -> int:
-    """``avbert-prepare shards SOURCE OUT``: probe every file, write the readable ones, list the others."""
+    """``avbert-prepare shards SOURCE OUT``: probe every file, write the usable ones, list the others with the reason.
+
+    Usable: readable media; with ``--recipe`` or ``--unlabeled`` (pretraining: video and sound), also holding the
+    streams the training reads (`decode_problem`), so that no shard carries a sample every epoch then skips."""
     from .data import _TABLE_SPLITS, _class_tree, load_media_dataset
-    from .prepare import _media_problem
+    from .prepare import RECIPE_MODALITIES, _media_problem, decode_problem
     from .pretrain import find_media_files
 
     args = _shards_parser().parse_args(argv)
     source = args.source.expanduser().absolute()
+    modality = RECIPE_MODALITIES[args.recipe] if args.recipe else "audio-visual" if args.unlabeled else None
+    problem_of = _media_problem if modality is None else functools.partial(decode_problem, modality=modality)
     try:
         if args.unlabeled:
             files, labels, names, root = find_media_files(source), None, None, source
@@ -646,11 +660,13 @@ def prepare_shards(argv: Sequence[str]) -> int:
             files, labels, names = [Path(p) for p in rows["path"]], list(rows["label"]), rows.features["label"].names
             root = source if source.is_dir() else source.parent
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            problems = list(pool.map(_media_problem, files))
+            problems = list(pool.map(problem_of, files))
         keep = [i for i, problem in enumerate(problems) if problem is None]
         skipped = [(files[i], problem) for i, problem in enumerate(problems) if problem is not None]
         if not keep:
-            raise ValueError(f"none of the {len(files)} files under {source} is readable media")
+            needs = "readable media" if modality is None else f"usable for {modality} training"
+            reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped[:3])
+            raise ValueError(f"none of the {len(files)} files under {source} is {needs} (e.g. {reasons})")
         manifest = write_shards(
             [files[i] for i in keep],
             [labels[i] for i in keep] if labels is not None else None,
@@ -670,7 +686,7 @@ def prepare_shards(argv: Sequence[str]) -> int:
         f" (manifest: {args.output_dir / MANIFEST_NAME})"
     )
     if skipped:
-        print(f"skipped {len(skipped)} unreadable files (listed in the manifest):", file=sys.stderr)
+        print(f"skipped {len(skipped)} files (listed in the manifest with the reason):", file=sys.stderr)
         for path, reason in skipped:
             print(f"  {path}: {reason}", file=sys.stderr)
     return 0

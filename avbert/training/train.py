@@ -5,7 +5,10 @@
                  [--layout folder] [any TrainingArguments flag, e.g. --bf16 --dataloader_num_workers 8]
 
 `--train_shards` / `--eval_shards` read WebDataset shards written by `avbert-prepare shards` instead of the
-`--data-dir` splits (local or streamed; docs/training.md, Scale-out).
+`--data-dir` splits (local or streamed; docs/training.md, Scale-out). `--dataset_name` reads a `datasets` dataset
+instead, as transformers' example scripts do (`--dataset_name videofolder --data_dir VIDEOS`, `--dataset_config_name`,
+`--video_column_name`, `--audio_column_name`, `--label_column_name`, `--train_split_name`, `--eval_split_name`;
+docs/training.md, "Training from a `datasets` dataset").
 
 `--model` is a `save_pretrained` folder with its processor (e.g. written by `avbert-convert`). Recipe values fill the
 `TrainingArguments` fields that are not given on the command line (`avbert-train --recipe NAME --help` shows them);
@@ -59,6 +62,7 @@ from .data import (
     load_media_dataset,
     stratified_subset,
 )
+from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
 from .distributed import release_process_group
 from .evaluate import load_top_k_metric
 from .recipes import (
@@ -80,7 +84,14 @@ class ModelDataArguments:
 
     recipe: str = field(metadata={"help": f"Original recipe: {', '.join(RECIPES)}.", "choices": list(RECIPES)})
     model: str = field(metadata={"help": "save_pretrained folder (with its processor), e.g. from avbert-convert."})
-    data_dir: str | None = field(default=None, metadata={"help": "Dataset root folder."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Dataset root folder (with --dataset_name: the folder the loader reads)."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_name"]})
+    dataset_config_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_config_name"]})
+    video_column_name: str = field(default="video", metadata={"help": DATASET_HELP["video_column_name"]})
+    audio_column_name: str = field(default="audio", metadata={"help": DATASET_HELP["audio_column_name"]})
+    label_column_name: str = field(default="label", metadata={"help": DATASET_HELP["label_column_name"]})
     train_shards: str | None = field(
         default=None,
         metadata={"help": "Shard manifests to train on instead of --data-dir's train split (docs/training.md)."},
@@ -94,8 +105,13 @@ class ModelDataArguments:
         metadata={"help": "ucf101, esc50, kinetics-sounds, folder, csv or json (default: the recipe's own)."},
     )
     split_id: int = field(default=1, metadata={"help": "Official split / fold number (UCF101 1-3, ESC-50 1-5)."})
-    train_split: str = field(default="train", metadata={"help": "Split name for training."})
-    eval_split: str = field(default="test", metadata={"help": "Split name for evaluation (the original tests on it)."})
+    train_split_name: str = field(
+        default="train", metadata={"help": "Split name for training.", "aliases": ["--train_split"]}
+    )
+    eval_split_name: str = field(
+        default="test",
+        metadata={"help": "Split name for evaluation (the original tests on it).", "aliases": ["--eval_split"]},
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep N training rows, every class in proportion (seeded by --seed)."}
     )
@@ -249,39 +265,70 @@ def load_processor(model_dir: str, recipe: Recipe) -> Any:
     return AutoProcessor.from_pretrained(model_dir)
 
 
-def load_splits(data_args: ModelDataArguments, recipe: Recipe, seed: int) -> tuple[Any, Any, list[str]]:
-    """The train and eval rows of the dataset folder (None for a split read from shards) and the class names: the same
-    classes in both splits, no file in both, optionally a stratified subset of each."""
-    if data_args.data_dir is None and None in (data_args.train_shards, data_args.eval_shards):
-        raise UsageError("give --data_dir, or both --train_shards and --eval_shards")
+def load_splits(
+    data_args: ModelDataArguments, recipe: Recipe, seed: int, dataset: Any = None
+) -> tuple[Any, Any, list[str]]:
+    """The train and eval rows (None for a split read from shards) and the class names: the same classes in both
+    splits, optionally a stratified subset of each. The rows come from ``dataset`` (a loaded ``Dataset`` /
+    ``DatasetDict``: `datasets_source.train_eval_rows`), else ``--dataset_name``, else the ``--data_dir`` layout
+    (whose splits must not share a file)."""
+    shards = {"train": data_args.train_shards, "eval": data_args.eval_shards}
+    if dataset is None and data_args.dataset_name is not None:
+        dataset = load_source(data_args.dataset_name, data_args.dataset_config_name, data_args.data_dir)
+    if dataset is not None:
+        if any(shards.values()) or data_args.layout is not None:
+            raise UsageError(
+                "--layout, --train_shards and --eval_shards are for --data_dir folders and shards; a `datasets` "
+                "dataset has its own columns and splits"
+            )
+        train, evaluation = train_eval_rows(
+            as_splits(dataset, data_args.train_split_name),
+            data_args.train_split_name,
+            data_args.eval_split_name,
+            Columns.of(data_args, recipe.modality),
+        )
+        rows, class_names = {"train": train, "eval": evaluation}, train.features["label"].names
+    else:
+        rows, class_names = _layout_splits(data_args, recipe, shards)
+    for name, limit in (("train", data_args.max_train_samples), ("eval", data_args.max_eval_samples)):
+        if rows[name] is not None and limit is not None:
+            rows[name] = rows[name].select(stratified_subset(rows[name]["label"], limit, seed))
+    return rows["train"], rows["eval"], class_names
+
+
+def _layout_splits(
+    data_args: ModelDataArguments, recipe: Recipe, shards: dict[str, str | None]
+) -> tuple[dict[str, Any], list[str]]:
+    """The rows of the ``--data_dir`` layout's splits, or None for a split read from shards, and the class names."""
+    if data_args.data_dir is None and None in shards.values():
+        raise UsageError("give --data_dir, --dataset_name, or both --train_shards and --eval_shards")
     if data_args.data_dir is not None and not Path(data_args.data_dir).exists():
         raise UsageError(f"--data_dir {data_args.data_dir}: no such folder or file")
     layout = data_args.layout or recipe.name
-    splits = {
-        "train": (data_args.train_split, data_args.train_shards),
-        "eval": (data_args.eval_split, data_args.eval_shards),
-    }
+    split_names = {"train": data_args.train_split_name, "eval": data_args.eval_split_name}
     rows, class_names = {}, {}
-    for name, (split, shards) in splits.items():
-        if shards is not None:
-            rows[name], class_names[name] = None, load_manifests(shards).class_names
+    for name, split in split_names.items():
+        if shards[name] is not None:
+            rows[name], class_names[name] = None, load_manifests(shards[name]).class_names
             if class_names[name] is None:
-                raise UsageError(f"the {name} shards {shards} are unlabeled (written with --unlabeled)")
+                raise UsageError(f"the {name} shards {shards[name]} are unlabeled (written with --unlabeled)")
         else:
             rows[name] = load_media_dataset(layout, data_args.data_dir, split, data_args.split_id)
             class_names[name] = rows[name].features["label"].names
     if class_names["eval"] != class_names["train"]:
-        raise UsageError(f"The {data_args.train_split} and {data_args.eval_split} splits have different classes.")
+        raise UsageError(f"The {split_names['train']} and {split_names['eval']} splits have different classes.")
     if rows["train"] is not None and rows["eval"] is not None:
-        check_disjoint(rows["train"], rows["eval"], data_args.train_split, data_args.eval_split)
-    for name, limit in (("train", data_args.max_train_samples), ("eval", data_args.max_eval_samples)):
-        if rows[name] is not None and limit is not None:
-            rows[name] = rows[name].select(stratified_subset(rows[name]["label"], limit, seed))
-    return rows["train"], rows["eval"], class_names["train"]
+        check_disjoint(rows["train"], rows["eval"], split_names["train"], split_names["eval"])
+    return rows, class_names["train"]
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train, evaluate and save (model, processor, metrics, curves); returns the final eval metrics."""
+def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any]:
+    """Train, evaluate and save (model, processor, metrics, curves); returns the final eval metrics.
+
+    ``dataset``: an already loaded ``datasets.DatasetDict`` (its ``--train_split_name`` / ``--eval_split_name``
+    splits) or ``Dataset`` (the train split, a stratified part held out for evaluation) instead of ``--data_dir`` /
+    ``--dataset_name``; the column flags apply to it.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     refuse_single_process_accelerate_cpu()
     data_args, training_args, recipe = parse_args(argv)
@@ -291,7 +338,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     set_seed(training_args.seed)
     load_config(data_args.model)  # a wrong --model is said before the data is listed
-    train_rows, eval_rows, class_names = load_splits(data_args, recipe, training_args.seed)
+    train_rows, eval_rows, class_names = load_splits(data_args, recipe, training_args.seed, dataset)
     processor = load_processor(data_args.model, recipe)
     model = load_model(data_args.model, recipe, class_names)
     resume = None
