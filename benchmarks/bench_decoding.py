@@ -5,7 +5,7 @@ Examples:
     .venv/bin/python benchmarks/bench_decoding.py --repeats 1 --no-fuzz --no-write
 
 Per shared video (../shared/data/videos), the frames one AVBERT evaluation item needs (the Kinetics-Sounds recipe:
-10 clips x 32 frames, sampled by `AVBertVideoProcessor.sample_clip_indices`) and the sound under its 10 clips:
+10 clips x 32 frames, sampled by `AVBertVideoProcessor.clip_sampling().frame_indices`) and the sound under its 10 clips:
 - PyAV: `avbert.media_decoding.read_video_and_audio` (one demux pass for the frame table, then seeking only where a
   keyframe lies ahead, only sampled frames converted to RGB) and `AudioTrack.read_windows` (one decoding pass that
   keeps the windows);
@@ -43,7 +43,7 @@ CLIP_SECONDS = 32 * 2 / 30
 
 def pyav_frames(path: Path, processor: AVBertVideoProcessor) -> tuple[np.ndarray, int, int, float, bool]:
     def choose(info):
-        return np.unique(processor.sample_clip_indices(info.num_frames, info.fps))
+        return np.unique(processor.clip_sampling().frame_indices(info.num_frames, info.fps))
 
     decoded = read_video_and_audio(path, choose, load_audio=False)
     has_audio = decoded.info.audio is not None
@@ -60,7 +60,9 @@ def torchcodec_frames(path: Path, processor: AVBertVideoProcessor) -> np.ndarray
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
-    indices = np.unique(processor.sample_clip_indices(decoder.metadata.num_frames, decoder.metadata.average_fps))
+    indices = np.unique(
+        processor.clip_sampling().frame_indices(decoder.metadata.num_frames, decoder.metadata.average_fps)
+    )
     return decoder.get_frames_at(indices.tolist()).data.numpy()
 
 
@@ -98,7 +100,7 @@ def compare_video(path: Path, processor: AVBertVideoProcessor, repeats: int) -> 
     )
     row["audio"], row["pyav_audio_ms"], row["torchcodec_audio_ms"] = "no audio", None, None
     if has_audio:
-        starts = processor.clip_start_times(total, fps)
+        starts = processor.clip_sampling().start_times(total, fps)
         mine, other = pyav_audio(path, starts), torchcodec_audio(path, starts)
         shortest = [min(a.shape[1], b.shape[1]) for a, b in zip(mine, other, strict=True)]
         diff = max(np.abs(a[:, :n] - b[:, :n]).max() for a, b, n in zip(mine, other, shortest, strict=True))
