@@ -14,7 +14,7 @@ from transformers.processing_utils import AudioKwargs, ProcessingKwargs, Process
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .feature_extraction_avbert import _is_batch as _is_audio_batch
-from .media_decoding import AudioTrack, is_media_source, reopenable
+from .media_decoding import AudioTrack, is_media_source, out_of_memory_names, reopenable
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
 
 
@@ -99,10 +99,10 @@ class AVBertProcessor(ProcessorMixin):
         sampling = self.video_processor.clip_sampling(**video_kwargs)
         rows = data["pixel_values"].shape[0] // len(metadata)  # 3 with all_views: each crop hears the same sound
         if from_files:
-            features = [
-                self._file_log_mels(item, meta, sampling, alignment, video_kwargs, audio_kwargs)
-                for item, meta in zip(items, metadata, strict=True)
-            ]
+            features = []
+            for item, meta in zip(items, metadata, strict=True):
+                with out_of_memory_names(item):
+                    features.append(self._file_log_mels(item, meta, sampling, alignment, video_kwargs, audio_kwargs))
             data["input_features"] = torch.cat(features).repeat_interleave(rows, dim=0)
         elif audio is not None:
             audio_kwargs["num_clips"] = len(sampling.selected_clips)

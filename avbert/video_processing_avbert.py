@@ -54,7 +54,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .clip_sampling import DEFAULT_FPS, ClipSampling, as_clip_selection
-from .media_decoding import is_media_source, read_video_and_audio
+from .media_decoding import is_media_source, out_of_memory_names, read_video_and_audio
 
 __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
@@ -482,10 +482,14 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         load_audio = kwargs.get("load_audio_in_video")
         load_audio = self.load_audio_in_video if load_audio is None else load_audio
         items = videos if isinstance(videos, list | tuple) else [videos]
-        if load_audio and items and all(map(is_media_source, items)):
+        files = bool(items) and all(map(is_media_source, items))
+        if load_audio and files:
             return self.audio_visual_processor()(videos=videos, **kwargs)
         kwargs.pop("load_audio_in_video", None)
-        return super().preprocess(videos, **kwargs)
+        if not files:
+            return super().preprocess(videos, **kwargs)
+        with out_of_memory_names(items):
+            return super().preprocess(videos, **kwargs)
 
     def audio_visual_processor(self) -> Any:
         """The ``AVBertProcessor`` this belongs to: the one that holds it, else one with the feature extractor saved

@@ -211,6 +211,26 @@ def test_video_classification_pipeline_on_every_real_video_with_sound(kinetics_s
 
 
 @needs_fixtures
+def test_video_classification_pipeline_batches_with_the_feature_extractor(kinetics_sounds_folder):
+    """transformers batches a pipeline only with a tokenizer or feature extractor to pad with; given AVBERT's (its
+    inputs have one shape per processor, so transformers' collate stacks them), `batch_size` gives the unbatched
+    results."""
+    videos = [str(path) for path in videos_with_audio()[:3]]
+    single = pipeline("video-classification", model=str(kinetics_sounds_folder))(videos, top_k=5)
+    batched = pipeline(
+        "video-classification",
+        model=str(kinetics_sounds_folder),
+        feature_extractor=AutoFeatureExtractor.from_pretrained(kinetics_sounds_folder),
+        batch_size=2,
+    )(videos, top_k=5)
+    for one, other in zip(single, batched, strict=True):
+        assert [p["label"] for p in one] == [p["label"] for p in other]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(one, other, strict=True)) < 1e-5
+    with pytest.raises(ValueError, match="cannot do batching"):  # without it, transformers' refusal
+        pipeline("video-classification", model=str(kinetics_sounds_folder), batch_size=2)(videos)
+
+
+@needs_fixtures
 def test_visual_only_model_classifies_a_silent_video(tmp_path):
     tiny = FIXTURES / "tiny_visual"
     convert_checkpoint(tiny / "finetuned_checkpoint.pyth", tmp_path, "ucf101", tiny / "config.yaml")
