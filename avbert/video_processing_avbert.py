@@ -60,14 +60,14 @@ __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorK
 
 logger = logging.get_logger(__name__)
 
-# Settings earlier versions kept on the video processor; they now belong to the feature extractor / processor.
+# Settings earlier versions kept on the video processor, their defaults, and where they live now.
 _MOVED_SETTINGS = {
-    "audio_alignment": "AVBertFeatureExtractor(audio_alignment=...)",
-    "clip_gain_jitter_db": "AVBertFeatureExtractor(clip_gain_jitter_db=...)",
-    "audio_sampling_rate": "AVBertFeatureExtractor(sampling_rate=...)",
-    "num_mel_bins": "AVBertFeatureExtractor(feature_size=...)",
-    "audio_time_frames": "AVBertFeatureExtractor(num_time_frames=...)",
-    "audio_feature_extractor": "AVBertProcessor(feature_extractor=...)",
+    "audio_alignment": ("timestamp", "AVBertFeatureExtractor(audio_alignment=...)"),
+    "clip_gain_jitter_db": (0.0, "the processor's call: processor(..., clip_gain_jitter_db=...)"),
+    "audio_sampling_rate": (44100, "AVBertFeatureExtractor(sampling_rate=...)"),
+    "num_mel_bins": (80, "AVBertFeatureExtractor(feature_size=...)"),
+    "audio_time_frames": (128, "AVBertFeatureExtractor(num_time_frames=...)"),
+    "audio_feature_extractor": (None, "AVBertProcessor(feature_extractor=...)"),
 }
 
 
@@ -235,10 +235,11 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     load_audio_in_video = False
 
     def __init__(self, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> None:
-        for name in set(kwargs) & set(_MOVED_SETTINGS):  # saved by earlier versions: load, say where it went
+        for name in sorted(set(kwargs) & set(_MOVED_SETTINGS)):  # saved by earlier versions: load, say where it went
             value = kwargs.pop(name)
-            if value not in (None, 0, 0.0, "timestamp", 44100, 80, 128):
-                logger.warning(f"AVBertVideoProcessor ignores `{name}={value!r}`: set {_MOVED_SETTINGS[name]}.")
+            default, now = _MOVED_SETTINGS[name]
+            if value != default:
+                logger.warning(f"AVBertVideoProcessor ignores `{name}={value!r}`: set {now}.")
         for name in ("train_jitter_scales", "temporal_index", "image_mean", "image_std"):
             if isinstance(kwargs.get(name), tuple):
                 kwargs[name] = list(kwargs[name])  # as JSON gives them back
@@ -299,7 +300,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
         def choose(info: Any) -> np.ndarray:
             metadata = VideoMetadata(total_num_frames=info.num_frames, fps=info.fps)
-            sampled.append(sample_indices_fn(metadata=metadata) if sample_indices_fn else np.arange(info.num_frames))
+            sampled.append((sample_indices_fn or self.sample_frames)(metadata=metadata))
             return np.unique(sampled[0])
 
         decoded = read_video_and_audio(video_url_or_urls, choose, load_audio=False)
@@ -324,7 +325,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         ``do_sample_frames=False`` an array must already hold the clips' frames in clip order."""
         if is_media_source(videos) or (isinstance(videos, list | tuple) and all(map(is_media_source, videos))):
             items = [videos] if is_media_source(videos) else list(videos)
-            return self.fetch_videos(items, sample_indices_fn or self.sample_frames)  # files are always sampled
+            return self.fetch_videos(items, sample_indices_fn)  # files are always sampled
         arrays = make_batched_videos(videos)
         metadata = _metadata_list(video_metadata, len(arrays))
         sampled = []
@@ -333,25 +334,13 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             if total == 0:
                 raise ValueError("a video needs at least one frame")
             item.total_num_frames, item.fps = total, item.fps if item.fps and item.fps > 0 else DEFAULT_FPS
-            if sample_indices_fn is not None:
-                indices = sample_indices_fn(metadata=item)
-            else:
-                indices = np.arange(total).reshape(-1, self._clip_frames(total))
+            # Without sampling the frames are the clips' already, in clip order; `_preprocess` checks the count.
+            indices = sample_indices_fn(metadata=item) if sample_indices_fn is not None else np.arange(total)
             unique, positions = np.unique(indices, return_inverse=True)
             item.frames_indices = indices.tolist()
             frames = video[torch.from_numpy(unique) if torch.is_tensor(video) else unique]
             sampled.append(_SampledVideo(frames, positions.reshape(indices.shape)))
         return sampled, metadata
-
-    def _clip_frames(self, total: int) -> int:
-        """Frames per clip of an array that holds already-sampled clips (``do_sample_frames=False``)."""
-        expected = len(self.clip_sampling().selected_clips) * self.num_frames
-        if total != expected:
-            raise ValueError(
-                f"with do_sample_frames=False a video must hold clips * num_frames = {expected} frames in clip order, "
-                f"got {total}"
-            )
-        return self.num_frames
 
     def _prepare_input_videos(
         self,
@@ -410,16 +399,21 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         jitters = {name: float(kwargs[f"clip_{name}_jitter"]) for name in ("brightness", "contrast")}
         scales = tuple(int(scale) for scale in kwargs["train_jitter_scales"])
         mean, std = _per_channel(image_mean), _per_channel(image_std)
+        sampling = self.clip_sampling(**kwargs)
         rows = []
         for video in videos:
+            if video.positions.ndim == 1:  # do_sample_frames=False: the frames hold the clips in clip order
+                expected = len(sampling.selected_clips) * sampling.num_frames
+                if len(video.positions) != expected:
+                    raise ValueError(
+                        f"with do_sample_frames=False a video must hold clips * num_frames = {expected} frames in "
+                        f"clip order, got {len(video.positions)}"
+                    )
+                video.positions = video.positions.reshape(-1, sampling.num_frames)
             augmentation = _Augmentation.draw(generator, scales, jitters, len(video.positions)) if train else None
-            views = []
-            windows = self._view_windows(video.frames, do_resize, size, do_center_crop, crop_size, kwargs, augmentation)
-            for rows_index, cols_index in windows:
-                view = video.frames[:, rows_index][:, :, cols_index]
-                if augmentation is not None and augmentation.uniforms[2] < float(kwargs["flip_prob"]):
-                    view = view.flip(2)
-                views.append(view)
+            views = self._views(video.frames, do_resize, size, do_center_crop, crop_size, kwargs, augmentation)
+            if augmentation is not None and augmentation.uniforms[2] < float(kwargs["flip_prob"]):
+                views = [view.flip(2) for view in views]
             clips = _clips(views, torch.from_numpy(video.positions), do_rescale, rescale_factor)
             if augmentation is not None and (augmentation.brightness or augmentation.contrast):
                 clips = _jitter_clips(clips, augmentation)
@@ -435,7 +429,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
     @staticmethod
-    def _view_windows(
+    def _views(
         frames: torch.Tensor,
         do_resize: bool,
         size: SizeDict,
@@ -443,8 +437,9 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         crop_size: SizeDict,
         kwargs: dict[str, Any],
         augmentation: _Augmentation | None,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Source rows and columns of each view: the nearest resize and the crop composed into one gather."""
+    ) -> list[torch.Tensor]:
+        """The crops of the (U, H, W, C) frames after the nearest resize (one gather): one random crop in training,
+        one or three evaluation crops, or the whole resized frames."""
         height, width = frames.shape[1], frames.shape[2]
         if augmentation is not None:
             out_size = short_side_size(height, width, augmentation.short_side)
@@ -456,23 +451,21 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             out_size = (size.height, size.width)
         else:
             raise ValueError(f"size must give shortest_edge or height and width, got {size}")
-        rows = nearest_source_indices(height, out_size[0]).to(frames.device)
-        cols = nearest_source_indices(width, out_size[1]).to(frames.device)
+        if out_size != (height, width):
+            frames = resize_frames(frames, *out_size)
         if augmentation is not None:
             crop = int(kwargs["train_crop_size"])
             _check_crop_fits(*out_size, crop)
             y = int(augmentation.uniforms[0] * (out_size[0] - crop + 1))
             x = int(augmentation.uniforms[1] * (out_size[1] - crop + 1))
-            return [(rows[y : y + crop], cols[x : x + crop])]
+            return [frames[:, y : y + crop, x : x + crop]]
         if not do_center_crop:
-            return [(rows, cols)]
+            return [frames]
         crop = int(crop_size.height)
         _check_crop_fits(*out_size, crop)
-        windows = []
-        for index in (0, 1, 2) if kwargs.get("all_views") else (int(kwargs["spatial_crop"]),):
-            y, x = uniform_crop_offsets(*out_size, crop, index)
-            windows.append((rows[y : y + crop], cols[x : x + crop]))
-        return windows
+        offsets = [uniform_crop_offsets(*out_size, crop, index) for index in (0, 1, 2)]
+        chosen = offsets if kwargs.get("all_views") else [offsets[int(kwargs["spatial_crop"])]]
+        return [frames[:, y : y + crop, x : x + crop] for y, x in chosen]
 
     # -- routing for load_audio_in_video ------------------------------------------------------------------------------
 
@@ -570,7 +563,8 @@ def _clips(views: list[torch.Tensor], positions: torch.Tensor, do_rescale: bool,
     """
     out = None
     for view_index, view in enumerate(views):
-        values = view.permute(3, 0, 1, 2).to(torch.float32)  # (C, U, H, W)
+        values = torch.empty(view.permute(3, 0, 1, 2).shape, dtype=torch.float32, device=view.device)
+        values.copy_(view.permute(3, 0, 1, 2))  # (C, U, H, W), contiguous: index_select along U is fast on it
         if do_rescale:
             values.div_(1.0 / rescale_factor)  # divide: x / 255 differs from x * (1 / 255) in float32
         if out is None:

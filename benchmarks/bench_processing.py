@@ -544,7 +544,10 @@ def resolve_videos(videos: list[Path] | None) -> list[Path]:
 BEFORE_ISSUE_10 = (
     "- Before issue 10 (2026-11-25 run of this script, the same files, a quieter machine: load 1.4): baseline 1.54, "
     "efficient 2.39, all_views 4.82 items/s per worker, i.e. 1.55x and 3.13x the baseline. Absolute items/s are not "
-    "comparable across runs on this shared machine; the ratios to the baseline, measured in the same run, are."
+    "comparable across runs on this shared machine; the ratios to the baseline, measured in the same run, are.\n"
+    "- Before the BaseVideoProcessor redesign (2026-12-02 01:29 run, the same files and command, load 8-10): baseline "
+    "0.67, efficient 1.21, all_views 2.46 items/s per worker, i.e. 1.81x and 3.66x the baseline; long video 3.1 s, "
+    "1174 MiB peak (232 MiB for the call)."
 )
 
 LONG_VIDEO_CHILD = r"""

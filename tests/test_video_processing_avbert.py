@@ -129,6 +129,8 @@ def test_pre_sampled_frames_from_one_decode(ks_pixel_values):
     assert torch.equal(pixel_values, ks_pixel_values) and decoded.waveform.shape == (1, 441344)
     with pytest.raises(ValueError, match="do_sample_frames=False"):
         processor(decoded.frames[:-1], do_sample_frames=False)
+    two = processor(decoded.frames[:64], do_sample_frames=False, num_clips=2)["pixel_values"]  # the call's clip count
+    assert torch.equal(two, ks_pixel_values[:, :2])
     video, metadata = processor.fetch_videos(str(KS_VIDEO), sample_indices_fn=processor.sample_frames)  # HF's hook
     assert np.array_equal(video.frames[video.positions.ravel()], decoded.frames)  # each frame decoded once
     assert len(video.frames) == len(np.unique(decoded.indices)) and metadata.fps == 30.0
