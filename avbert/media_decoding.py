@@ -1,7 +1,7 @@
 """Decoding of video frames and audio with PyAV, for AVBERT's processors.
 
-Why this module exists: transformers decodes videos through torchcodec (not installed here), and its PyAV fallback
-collapses duplicate indices and decodes from the start every time. AVBERT needs the old torchvision ``read_video``
+Why this module exists: transformers decodes videos through torchcodec, which fails on or returns other frames for
+some real files (``benchmarks/bench_decoding.py``, docs/processing.md). AVBERT needs the old torchvision ``read_video``
 semantics that the original code and the parity fixtures use (index ``i`` is the ``i``-th decoded frame, RGB uint8,
 clamped indices repeat frames), but without decoding the whole file once per clip.
 
@@ -78,8 +78,8 @@ _TRUNCATION_SLACK_FRAMES = 2
 # or this fraction of it if more) mean a truncated file. A video track may legitimately end a little before the sound.
 _TRUNCATION_SLACK_SECONDS = 1.0
 _TRUNCATION_SLACK_FRACTION = 0.05
-# A seek flushes the decoder and restarts it at a keyframe, which costs about as much as decoding this many frames
-# (measured: bench_decoding's reader rows); nearer targets are reached by decoding on.
+# A seek restarts the decoder at a keyframe; for targets nearer than this, decoding on was as fast or faster in
+# bench_decoding.py's reader table (seeking at every keyframe ahead was up to 1.7x slower on 10-20 s clips).
 _FRAMES_A_SEEK_MUST_SKIP = 120
 # FFmpeg renders text files (its "tty" demuxer) and some text-art formats as video; they hold no video to classify.
 _TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
@@ -869,11 +869,14 @@ def read_video_and_audio(
 
 
 def _gather(found: dict[int, np.ndarray], wanted: np.ndarray, video: VideoStreamInfo) -> np.ndarray:
+    """The frames of ``wanted`` in order, copied once into one array (stacking then indexing copied them twice)."""
     if len(wanted) == 0:
         return np.zeros((0, video.height, video.width, 3), dtype=np.uint8)
-    unique = np.asarray(sorted(found))
-    stacked = np.stack([found[int(index)] for index in unique])
-    return stacked[np.searchsorted(unique, wanted)]
+    first = found[int(wanted[0])]
+    out = np.empty((len(wanted), *first.shape), dtype=first.dtype)
+    for row, index in enumerate(wanted):
+        out[row] = found[int(index)]
+    return out
 
 
 def read_frames(source: MediaSource, indices: FrameIndices) -> np.ndarray:
