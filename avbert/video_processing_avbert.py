@@ -6,9 +6,9 @@ The base class merges and validates the keyword arguments and calls, in order,
 1. ``sample_frames``: the clip frame indices ``(clips, num_frames)``, from :mod:`.clip_sampling`;
 2. ``_decode_and_sample_videos``: files are decoded with :mod:`.media_decoding` (PyAV), only the sampled frames, each
    once; frame arrays are indexed the same way;
-3. ``_preprocess``: on those unique frames, the nearest short-side resize and the crop (one gather), the training draw
-   (scale, crop and flip shared by the clips of a video, per-clip brightness / contrast), ``x / 255``, the jitter,
-   ``(x - 0.45) / 0.225``, and the clips gathered from the frames.
+3. ``_preprocess``: on those unique frames, the training draw (scale, crop and flip shared by the clips of a video,
+   per-clip brightness / contrast factors), the nearest short-side resize (one gather), the crops (slices),
+   ``x / 255``, the clips gathered from the frames, the jitter and ``(x - 0.45) / 0.225``.
 
 This reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
 fixtures). Frames only: the sound belongs to :class:`~.processing_avbert.AVBertProcessor`. ``load_audio_in_video``
