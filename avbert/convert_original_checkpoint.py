@@ -644,8 +644,6 @@ def build_preprocessor(
         image_mean=tuple(data["MEAN"]),
         image_std=tuple(data["STD"]),
         load_audio_in_video=config.use_audio,
-        num_mel_bins=config.num_mel_bins,
-        audio_time_frames=config.audio_num_frames,
     )
     clip_samples = int(rate * config.num_frames * video_processor.frame_sampling_rate / video_processor.target_fps)
     feature_extractor = AVBertFeatureExtractor(

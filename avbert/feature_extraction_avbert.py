@@ -17,7 +17,7 @@ Deliberate differences from the original (all documented where they happen):
 - the masks use ``torchaudio.functional.mask_along_axis`` (integer mask bounds) for every task, where the original's
   Kinetics-Sounds loader used its own variant with float bounds.
 
-This file is copied next to saved checkpoints as remote code, so it only imports installed packages.
+This file is copied next to saved checkpoints as remote code (with the clip-timing module it imports).
 """
 
 import functools
@@ -33,6 +33,8 @@ import torchaudio
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
+
+from .clip_sampling import AUDIO_ALIGNMENTS, uniform_starts
 
 logger = logging.get_logger(__name__)
 
@@ -131,19 +133,6 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _uniform_clip_starts(num_samples: int, clip_samples: int, num_clips: int) -> list[int]:
-    """First sample of each of `num_clips` windows spread uniformly over the audio, by the original's formula.
-
-    start_i = int(delta * i / (num_clips - 1)) with delta = max(num_samples - clip_samples, 0): the first window starts
-    at the beginning, the last one ends at the end, and audio shorter than a window gives every clip start 0. For a
-    single clip the original formula divides by zero; the centered window int(delta / 2) is used instead.
-    """
-    delta = max(num_samples - clip_samples, 0)
-    if num_clips == 1:
-        return [int(delta / 2)]
-    return [int(delta * index / (num_clips - 1)) for index in range(num_clips)]
-
-
 def _clip_windows(waveform: torch.Tensor, starts: Sequence[int], clip_samples: int) -> torch.Tensor:
     """Cut `(len(starts), clip_samples)` windows, zero-filling whatever lies past the end of the waveform.
 
@@ -227,6 +216,9 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
             `num_time_frames` (int(128 * 0.05) = 6 frames).
         padding_value (`float`, defaults to 0.0): the [`SequenceFeatureExtractor`] padding value, used by its `pad`.
             Missing STFT frames are padded with 0.0 in the log domain regardless, as in the original.
+        audio_alignment (`str`, defaults to `"timestamp"`): where [`AVBertProcessor`] places the window under each
+            video clip: at the clip's presentation time, or `"fraction"` (the original) at the same fraction of the
+            sound as of the video.
     """
 
     model_input_names = ["input_features"]
@@ -242,6 +234,7 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         frequency_mask_ratio: float = 0.05,
         time_mask_ratio: float = 0.05,
         padding_value: float = 0.0,
+        audio_alignment: str = "timestamp",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -258,7 +251,10 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         for name, ratio in (("frequency_mask_ratio", frequency_mask_ratio), ("time_mask_ratio", time_mask_ratio)):
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {ratio!r}.")
+        if audio_alignment not in AUDIO_ALIGNMENTS:
+            raise ValueError(f"audio_alignment must be one of {AUDIO_ALIGNMENTS}, got {audio_alignment!r}.")
         self.log_offset = log_offset
+        self.audio_alignment = audio_alignment
         self.frequency_mask_ratio = frequency_mask_ratio
         self.time_mask_ratio = time_mask_ratio
 
@@ -416,7 +412,9 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         """First sample of every window of every waveform: uniform by default, else from `clip_starts` in seconds."""
         if clip_starts is None:
             count = self.num_clips if num_clips is None else _check_positive_int("num_clips", num_clips)
-            return [_uniform_clip_starts(length, self.clip_samples, count) for length in num_samples]
+            return [
+                [int(start) for start in uniform_starts(length, self.clip_samples, count)] for length in num_samples
+            ]
         try:
             seconds = np.asarray(clip_starts, dtype=np.float64)
         except (TypeError, ValueError) as error:

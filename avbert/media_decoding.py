@@ -1,7 +1,7 @@
 """Decoding of video frames and audio with PyAV, for AVBERT's processors.
 
-Why this module exists: transformers decodes videos through torchcodec (not installed here), and its PyAV fallback
-collapses duplicate indices and decodes from the start every time. AVBERT needs the old torchvision ``read_video``
+Why this module exists: transformers decodes videos through torchcodec, which fails on or returns other frames for
+some real files (``benchmarks/bench_decoding.py``, docs/processing.md). AVBERT needs the old torchvision ``read_video``
 semantics that the original code and the parity fixtures use (index ``i`` is the ``i``-th decoded frame, RGB uint8,
 clamped indices repeat frames), but without decoding the whole file once per clip.
 
@@ -11,9 +11,11 @@ How frames are found (``read_frames`` / ``read_video_and_audio``):
    (pts) of all frames and which of them are keyframes. The rank of a frame's pts in that table is its decode-order
    index, exactly, for any frame rate, variable frame rate and stream start offset (a ``round(pts * fps)`` rule would
    be wrong for VFR). The same pass decodes the audio when it is wanted, so the file is read once.
-2. The wanted indices are sorted and deduplicated. For each, the decoder either keeps going forward or, when a
-   keyframe lies between the current position and the target, seeks back to the target's keyframe: decoding through
-   a whole GOP costs more than a seek. Only wanted frames are converted to RGB.
+2. The wanted indices are sorted and deduplicated. For each, the decoder keeps going forward unless the wanted
+   frame's keyframe lies more than ``_FRAMES_A_SEEK_MUST_SKIP`` (120) frames ahead, in which case it seeks there: a
+   seek restarts the decoder, which costs more than decoding a short stretch, and on 10-20 s clips the sampled frames
+   leave no long stretch to skip, while on long videos seeking skips most of the file (``bench_decoding.py``). Only
+   wanted frames are converted to RGB.
 3. Every decoded frame is checked against the table: its pts must be there, ranks must follow one another, and after a
    seek the first frame at or past the sought keyframe must be a keyframe at or before the target (MPEG-TS, for one,
    lands past its target; a container that cannot seek at all, such as a raw H.264 stream, raises). Any surprise
@@ -76,6 +78,9 @@ _TRUNCATION_SLACK_FRAMES = 2
 # or this fraction of it if more) mean a truncated file. A video track may legitimately end a little before the sound.
 _TRUNCATION_SLACK_SECONDS = 1.0
 _TRUNCATION_SLACK_FRACTION = 0.05
+# A seek restarts the decoder at a keyframe; for targets nearer than this, decoding on was as fast or faster in
+# bench_decoding.py's reader table (seeking at every keyframe ahead was up to 1.7x slower on 10-20 s clips).
+_FRAMES_A_SEEK_MUST_SKIP = 120
 # FFmpeg renders text files (its "tty" demuxer) and some text-art formats as video; they hold no video to classify.
 _TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
@@ -205,7 +210,25 @@ def as_media_source(value: Any) -> Any:
     return value
 
 
-def _source_name(source: MediaSource) -> str:
+@contextlib.contextmanager
+def out_of_memory_names(source: Any) -> Iterator[None]:
+    """Allocation failures in the block (``MemoryError``, numpy's, torch's allocator ``RuntimeError``) become a
+    :class:`MediaDecodeError` that names ``source``: under a memory limit a bad or huge file is one the batch tools
+    skip and report, not a crash without a name."""
+    try:
+        yield
+    except MemoryError as error:
+        raise MediaDecodeError(_source_name(source), f"out of memory while decoding: {error}") from error
+    except RuntimeError as error:
+        if "alloc" not in str(error).lower():
+            raise
+        raise MediaDecodeError(_source_name(source), f"out of memory while decoding: {error}") from error
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, list | tuple):
+        return ", ".join(_source_name(item) for item in source)
+    source = as_media_source(source)
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -678,8 +701,9 @@ class _FrameReader:
             if target in found:
                 continue
             keyframe = self.table.keyframe_at_or_before(target) if seek else 0
-            if frames is None or keyframe > next_rank:
-                frames = self._seek(container, stream, keyframe) if keyframe > 0 else iter(container.decode(stream))
+            worth_a_seek = keyframe - (next_rank or 0) > _FRAMES_A_SEEK_MUST_SKIP
+            if frames is None or worth_a_seek:
+                frames = self._seek(container, stream, keyframe) if worth_a_seek else iter(container.decode(stream))
                 next_rank = None
             next_rank = self._decode_until(frames, target, next_rank, wanted_set, found, use_pts=seek)
             if next_rank is None:
@@ -845,11 +869,14 @@ def read_video_and_audio(
 
 
 def _gather(found: dict[int, np.ndarray], wanted: np.ndarray, video: VideoStreamInfo) -> np.ndarray:
+    """The frames of ``wanted`` in order, copied once into one array (stacking then indexing copied them twice)."""
     if len(wanted) == 0:
         return np.zeros((0, video.height, video.width, 3), dtype=np.uint8)
-    unique = np.asarray(sorted(found))
-    stacked = np.stack([found[int(index)] for index in unique])
-    return stacked[np.searchsorted(unique, wanted)]
+    first = found[int(wanted[0])]
+    out = np.empty((len(wanted), *first.shape), dtype=first.dtype)
+    for row, index in enumerate(wanted):
+        out[row] = found[int(index)]
+    return out
 
 
 def read_frames(source: MediaSource, indices: FrameIndices) -> np.ndarray:

@@ -1,28 +1,37 @@
-"""AVBERT processor: one call turns a media file (or frames and a waveform) into `pixel_values` and `input_features`."""
+"""AVBERT processor: a media file (or frames and a waveform) -> ``pixel_values`` and ``input_features``.
+
+It owns the sound. The frames come from the video processor; the processor asks :mod:`.clip_sampling` where the
+sound window of each sampled clip lies, reads only those windows (:class:`.media_decoding.AudioTrack`) and hands them
+to the feature extractor.
+"""
 
 from typing import Any
 
 import numpy as np
+import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import AudioKwargs, ProcessingKwargs, ProcessorMixin, Unpack
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .feature_extraction_avbert import _is_batch as _is_audio_batch
-from .media_decoding import is_media_source
+from .media_decoding import AudioTrack, is_media_source, out_of_memory_names, reopenable
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
 
 
 class AVBertAudioKwargs(AudioKwargs, total=False):
-    """Arguments of :meth:`AVBertFeatureExtractor.__call__` on top of transformers' ``AudioKwargs``.
+    """Arguments of the sound on top of transformers' ``AudioKwargs``.
 
-    clip_starts: start time in seconds of every window (default: spread uniformly, the original's rule).
-    num_clips: windows per waveform; with frames it defaults to the video's clip count.
-    apply_masking: training-time frequency and time masks.
+    clip_starts: start time in seconds of every window (default: under each clip, or spread uniformly for audio alone).
+    num_clips: windows per waveform; with frames it is the video's clip count.
+    audio_alignment: ``"timestamp"`` (a clip's window starts at the clip's time) or ``"fraction"`` (the original: the
+        same fraction of the sound as of the video); default: the feature extractor's ``audio_alignment``.
+    apply_masking: training-time frequency and time masks (default for a file: ``do_train_augmentation``).
     clip_gain_jitter_db: training-time per-window gain, uniform in +-this many dB.
     """
 
     clip_starts: Any
     num_clips: int | None
+    audio_alignment: str | None
     apply_masking: bool | None
     clip_gain_jitter_db: int | float | None
 
@@ -36,20 +45,17 @@ class AVBertProcessor(ProcessorMixin):
     r"""
     Wraps an [`AVBertVideoProcessor`] and an [`AVBertFeatureExtractor`].
 
-    - `processor(videos=path)`: the file is opened and decoded once (PyAV): the sampled frames of every clip and the
-      sound track, whose window under each clip is placed by the clip's timestamp (`audio_alignment="fraction"`
-      reproduces the original's proportional placement). Returns `pixel_values` (batch, clips, 3, frames, H, W) and
-      `input_features` (batch, clips, 1, mel, time). A file without an audio stream raises `MediaDecodeError`; pass
-      `load_audio_in_video=False` for the frames alone.
-    - `processor(videos=frames, audio=waveform, sampling_rate=sr)`: decoded inputs; one audio window per clip, placed
-      as `audio_alignment` says (see [`AVBertVideoProcessor.audio_clip_starts`]).
+    - `processor(videos=path)`: the sampled frames of every clip and the log-mel of the sound under each clip, its
+      window placed by the clip's presentation time (`audio_alignment="fraction"`: the original's proportional
+      placement). Returns `pixel_values` (batch, clips, 3, frames, H, W) and `input_features` (batch, clips, 1, mel,
+      time); with `all_views` every crop row hears its video's sound. A file without an audio stream raises
+      `MediaDecodeError`; `load_audio_in_video=False` gives the frames alone.
+    - `processor(videos=frames, audio=waveform, sampling_rate=sr)`: decoded inputs; one window per clip, placed as for
+      the file whose streams both start at 0.
     - `processor(audio=waveform, sampling_rate=sr)`: log-mels only.
 
-    Keyword arguments are routed per modality as in transformers' processors: flat ones go to every component that
-    declares them (`num_clips`, `spatial_crop`, `all_views`, `do_train_augmentation`, `seed`, ... to the video
-    processor; `sampling_rate`, `clip_starts`, `apply_masking` to the feature extractor), nested ones as
-    `videos_kwargs={...}` / `audio_kwargs={...}`. With `do_train_augmentation` the log-mels of a file get the training
-    masks too.
+    Keyword arguments are routed per modality with `ProcessingKwargs`: flat ones go to the component that declares them,
+    nested ones as `videos_kwargs={...}` / `audio_kwargs={...}`.
     """
 
     valid_processor_kwargs = AVBertProcessorKwargs
@@ -66,6 +72,7 @@ class AVBertProcessor(ProcessorMixin):
             video_processor if video_processor is not None else AVBertVideoProcessor(),
             **kwargs,
         )
+        self.video_processor.belong_to(self)
 
     def __call__(self, videos: Any = None, audio: Any = None, **kwargs: Unpack[AVBertProcessorKwargs]) -> BatchFeature:
         if videos is None and audio is None:
@@ -74,43 +81,93 @@ class AVBertProcessor(ProcessorMixin):
         video_kwargs, audio_kwargs = output_kwargs["videos_kwargs"], output_kwargs["audio_kwargs"]
         return_tensors = video_kwargs.pop("return_tensors", None) or audio_kwargs.pop("return_tensors", None)
         audio_kwargs.pop("return_tensors", None)
-        data: dict[str, Any] = {}
-        if videos is not None:
-            items = videos if isinstance(videos, list | tuple) else [videos]
-            # Unlike the video processor alone, the processor reads the sound of a file unless told not to.
-            from_file = video_kwargs.get("load_audio_in_video", True) is not False and audio is None
-            from_file = from_file and all(is_media_source(item) for item in items)
-            video_kwargs["load_audio_in_video"] = from_file
-            video_kwargs["audio_feature_extractor"] = self.feature_extractor if from_file else None
-            wants_metadata = bool(video_kwargs.get("return_metadata"))
-            video_kwargs["return_metadata"] = True
-            data.update(self.video_processor(videos, return_tensors="pt", **video_kwargs))
-            metadata = data["video_metadata"] if wants_metadata else data.pop("video_metadata")
-        if audio is not None:
-            if "pixel_values" in data:
-                audio_kwargs.setdefault("num_clips", data["pixel_values"].shape[1])
-                sampled = video_kwargs.get("do_sample_frames", self.video_processor.do_sample_frames) is not False
-                if "clip_starts" not in audio_kwargs and sampled:  # already-sampled frames carry no clip timing
-                    audio_kwargs["clip_starts"] = self._audio_clip_starts(metadata, audio, audio_kwargs, video_kwargs)
-            data.update(self.feature_extractor(audio, return_tensors="pt", **audio_kwargs))
+        alignment = audio_kwargs.pop("audio_alignment", None) or self.feature_extractor.audio_alignment
+        if videos is None:
+            return BatchFeature(self.feature_extractor(audio, return_tensors="pt", **audio_kwargs), return_tensors)
+
+        items = list(videos) if isinstance(videos, list | tuple) else [videos]
+        # Unlike the video processor alone, the processor reads the sound of files unless told not to.
+        from_files = audio is None and video_kwargs.pop("load_audio_in_video", True) is not False
+        from_files = from_files and all(map(is_media_source, items))
+        if from_files:
+            items = [reopenable(item) for item in items]  # the sound is read after the frames
+            videos = items if isinstance(videos, list | tuple) else items[0]
+        wants_metadata = bool(video_kwargs.pop("return_metadata", False))
+        video_kwargs["load_audio_in_video"] = False
+        data = dict(self.video_processor(videos, return_metadata=True, return_tensors="pt", **video_kwargs))
+        metadata = data["video_metadata"] if wants_metadata else data.pop("video_metadata")
+        sampling = self.video_processor.clip_sampling(**video_kwargs)
+        rows = data["pixel_values"].shape[0] // len(metadata)  # 3 with all_views: each crop hears the same sound
+        if from_files:
+            features = []
+            for item, meta in zip(items, metadata, strict=True):
+                with out_of_memory_names(item):
+                    features.append(self._file_log_mels(item, meta, sampling, alignment, video_kwargs, audio_kwargs))
+            data["input_features"] = torch.cat(features).repeat_interleave(rows, dim=0)
+        elif audio is not None:
+            audio_kwargs["num_clips"] = len(sampling.selected_clips)
+            sampled = video_kwargs.get("do_sample_frames", self.video_processor.do_sample_frames) is not False
+            if "clip_starts" not in audio_kwargs and sampled:  # already-sampled frames carry no clip timing
+                audio_kwargs["clip_starts"] = self._array_window_starts(
+                    metadata, audio, sampling, alignment, audio_kwargs
+                )
+            features = self.feature_extractor(audio, return_tensors="pt", **audio_kwargs)["input_features"]
+            data["input_features"] = features.repeat_interleave(rows, dim=0)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _audio_clip_starts(
-        self, metadata: list[Any], audio: Any, audio_kwargs: dict[str, Any], video_kwargs: dict[str, Any]
+    def _file_log_mels(
+        self,
+        source: Any,
+        metadata: Any,
+        sampling: Any,
+        alignment: str,
+        video_kwargs: dict[str, Any],
+        audio_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """Log-mels ``(1, clips, 1, mel, time)`` of the sound under each clip of a file; only the windows are read and
+        resampled, so memory follows the clips, not the length of the file."""
+        track = AudioTrack(source)
+        extractor = self.feature_extractor
+        if "clip_starts" in audio_kwargs:
+            seconds = np.asarray(audio_kwargs["clip_starts"], dtype=np.float64).reshape(-1)
+        else:
+            seconds = sampling.audio_window_starts(
+                metadata.total_num_frames,
+                metadata.fps,
+                alignment=alignment,
+                window_seconds=extractor.clip_samples / extractor.sampling_rate,
+                # The original's rule needs the whole track's length: one more decoding pass, no waveform kept.
+                audio_duration=track.num_samples / track.sample_rate if alignment == "fraction" else 0.0,
+                audio_start_time=track.start_time,
+                frame_times=metadata.frame_times,
+                video_start_time=metadata.start_time,
+            )
+        train = bool(video_kwargs.get("do_train_augmentation", self.video_processor.do_train_augmentation))
+        masking = audio_kwargs.get("apply_masking")
+        return extractor.log_mels_of_windows(
+            track.read_windows,
+            track.sample_rate,
+            seconds,
+            apply_masking=train if masking is None else bool(masking),
+            clip_gain_jitter_db=float(audio_kwargs.get("clip_gain_jitter_db") or 0.0) if train else 0.0,
+        )
+
+    def _array_window_starts(
+        self, metadata: list[Any], audio: Any, sampling: Any, alignment: str, audio_kwargs: dict[str, Any]
     ) -> list[np.ndarray]:
-        """Window starts for frames and waveforms given apart, placed as for the same file (``audio_alignment``)."""
+        """Window starts for frames and waveforms given apart, placed as for a file whose streams start at 0."""
         waveforms = audio if _is_audio_batch(audio) else [audio]
         if len(waveforms) != len(metadata):
             raise ValueError(f"got {len(metadata)} videos but {len(waveforms)} waveforms")
         rate = audio_kwargs.get("sampling_rate") or self.feature_extractor.sampling_rate
         extractor = self.feature_extractor
         return [
-            self.video_processor.audio_clip_starts(
+            sampling.audio_window_starts(
                 item.total_num_frames,
                 item.fps,
+                alignment=alignment,
+                window_seconds=extractor.clip_samples / extractor.sampling_rate,
                 audio_duration=np.shape(waveform)[-1] / rate,
-                clip_seconds=extractor.clip_samples / extractor.sampling_rate,
-                **video_kwargs,
             )
             for item, waveform in zip(metadata, waveforms, strict=True)
         ]

@@ -5,13 +5,16 @@ Examples:
     .venv/bin/python benchmarks/bench_decoding.py --repeats 1 --no-fuzz --no-write
 
 Per shared video (../shared/data/videos), the frames one AVBERT evaluation item needs (the Kinetics-Sounds recipe:
-10 clips x 32 frames, sampled by `AVBertVideoProcessor.sample_clip_indices`) and the sound under its 10 clips:
+10 clips x 32 frames, sampled by `AVBertVideoProcessor.clip_sampling().frame_indices`) and the sound under its 10 clips:
 - PyAV: `avbert.media_decoding.read_video_and_audio` (one demux pass for the frame table, then seeking only where a
   keyframe lies ahead, only sampled frames converted to RGB) and `AudioTrack.read_windows` (one decoding pass that
   keeps the windows);
 - torchcodec: `VideoDecoder(path, seek_mode="exact").get_frames_at(indices)` and
   `AudioDecoder(path).get_samples_played_in_range(start, stop)` per window.
 Times are medians of interleaved rounds (1 torch thread, as in a DataLoader worker), frames and samples are compared.
+Then the reader's own choice, seeking or not: the same frames with `media_decoding._FRAMES_A_SEEK_MUST_SKIP` set to
+0 (seek whenever a keyframe lies ahead), to its value (seek only past that many frames) and to infinity (one sequential
+pass keeping the wanted frames), on the three longest shared videos and a generated 5-minute one.
 Then the fuzz suite's damaged files (tests/test_fuzz_media.py's seeds and mutations) go through both, torchcodec in a
 child process so that a crash is counted rather than ending the run. The script owns the part of BENCHMARKS.md
 between `<!-- bench_decoding:start -->` and `<!-- bench_decoding:end -->`.
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from _report import command_line, cpu_model, replace_section, utc_timestamp
 
+import avbert.media_decoding as media_decoding
 from avbert import AVBertVideoProcessor
 from avbert.media_decoding import AudioTrack, MediaDecodeError, read_video_and_audio
 
@@ -43,7 +47,7 @@ CLIP_SECONDS = 32 * 2 / 30
 
 def pyav_frames(path: Path, processor: AVBertVideoProcessor) -> tuple[np.ndarray, int, int, float, bool]:
     def choose(info):
-        return np.unique(processor.sample_clip_indices(info.num_frames, info.fps))
+        return np.unique(processor.clip_sampling().frame_indices(info.num_frames, info.fps))
 
     decoded = read_video_and_audio(path, choose, load_audio=False)
     has_audio = decoded.info.audio is not None
@@ -60,7 +64,9 @@ def torchcodec_frames(path: Path, processor: AVBertVideoProcessor) -> np.ndarray
     from torchcodec.decoders import VideoDecoder
 
     decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
-    indices = np.unique(processor.sample_clip_indices(decoder.metadata.num_frames, decoder.metadata.average_fps))
+    indices = np.unique(
+        processor.clip_sampling().frame_indices(decoder.metadata.num_frames, decoder.metadata.average_fps)
+    )
     return decoder.get_frames_at(indices.tolist()).data.numpy()
 
 
@@ -98,7 +104,7 @@ def compare_video(path: Path, processor: AVBertVideoProcessor, repeats: int) -> 
     )
     row["audio"], row["pyav_audio_ms"], row["torchcodec_audio_ms"] = "no audio", None, None
     if has_audio:
-        starts = processor.clip_start_times(total, fps)
+        starts = processor.clip_sampling().start_times(total, fps)
         mine, other = pyav_audio(path, starts), torchcodec_audio(path, starts)
         shortest = [min(a.shape[1], b.shape[1]) for a, b in zip(mine, other, strict=True)]
         diff = max(np.abs(a[:, :n] - b[:, :n]).max() for a, b, n in zip(mine, other, shortest, strict=True))
@@ -186,6 +192,59 @@ def fuzz_pyav(cases: list[Path], processor: AVBertVideoProcessor) -> Counter:
     return outcomes
 
 
+READER_VIDEOS = ("activitynet/v_GGSY1Qvo990.mp4", "activitynet/v_ZNVhz7ctTq0.mp4", "kinetics400/R6llTwEh07w.mp4")
+
+
+def write_five_minute_video(path: Path) -> Path:
+    """9000 frames of 340x256 at 30 fps, libx264's default keyframe interval (250): a long video seeking can skip."""
+    import av
+
+    ramp = np.arange(340, dtype=np.uint8)[None, :, None]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 340, 256, "yuv420p"
+        for index in range(9000):
+            image = np.broadcast_to(ramp + np.uint8(index % 256), (256, 340, 3)).copy()
+            image[(index * 3) % 256, :, :] = 255  # a moving line: every frame differs
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def reader_rows(paths: list[Path], processor: AVBertVideoProcessor, repeats: int) -> list[str]:
+    """ms per item of the seeking reader under three seek thresholds, interleaved; the frames must be identical."""
+    shipped = media_decoding._FRAMES_A_SEEK_MUST_SKIP
+    thresholds = {"seek at every keyframe ahead": 0, f"seek past {shipped} frames (shipped)": shipped}
+    thresholds["one sequential pass"] = 10**12
+    lines = [
+        "| video | frames | sampled | " + " | ".join(f"{name}: decoded / ms" for name in thresholds) + " |",
+        "|---|---|---|" + "---|" * len(thresholds),
+    ]
+    try:
+        for path in paths:
+            times: dict[str, list[float]] = {name: [] for name in thresholds}
+            decoded: dict[str, int] = {}
+            reference = None
+            for round_index in range(repeats + 1):  # the first round warms up and checks the frames
+                for name, threshold in thresholds.items():
+                    media_decoding._FRAMES_A_SEEK_MUST_SKIP = threshold
+                    start = time.perf_counter()
+                    frames, total, decoded[name], _, _ = pyav_frames(path, processor)
+                    if round_index:
+                        times[name].append((time.perf_counter() - start) * 1000)
+                    elif reference is None:
+                        reference = frames
+                    elif not np.array_equal(frames, reference):
+                        raise SystemExit(f"{path}: {name} gives other frames")
+            cells = [f"{decoded[name]} / {statistics.median(times[name]):.0f}" for name in thresholds]
+            name = path.relative_to(VIDEOS) if path.is_relative_to(VIDEOS) else "generated 5 min, 340x256, 30 fps"
+            lines.append(f"| `{name}` | {total} | {len(reference)} | " + " | ".join(cells) + " |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    finally:
+        media_decoding._FRAMES_A_SEEK_MUST_SKIP = shipped
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -226,6 +285,15 @@ def main() -> None:
         pairs = [(r[f"torchcodec_{kind}_ms"], r[f"pyav_{kind}_ms"]) for r in rows if r[f"torchcodec_{kind}_ms"]]
         ratio = statistics.median(t / p for t, p in pairs)
         lines.append(f"- Median torchcodec / PyAV time, {kind}: {ratio:.2f} over {len(pairs)} files.")
+    with tempfile.TemporaryDirectory() as folder:
+        long_video = write_five_minute_video(Path(folder) / "five_minutes.mp4")
+        lines += [
+            "",
+            "Seeking or not (the PyAV reader's frames only; ms: median of interleaved rounds; every variant gives the "
+            "same frames):",
+            "",
+            *reader_rows([VIDEOS / name for name in READER_VIDEOS] + [long_video], processor, args.repeats),
+        ]
     if not args.no_fuzz:
         with tempfile.TemporaryDirectory() as folder:
             cases = fuzz_cases(Path(folder))

@@ -89,7 +89,7 @@ def crop_kwargs(crop: int | None) -> dict[str, Any]:
     return {"all_views": True} if crop is None else {"spatial_crop": crop}
 
 
-def audio_clip_starts(
+def window_starts(
     video_processor: AVBertVideoProcessor,
     num_frames: int,
     fps: float,
@@ -97,7 +97,7 @@ def audio_clip_starts(
     audio_start: float | None,
 ) -> np.ndarray:
     """Start of every clip's audio window in seconds from the first audio sample: the clip's timestamp."""
-    starts = video_processor.clip_start_times(num_frames, fps) + video_start - (audio_start or 0.0)
+    starts = video_processor.clip_sampling().start_times(num_frames, fps, start_time=video_start) - (audio_start or 0.0)
     return np.maximum(starts, 0.0)
 
 
@@ -116,13 +116,14 @@ class ManualEfficientPath:
         self.short_side = int(video_processor.size["shortest_edge"])
         self.label = (
             f"the script's own assembly of the public pieces{f' ({why})' if why else ''}: one `read_video_and_audio` "
-            "call (indices from `AVBertVideoProcessor.sample_clip_indices`, short-side resize as the frame transform), "
+            "call (indices from `AVBertVideoProcessor.clip_sampling().frame_indices`, short-side resize as the frame "
+            "transform), "
             "then `AVBertVideoProcessor(frames, do_sample_frames=False)` and `AVBertFeatureExtractor(waveform, "
             "clip_starts=clip start times)`"
         )
 
     def _indices(self, info: Any) -> np.ndarray:
-        return self.video_processor.sample_clip_indices(info.num_frames, info.fps).ravel()
+        return self.video_processor.clip_sampling().frame_indices(info.num_frames, info.fps).ravel()
 
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         height, width = short_side_size(frame.shape[0], frame.shape[1], self.short_side)
@@ -143,7 +144,7 @@ class ManualEfficientPath:
             return_tensors="pt",
             **crop_kwargs(crop),
         )["pixel_values"]
-        starts = audio_clip_starts(
+        starts = window_starts(
             self.video_processor, video.num_frames, video.fps, video.start_time, decoded.audio_start_time
         )
         input_features = self.feature_extractor(
@@ -254,9 +255,7 @@ class BaselinePath:
         )["pixel_values"]
         # The original placed the windows by fraction of the audio's duration; by the clips' timestamps (as the
         # efficient paths do) the cost is the same and the outputs can be compared.
-        starts = audio_clip_starts(
-            self.video_processor, len(whole.frames), whole.fps, whole.video_start, whole.audio_start
-        )
+        starts = window_starts(self.video_processor, len(whole.frames), whole.fps, whole.video_start, whole.audio_start)
         input_features = self.feature_extractor(
             whole.waveform, sampling_rate=whole.sample_rate, clip_starts=starts, return_tensors="pt"
         )["input_features"]
@@ -545,7 +544,10 @@ def resolve_videos(videos: list[Path] | None) -> list[Path]:
 BEFORE_ISSUE_10 = (
     "- Before issue 10 (2026-11-25 run of this script, the same files, a quieter machine: load 1.4): baseline 1.54, "
     "efficient 2.39, all_views 4.82 items/s per worker, i.e. 1.55x and 3.13x the baseline. Absolute items/s are not "
-    "comparable across runs on this shared machine; the ratios to the baseline, measured in the same run, are."
+    "comparable across runs on this shared machine; the ratios to the baseline, measured in the same run, are.\n"
+    "- Before the BaseVideoProcessor redesign (2026-12-02 01:29 run, the same files and command, load 8-10): baseline "
+    "0.67, efficient 1.21, all_views 2.46 items/s per worker, i.e. 1.81x and 3.66x the baseline; long video 3.1 s, "
+    "1174 MiB peak (232 MiB for the call)."
 )
 
 LONG_VIDEO_CHILD = r"""

@@ -165,12 +165,13 @@ def test_seeking_reader_equals_sequential_decode(name):
 
 
 def test_seeking_skips_gops_and_is_exact(tmp_path):
-    path = write_video(tmp_path / "gop5.mp4", num_frames=120, gop=5)
+    path = write_video(tmp_path / "gop5.mp4", num_frames=600, gop=5)
     reference = sequential_frames(path)
-    indices = [100, 3, 3, 57, 101, 119, 20]
+    indices = [500, 3, 3, 257, 501, 599, 20]
     decoded = read_video_and_audio(path, indices, load_audio=False)
     assert np.array_equal(decoded.frames, reference[indices])
-    assert decoded.frames_decoded <= 20  # the needed parts of 5 GOPs of 5 frames, not 120
+    # 0-20 and 502-599 are decoded through (no seek for less than 120 frames), 255-257 and 500-501 after a seek.
+    assert decoded.frames_decoded <= 21 + 3 + 2 + 98  # of 600
 
 
 @pytest.mark.parametrize(
@@ -365,3 +366,65 @@ def test_bad_indices_and_pickling(tmp_path):
     assert read_frames(path, []).shape == (0, 48, 64, 3)
     error = pickle.loads(pickle.dumps(MediaDecodeError("clip.mp4", "no video frames")))
     assert isinstance(error, MediaDecodeError) and str(error) == "clip.mp4: no video frames"
+
+
+def test_allocation_failures_name_the_file(tmp_path, monkeypatch):
+    """Out of memory while decoding or preprocessing (numpy's MemoryError, torch's allocator RuntimeError) is a
+    MediaDecodeError naming the file: batch tools skip and report it as any other bad file."""
+    import avbert.media_decoding as media_decoding
+    import avbert.video_processing_avbert as video_processing
+    from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
+    from avbert.training.synthetic import write_av_file
+
+    frames = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    path = write_av_file(tmp_path / "big.mp4", frames, 30, np.zeros(16000, np.float32), 16000)
+    video = AVBertVideoProcessor(num_clips=2, num_frames=4, size={"shortest_edge": 16}, crop_size=16)
+    processor = AVBertProcessor(AVBertFeatureExtractor(num_clips=2, clip_samples=4000), video)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.2 GiB for an array")
+
+    def torch_no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 7730941132 bytes")
+
+    for module, name, failure in [
+        (media_decoding, "_audio_frame_samples", no_memory),  # inside the decoder
+        (media_decoding, "_gather", no_memory),
+        (video_processing, "_clips", torch_no_memory),  # preprocessing the decoded frames
+    ]:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, failure)
+            with pytest.raises(MediaDecodeError, match=r"big\.mp4: (out of memory|decoding failed: MemoryError)"):
+                processor(videos=str(path))
+    with monkeypatch.context() as patch:
+        patch.setattr(video_processing, "_clips", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+        with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not disguised
+            video(str(path))
+
+
+def test_a_memory_limit_gives_a_named_error(tmp_path):
+    """A real limit (RLIMIT_AS) in a fresh process: the allocation fails inside decoding and is reported by name."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import pathlib, resource, numpy as np
+        from avbert import AVBertVideoProcessor, MediaDecodeError
+        from avbert.training.synthetic import write_av_file
+        frames = np.broadcast_to(np.arange(60, dtype=np.uint8)[:, None, None, None], (60, 720, 1280, 3))
+        path = pathlib.Path({str(tmp_path / "hd.mp4")!r})
+        write_av_file(path, np.ascontiguousarray(frames), 30, np.zeros(16000, np.float32), 16000)
+        del frames
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + 100 * 2**20, hard))
+        try:
+            AVBertVideoProcessor(num_clips=10, num_frames=32)(path)
+        except MediaDecodeError as error:
+            print("NAMED", error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "NAMED" in result.stdout and "hd.mp4" in result.stdout, result.stdout + result.stderr[-2000:]

@@ -18,7 +18,6 @@ from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
 from avbert.convert_original_checkpoint import convert_checkpoint
 from avbert.media_decoding import probe, read_audio, read_frames
 from avbert.training.synthetic import write_long_video
-from avbert.video_processing_avbert import sample_clips
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURES = SHARED / "fixtures" / "original"
@@ -39,11 +38,11 @@ def videos_with_audio() -> list[Path]:
     ]
 
 
-def small_processor(**video_kwargs) -> AVBertProcessor:
+def small_processor(audio_alignment: str = "timestamp") -> AVBertProcessor:
     video = {"num_clips": 3, "num_frames": 8, "size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
     return AVBertProcessor(
-        feature_extractor=AVBertFeatureExtractor(num_clips=3, clip_samples=23520),
-        video_processor=AVBertVideoProcessor(**{**video, **video_kwargs}),
+        feature_extractor=AVBertFeatureExtractor(num_clips=3, clip_samples=23520, audio_alignment=audio_alignment),
+        video_processor=AVBertVideoProcessor(**video),
     )
 
 
@@ -52,8 +51,7 @@ def test_kinetics_sounds_item_matches_the_original():
     """The original's KS test item (center crop, 10 clips) from one processor call, with its proportional alignment."""
     expected = load_file(FIXTURES / "preprocessing" / "preprocessing.safetensors")
     processor = AVBertProcessor(
-        feature_extractor=AVBertFeatureExtractor(),
-        video_processor=AVBertVideoProcessor(audio_alignment="fraction"),
+        feature_extractor=AVBertFeatureExtractor(audio_alignment="fraction"), video_processor=AVBertVideoProcessor()
     )
     out = processor(videos=str(KS_VIDEO), return_tensors="pt")
     assert out["pixel_values"].shape == (1, 10, 3, 32, 128, 128)
@@ -80,7 +78,7 @@ def test_timestamp_alignment_follows_the_clip_times():
         stream = container.streams.video[0]
         total, fps = stream.frames, float(stream.average_rate)
         audio = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)
-    starts = video_processor.clip_start_times(total, fps)
+    starts = video_processor.clip_sampling().start_times(total, fps)
     by_hand = processor.feature_extractor(audio, sampling_rate=44100, clip_starts=[starts], return_tensors="pt")
     torch.testing.assert_close(stamped, by_hand["input_features"][0], rtol=0, atol=0)
 
@@ -148,7 +146,7 @@ def test_save_and_load(tmp_path):
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, AVBertProcessor)
-    assert loaded.video_processor.audio_alignment == "fraction" and loaded.video_processor.num_clips == 3
+    assert loaded.feature_extractor.audio_alignment == "fraction" and loaded.video_processor.num_clips == 3
     assert loaded.feature_extractor.clip_samples == 23520
     assert isinstance(AutoVideoProcessor.from_pretrained(tmp_path), AVBertVideoProcessor)
     assert isinstance(AutoFeatureExtractor.from_pretrained(tmp_path), AVBertFeatureExtractor)
@@ -210,6 +208,26 @@ def test_video_classification_pipeline_on_every_real_video_with_sound(kinetics_s
     for path in videos_with_audio():
         predictions = classifier(str(path), top_k=1)
         assert 0 < predictions[0]["score"] <= 1, path
+
+
+@needs_fixtures
+def test_video_classification_pipeline_batches_with_the_feature_extractor(kinetics_sounds_folder):
+    """transformers batches a pipeline only with a tokenizer or feature extractor to pad with; given AVBERT's (its
+    inputs have one shape per processor, so transformers' collate stacks them), `batch_size` gives the unbatched
+    results."""
+    videos = [str(path) for path in videos_with_audio()[:3]]
+    single = pipeline("video-classification", model=str(kinetics_sounds_folder))(videos, top_k=5)
+    batched = pipeline(
+        "video-classification",
+        model=str(kinetics_sounds_folder),
+        feature_extractor=AutoFeatureExtractor.from_pretrained(kinetics_sounds_folder),
+        batch_size=2,
+    )(videos, top_k=5)
+    for one, other in zip(single, batched, strict=True):
+        assert [p["label"] for p in one] == [p["label"] for p in other]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(one, other, strict=True)) < 1e-5
+    with pytest.raises(ValueError, match="cannot do batching"):  # without it, transformers' refusal
+        pipeline("video-classification", model=str(kinetics_sounds_folder), batch_size=2)(videos)
 
 
 @needs_fixtures
@@ -290,9 +308,7 @@ def test_variable_frame_rate_clips_hear_their_own_second(tmp_path):
     assert len(set(tone_bins)) == len(TONES_HZ)
     heard = [tone_bins.index(int(torch.argmax(clip[0].mean(-1)))) for clip in features]
 
-    starts, _ = sample_clips(
-        len(frame_times), probe(path).video.fps, num_clips=8, num_frames=4, frame_sampling_rate=2, target_fps=30
-    )
+    starts = processor.video_processor.clip_sampling().start_positions(len(frame_times), probe(path).video.fps)
     true_times = np.interp(starts, np.arange(len(frame_times)), frame_times)
     inside = (true_times % 1) < 1 - window / 44100  # windows that do not straddle a change of tone
     assert inside.sum() >= 6
@@ -389,3 +405,63 @@ def test_an_unseekable_file_object_gives_what_the_path_gives():
     from_pipe = processor(videos=_Pipe(KS_VIDEO.read_bytes()), return_tensors="pt")
     for key in ("pixel_values", "input_features"):
         torch.testing.assert_close(from_pipe[key], from_path[key], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The video processor alone (the video-classification pipeline's call) and folders saved by earlier versions
+
+
+def test_the_video_processor_alone_answers_with_the_processor_it_was_saved_with(tmp_path):
+    from avbert.training.synthetic import write_av_file
+
+    frames = np.random.default_rng(0).integers(0, 256, (60, 40, 48, 3), dtype=np.uint8)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+    path = write_av_file(tmp_path / "tone.mp4", frames, 30, tone, 16000)
+    video = {"num_clips": 2, "num_frames": 4, "size": {"shortest_edge": 16}, "crop_size": 16}
+    processor = AVBertProcessor(
+        feature_extractor=AVBertFeatureExtractor(num_clips=2, clip_samples=4000, feature_size=16, num_time_frames=16),
+        video_processor=AVBertVideoProcessor(load_audio_in_video=True, **video),
+    )
+    processor.save_pretrained(tmp_path / "folder")
+    expected = processor(videos=str(path), return_tensors="pt")
+    assert expected["input_features"].shape == (1, 2, 1, 16, 16)
+    # Held by its processor, loaded alone from the folder (what the pipeline does), or built alone (a default extractor
+    # whose window is one clip): the video processor returns both modalities for files, frames alone for arrays.
+    assert processor.video_processor.audio_visual_processor() is processor
+    alone = AutoVideoProcessor.from_pretrained(tmp_path / "folder")
+    for video_processor in (processor.video_processor, alone):
+        out = video_processor(str(path), num_frames=4, do_sample_frames=True, return_tensors="pt")
+        for key in ("pixel_values", "input_features"):
+            torch.testing.assert_close(out[key], expected[key], rtol=0, atol=0)
+    assert set(alone(frames)) == {"pixel_values"}
+    built = AVBertVideoProcessor(load_audio_in_video=True, **video)
+    assert built.audio_visual_processor().feature_extractor.clip_samples == int(44100 * 4 * 2 / 30)
+    assert built(str(path))["input_features"].shape == (1, 2, 1, 80, 128)
+
+
+def test_folders_saved_by_earlier_versions_still_load(tmp_path):
+    """Earlier versions kept the sound settings on the video processor; they load, with a warning for the ones that
+    changed something, and frames come out as before."""
+    import json
+
+    from transformers.testing_utils import CaptureLogger
+
+    from avbert.video_processing_avbert import logger
+
+    small_processor().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    config["video_processor"].update(
+        audio_alignment="fraction",
+        audio_sampling_rate=44100,
+        audio_time_frames=128,
+        num_mel_bins=80,
+        clip_gain_jitter_db=0.0,
+        load_audio_in_video=True,
+    )
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    with CaptureLogger(logger) as captured:
+        loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert "audio_alignment='fraction'" in captured.out and "AVBertFeatureExtractor(audio_alignment" in captured.out
+    assert "num_mel_bins" not in captured.out  # default values changed nothing: no warning
+    frames = np.random.default_rng(0).integers(0, 256, (60, 40, 48, 3), dtype=np.uint8)
+    torch.testing.assert_close(loaded(videos=frames)["pixel_values"], small_processor()(videos=frames)["pixel_values"])

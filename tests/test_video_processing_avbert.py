@@ -62,9 +62,9 @@ def sha256(tensor: torch.Tensor) -> str:
 @pytest.mark.parametrize("setting", ["tiny", "full"])
 def test_frame_indices_and_resize_indices_are_exact(fixture_tensors, setting):
     processor = AVBertVideoProcessor(**(TINY if setting == "tiny" else {}))
-    indices = processor.sample_clip_indices(303, 30.0)
+    indices = processor.clip_sampling().frame_indices(303, 30.0)
     assert np.array_equal(indices, fixture_tensors[f"ks_{setting}_frame_indices"].numpy())
-    starts = processor.clip_start_times(303, 30.0) * 30.0
+    starts = processor.clip_sampling().start_positions(303, 30.0)
     assert np.allclose(starts, fixture_tensors[f"ks_{setting}_visual_start"].numpy(), rtol=0, atol=1e-12)
     height, width = short_side_size(256, 340, 32 if setting == "tiny" else 128)
     assert torch.equal(nearest_source_indices(256, height), fixture_tensors[f"ks_{setting}_resize_src_rows"])
@@ -123,15 +123,18 @@ def test_arrays_bytes_and_file_objects_match_the_path(ks_pixel_values):
 def test_pre_sampled_frames_from_one_decode(ks_pixel_values):
     """The processor's route: one decode for frames and audio, then the frames without sampling them again."""
     processor = AVBertVideoProcessor()
-    decoded = read_video_and_audio(
-        KS_VIDEO, lambda info: processor.sample_clip_indices(info.num_frames, info.fps).ravel()
-    )
+    sampling = processor.clip_sampling()
+    decoded = read_video_and_audio(KS_VIDEO, lambda info: sampling.frame_indices(info.num_frames, info.fps).ravel())
     pixel_values = processor(decoded.frames, do_sample_frames=False)["pixel_values"]
     assert torch.equal(pixel_values, ks_pixel_values) and decoded.waveform.shape == (1, 441344)
     with pytest.raises(ValueError, match="do_sample_frames=False"):
         processor(decoded.frames[:-1], do_sample_frames=False)
-    frames, metadata = processor.fetch_videos(str(KS_VIDEO), sample_indices_fn=processor.sample_frames)  # HF's hook
-    assert np.array_equal(frames, decoded.frames) and metadata.fps == 30.0 and metadata.total_num_frames == 303
+    two = processor(decoded.frames[:64], do_sample_frames=False, num_clips=2)["pixel_values"]  # the call's clip count
+    assert torch.equal(two, ks_pixel_values[:, :2])
+    video, metadata = processor.fetch_videos(str(KS_VIDEO), sample_indices_fn=processor.sample_frames)  # HF's hook
+    assert np.array_equal(video.frames[video.positions.ravel()], decoded.frames)  # each frame decoded once
+    assert len(video.frames) == len(np.unique(decoded.indices)) and metadata.fps == 30.0
+    assert metadata.total_num_frames == 303 and np.array_equal(metadata.frames_indices, decoded.indices.reshape(10, 32))
 
 
 @needs_videos
@@ -174,15 +177,15 @@ def test_synthetic_media(tmp_path, name, options):
 
 
 def test_clip_sampling_edge_cases():
-    processor = AVBertVideoProcessor()
-    short = processor.sample_clip_indices(9, 30.0)  # shorter than a clip: every clip starts at 0, the end repeats
+    sampling = AVBertVideoProcessor().clip_sampling()
+    short = sampling.frame_indices(9, 30.0)  # shorter than a clip: every clip starts at 0, the end repeats
     assert (short == [0, 2, 4, 6] + [8] * 28).all()
-    one = processor.sample_clip_indices(303, 30.0, num_clips=1)
+    one = AVBertVideoProcessor().clip_sampling(num_clips=1).frame_indices(303, 30.0)
     assert one.shape == (1, 32) and one[0, 0] == 119  # centred: (303 - 64) / 2
-    pal = processor.sample_clip_indices(250, 25.0)  # a clip spans 53.3 frames at 25 fps: 2.13 s as at 30 fps
+    pal = sampling.frame_indices(250, 25.0)  # a clip spans 53.3 frames at 25 fps: 2.13 s as at 30 fps
     assert pal[0, -1] == 52 and pal[-1, -1] == 249
-    assert np.array_equal(processor.sample_clip_indices(303, None), processor.sample_clip_indices(303, 30.0))
-    assert np.allclose(processor.clip_start_times(303, 30.0)[[0, -1]], [0.0, 239 / 30])
+    assert np.array_equal(sampling.frame_indices(303, None), sampling.frame_indices(303, 30.0))
+    assert np.allclose(sampling.start_times(303, 30.0)[[0, -1]], [0.0, 239 / 30])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -259,6 +262,7 @@ def test_per_clip_gain_jitter_reaches_the_sound_track(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), dtype=np.uint8)
     tone = (0.3 * np.sin(2 * np.pi * 880 * np.arange(32000) / 16000)).astype(np.float32)
     path = write_av_file(tmp_path / "tone.mp4", frames, 30, tone, 16000)
+    # The video processor alone routes files to the audio-visual processor (as the video-classification pipeline does).
     processor = AVBertVideoProcessor(num_clips=3, num_frames=4, load_audio_in_video=True, do_train_augmentation=True)
     torch.manual_seed(0)
     plain = processor(path, seed=0, flip_prob=0.0)["input_features"][0]
@@ -299,8 +303,8 @@ def test_errors(tmp_path):
         processor(static_video(), clip_brightness_jitter=1.0)
     with pytest.raises(ValueError, match="clip_contrast_jitter works on pixels"):
         processor(static_video(), clip_contrast_jitter=0.2, do_rescale=False)
-    with pytest.raises(ValueError, match="clip_gain_jitter_db"):
-        processor(static_video(), clip_gain_jitter_db=-1.0)
+    with pytest.raises(TypeError):  # a sound setting: the processor's, not the video processor's
+        processor(static_video(), clip_gain_jitter_db=1.0)
 
 
 def test_save_load_and_auto_class(tmp_path):
