@@ -24,22 +24,20 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import evaluate
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes)
-from avbert.feature_extraction_avbert import AVBertFeatureExtractor
-from avbert.media_decoding import read_audio
-from avbert.processing_avbert import AVBertProcessor
 
 from .cli import UsageError, exit_status
-from .data import load_media_dataset
 from .recipes import RECIPES
+
+if TYPE_CHECKING:  # `evaluate`, `datasets` and the processors take seconds to import: not for `--help`
+    import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +63,8 @@ EvaluationResult = dict[str, Any]
 
 def load_top_k_metric() -> evaluate.EvaluationModule:
     """The package's own top-k module: ``evaluate.load("accuracy")`` would need the Hub and has no top-k."""
+    import evaluate
+
     return evaluate.load(str(METRIC_PATH))
 
 
@@ -79,6 +79,9 @@ def infer_modality(model: torch.nn.Module) -> str:
 def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torch.nn.Module, Any]:
     """Model and matching processor from one folder: ESC-50 folders hold a feature extractor, the others a processor."""
     from transformers import AutoModelForAudioClassification, AutoModelForVideoClassification
+
+    from avbert.feature_extraction_avbert import AVBertFeatureExtractor
+    from avbert.processing_avbert import AVBertProcessor
 
     if modality == "audio":
         return (
@@ -95,6 +98,8 @@ def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torc
 def decode_views(processor: Any, path: str, modality: str) -> dict[str, torch.Tensor]:
     """All test views of one file, with a leading view axis: (3, clips, ...) for videos, (1, clips, ...) for audio."""
     if modality == "audio":
+        from avbert.media_decoding import read_audio
+
         waveform, rate = read_audio(path)
         return dict(processor(waveform, sampling_rate=rate, return_tensors="pt", apply_masking=False))
     inputs = processor(videos=path, return_tensors="pt", all_views=True, load_audio_in_video=modality == "audio-visual")
@@ -352,6 +357,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate a saved model on one split and write the outputs; returns the metrics dict."""
     args = parse_args(argv)
+    from .data import load_media_dataset  # after parse_args: not for --help
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     modality = RECIPES[args.recipe].modality
     if not args.model.is_dir():

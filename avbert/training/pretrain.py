@@ -47,8 +47,8 @@ from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
 from .cli import exit_status, launched_on_cpu_without_flag, refuse_single_process_accelerate_cpu, resolve_resume
 from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
 from .distributed import release_process_group
-from .recipes import SkippedFilesMixin
 from .shards import shard_dataset, shard_trainer
+from .trainers import SkippedFilesMixin
 
 logger = logging.getLogger(__name__)
 
