@@ -647,12 +647,19 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 STARTUP_COMMANDS = {
-    "`import torch, transformers`": ["-c", "import torch, transformers"],
-    "`import torch, transformers; from transformers import PreTrainedModel`": [
-        "-c",
-        "import torch, transformers; from transformers import PreTrainedModel",
-    ],
-    "`import avbert`": ["-c", "import avbert"],
+    **{
+        f"`{code}`": ["-c", code]
+        for code in (
+            "import torch, transformers",  # the baseline of the ratios
+            "import torch, transformers; from transformers import PreTrainedModel",
+            # The floor of the Trainer command lines' --help: HfArgumentParser needs TrainingArguments (imports torch).
+            "import torch, transformers; from transformers import TrainingArguments",
+            "import avbert",
+            # A first use: the Auto registrations run when the Auto modules are imported.
+            "import avbert; from transformers import AutoConfig",
+            "import avbert; from transformers import AutoModel",
+        )
+    },
     **{
         f"`{script} --help`": ["-m", module, "--help"]
         for script, module in (
