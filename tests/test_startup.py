@@ -152,3 +152,37 @@ def test_lazy_attributes_and_dir():
         assert getattr(avbert, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         avbert.missing  # noqa: B018
+
+
+# What no `--help` needs: the model code, `Trainer`, and the data libraries (`datasets`, `evaluate`, `webdataset`).
+NOT_FOR_HELP = (
+    "transformers.modeling_utils",
+    "transformers.trainer",
+    "datasets",
+    "evaluate",
+    "webdataset",
+    "avbert.modeling_avbert",
+)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "avbert.training.train",
+        "avbert.training.evaluate",
+        "avbert.training.prepare",
+        "avbert.training.demo",
+        "avbert.convert_original_checkpoint",
+        "avbert.parameter_counts",
+    ],
+)
+def test_help_leaves_the_heavy_modules_unimported(module):
+    code = f"""
+        import contextlib, io, json, runpy, sys
+        sys.argv = [{module!r}, "--help"]
+        with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+            runpy.run_module({module!r}, run_name="__main__")
+        assert "usage:" in help_text.getvalue()
+        print(json.dumps([name for name in {NOT_FOR_HELP!r} if name in sys.modules]))
+    """
+    assert json.loads(run_python(code).splitlines()[-1]) == []
