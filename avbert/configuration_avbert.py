@@ -2,7 +2,6 @@
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
 from transformers.generation.configuration_utils import GenerationConfig
 from transformers.utils import logging
 
@@ -239,6 +238,8 @@ class AVBertConfig(PreTrainedConfig):
         )
         self._require("non-negative", "layer_norm_eps")
         self._require("in [0, 1]", "hidden_dropout_prob", "attention_probs_dropout_prob")
+        from transformers.activations import ACT2FN  # torch.distributed and more: not at `import avbert`
+
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}.")
         if self.hidden_size % self.num_attention_heads:

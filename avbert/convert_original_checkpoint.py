@@ -11,6 +11,8 @@ de-duplicated, and any key the converter does not understand is refused.
     avbert-convert checkpoint.pyth OUTPUT_DIR --task kinetics-sounds [--original-config config.yaml]
 """
 
+from __future__ import annotations
+
 import argparse
 import ast
 import copy
@@ -19,17 +21,18 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from .configuration_avbert import AVBertConfig
-from .feature_extraction_avbert import AVBertFeatureExtractor
 from .model_card import converted_provenance, write_model_card
-from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification, AVBertOrthogonal
-from .processing_avbert import AVBertProcessor
-from .video_processing_avbert import AVBertVideoProcessor
+
+if TYPE_CHECKING:  # the model and processing modules take seconds to import: not for `--help`
+    from .feature_extraction_avbert import AVBertFeatureExtractor
+    from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
+    from .processing_avbert import AVBertProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +413,8 @@ def _check_aliases(state_dict: dict[str, torch.Tensor]) -> None:
 
 def _check_cached_rotations(cached: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
     """Compare the original's cached B with the matrices derived from the converted generators."""
+    from .modeling_avbert import AVBertOrthogonal
+
     modules = dict(model.named_modules())
     worst = 0.0
     for module_name, cached_matrix in cached.items():
@@ -580,6 +585,8 @@ def _convert_into_model(
     state_dict: dict[str, torch.Tensor], task: str, pretrained_layout: bool, config: AVBertConfig, seed: int
 ) -> tuple[AVBertForVideoClassification | AVBertForAudioClassification, dict[str, float]]:
     """The converted model (in eval mode) and the parity figures measured on the way, for the model card."""
+    from .modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
+
     converted, cached_rotations, dropped = convert_state_dict(state_dict, task, pretrained_layout)
 
     # Heads missing from a pretrained checkpoint start as in the original: N(0, 0.01) weights, zero biases.
@@ -623,6 +630,10 @@ def build_preprocessor(
     ESC-50 windows of `CLIP_DURATION` s spread over each recording; the video tasks' clips of `NUM_FRAMES` frames
     (every `SAMPLING_RATE`-th at `TARGET_FPS`), short side and test crops `TEST_CROP_SIZE`, training crops
     `TRAIN_CROP_SIZE` after a short side in `TRAIN_JITTER_SCALES`, with the sound under each clip when it hears."""
+    from .feature_extraction_avbert import AVBertFeatureExtractor
+    from .processing_avbert import AVBertProcessor
+    from .video_processing_avbert import AVBertVideoProcessor
+
     data = (read_original_config(original_config_path) if original_config_path else ORIGINAL_DEFAULTS)["DATA"]
     rate = data["TARGET_AUDIO_RATE"]
     if task == "esc50":

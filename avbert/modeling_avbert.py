@@ -253,20 +253,27 @@ class AVBertVisualEncoder(AVBertCNNFastPath, nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
         if checkpoints_stem(self):
-            # From the convolution's output on: the first tensor that requires grad, as reentrant checkpointing needs.
-            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, self.stem_conv(pixel_values))
+            hidden_states = self._gradient_checkpointing_func(
+                self._checkpointed_stem, pixel_values, self.stem_conv.weight
+            )
         else:
+            if self.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
             hidden_states = conv_norm(self.stem_conv, self.stem_bn, pixel_values, self.fold_batch_norm)
             hidden_states = self.stem_pool(self.stem_act(hidden_states))
         for stage in self.stages:
             hidden_states = stage(hidden_states)
         return hidden_states
 
-    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.stem_pool(self.stem_act(batch_norm(self.stem_bn, hidden_states)))
+    def _checkpointed_stem(self, pixel_values: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
+        # The whole stem, the input's channels-last copy included, is recomputed: of the stem only the caller's input
+        # is kept (the copy and the convolution's output are the largest activations of the model). The weight comes
+        # in as an argument because reentrant checkpointing needs an input that requires grad.
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
+        hidden_states = batch_norm(self.stem_bn, self.stem_conv._conv_forward(pixel_values, conv_weight, None))
+        return self.stem_pool(self.stem_act(hidden_states))
 
 
 class AVBertBottleneck2d(AVBertCNNFastPath, GradientCheckpointingLayer):
@@ -381,9 +388,10 @@ class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        if checkpoints_stem(self):  # from the first convolution's output on, as in the visual encoder
-            hidden_states = self.stem_conv_freq(input_features)
-            hidden_states = self._gradient_checkpointing_func(self._stem_after_conv, hidden_states)
+        if checkpoints_stem(self):  # as in the visual encoder
+            hidden_states = self._gradient_checkpointing_func(
+                self._checkpointed_stem, input_features, self.stem_conv_freq.weight
+            )
         else:
             hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, input_features, self.fold_batch_norm)
             hidden_states = self._stem_after_norm(hidden_states)
@@ -391,7 +399,8 @@ class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
             hidden_states = stage(hidden_states)
         return hidden_states
 
-    def _stem_after_conv(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _checkpointed_stem(self, input_features: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.stem_conv_freq._conv_forward(input_features, conv_weight, None)
         return self._stem_after_norm(batch_norm(self.stem_bn_freq, hidden_states))
 
     def _stem_after_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from .configuration_avbert import AVBertConfig
-from .modeling_avbert import AVBertModel
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,8 @@ class SharingCount:
 
 def count_transformer_parameters(config: AVBertConfig) -> int:
     """Parameters of the transformer layers of one AVBERT backbone (embeddings, projections and CNNs excluded)."""
+    from .modeling_avbert import AVBertModel  # seconds to import: not for `--help`
+
     with torch.device("meta"):
         model = AVBertModel(config)
     encoders = (model.transformer, model.visual_transformer, model.audio_transformer, model.multimodal_transformer)

@@ -42,8 +42,9 @@ from transformers import set_seed
 
 from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
 from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
-from avbert.training.recipes import RECIPES, AVBertTrainer, Recipe, recipe_config_overrides, training_arguments
+from avbert.training.recipes import RECIPES, Recipe, recipe_config_overrides, training_arguments
 from avbert.training.train import top_k_metrics
+from avbert.training.trainers import AVBertTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "bench_esc50"

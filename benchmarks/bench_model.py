@@ -554,7 +554,38 @@ def block_key(args: argparse.Namespace, device: torch.device) -> str:
         shape += f"-batch{args.batch_size}"
     if args.num_clips is not None and args.num_clips != default_num_clips(args.task):
         shape += f"-clips{args.num_clips}"
+    if args.malloc_mmap_threshold_kib is not None:
+        shape += f"-mmap{args.malloc_mmap_threshold_kib}k"
+    if args.phases != PHASES:
+        shape += "-" + "-".join(args.phases)
     return f"{args.task}{'-tiny' if args.tiny else ''}{shape}/{device.type}"
+
+
+PHASES = ["eval", "train"]
+
+# glibc's mallopt parameter number (malloc.h)
+M_MMAP_THRESHOLD = -3
+
+
+def set_malloc_mmap_threshold(kib: int) -> None:
+    """Serve every allocation of `kib` KiB or more with its own mmap, returned to the OS when freed. glibc's default
+    threshold grows with the blocks freed (up to 32 MiB), so most activations come from the heap, which holds on to
+    freed memory between live blocks: the peak RSS then includes that as well as the live tensors."""
+    if not ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, kib * 1024):
+        raise SystemExit(f"--malloc-mmap-threshold-kib {kib}: mallopt refused it")
+
+
+def describe_allocator(args: argparse.Namespace, device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch's CUDA caching allocator"
+    if args.malloc_mmap_threshold_kib is None:
+        return "glibc malloc with its defaults (dynamic mmap threshold, up to 32 MiB)"
+    return (
+        f"glibc malloc with `mallopt(M_MMAP_THRESHOLD, {args.malloc_mmap_threshold_kib} KiB)` "
+        f"(`--malloc-mmap-threshold-kib`; the same as `MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold_kib * 1024}` "
+        "in the environment): blocks from that size go back to the OS when freed, so the peak RSS follows the live "
+        "tensors"
+    )
 
 
 def format_report(info: RunInfo, results: list[Measurement]) -> str:
@@ -599,6 +630,7 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         + ("" if any(info.peaks.values()) else " (n/a: no peak known for this device; pass --peak-tflops)")
         + ".",
         f"- Peak memory: {info.memory.describe()}.",
+        f"- Allocator: {describe_allocator(args, device)}.",
     ]
     if hasattr(os, "getloadavg"):
         load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
@@ -629,7 +661,8 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
             + (
                 ""
                 if any(k.endswith("/cuda") for k in blocks)
-                else " No GPU figures: no GPU was available where these were measured (`--device cuda` adds them)."
+                else " No GPU figures: no GPU was available where these were measured (the sessions' device tool lent"
+                " none; `--device cuda` adds them: bf16 autocast, `torch.compile`, the TF32 policy, videos/s and MFU)."
             ),
             *(blocks[k] for k in sorted(blocks)),
             SECTION_END,
@@ -647,12 +680,19 @@ def update_benchmarks_file(path: Path, key: str, report: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 STARTUP_COMMANDS = {
-    "`import torch, transformers`": ["-c", "import torch, transformers"],
-    "`import torch, transformers; from transformers import PreTrainedModel`": [
-        "-c",
-        "import torch, transformers; from transformers import PreTrainedModel",
-    ],
-    "`import avbert`": ["-c", "import avbert"],
+    **{
+        f"`{code}`": ["-c", code]
+        for code in (
+            "import torch, transformers",  # the baseline of the ratios
+            "import torch, transformers; from transformers import PreTrainedModel",
+            # The floor of the Trainer command lines' --help: HfArgumentParser needs TrainingArguments (imports torch).
+            "import torch, transformers; from transformers import TrainingArguments",
+            "import avbert",
+            # A first use: the Auto registrations run when the Auto modules are imported.
+            "import avbert; from transformers import AutoConfig",
+            "import avbert; from transformers import AutoModel",
+        )
+    },
     **{
         f"`{script} --help`": ["-m", module, "--help"]
         for script, module in (
@@ -763,12 +803,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the results without updating BENCHMARKS.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument(
+        "--phases",
+        type=lambda value: [phase for phase in PHASES if phase in value.split(",")],
+        default=PHASES,
+        help="comma-separated subset of eval,train to measure (default both; a subset gets its own table)",
+    )
+    parser.add_argument(
+        "--malloc-mmap-threshold-kib",
+        type=int,
+        default=None,
+        help="CPU: glibc mallopt(M_MMAP_THRESHOLD) in KiB, so the peak RSS follows the live tensors (own table)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="file to update (default: repo BENCHMARKS.md)"
     )
     args = parser.parse_args(argv)
     if args.num_clips is None:
         args.num_clips = default_num_clips(args.task)
-    for name in ("batch_size", "num_clips", "iters", "threads"):
+    for name in ("batch_size", "num_clips", "iters", "threads", "malloc_mmap_threshold_kib"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.warmup is not None and args.warmup < 0:
@@ -794,6 +846,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.malloc_mmap_threshold_kib is not None:
+        set_malloc_mmap_threshold(args.malloc_mmap_threshold_kib)
     device = resolve_device(args.device)
     dtypes, note = resolve_dtypes(args.dtypes, device, args.tiny)
     if "bf16" in dtypes and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -819,7 +873,7 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(workload, device)
     # Eval first: training steps change the weights, and the parity check compares eval outputs.
     results = []
-    for phase in ("eval", "train"):
+    for phase in args.phases:
         phase_variants = [variant for variant in variants if variant.phase == phase]
         results += measure_interleaved(runner, phase_variants, warmup, iters, memory)
     peaks = {dtype: peak_tflops(device, dtype, args.peak_tflops) for dtype in dtypes}

@@ -89,14 +89,16 @@ def test_fast_path_trains_like_the_plain_path(make_config, make_inputs, labels):
     assert_same_training_state(fast, model, gradient_tolerance=1e-4, buffer_tolerance=1e-5)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 @pytest.mark.parametrize("use_reentrant", [False, True])
 @pytest.mark.parametrize("model_class", [AVBertForAudioClassification, AVBertForVideoClassification])
 def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
-    make_config, make_inputs, labels, use_reentrant, model_class
+    make_config, make_inputs, labels, use_reentrant, model_class, fast
 ):
-    """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem."""
+    """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem.
+    On the fast path the stems' channels-last input copies are made inside the checkpoint."""
     config = make_config(use_visual=model_class is AVBertForVideoClassification, use_transformer=False, **NO_DROPOUT)
-    model = randomize_batch_norms(build(model_class, config)).train()
+    model = randomize_batch_norms(build(model_class, config)).train().fuse_for_inference(fast)
     checkpointed = copy.deepcopy(model)
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     assert checkpointed.is_activation_checkpointing
@@ -104,7 +106,7 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
     assert blocks and all(block.gradient_checkpointing for block in blocks)
     assert checkpointed.avbert.audio_encoder.gradient_checkpointing  # the stem
 
-    inputs = make_inputs(video=config.use_visual)  # no input requires grad: the stems checkpoint after their conv
+    inputs = make_inputs(video=config.use_visual)  # no input requires grad: the stems take their conv weight as one
     model(**inputs, labels=labels).loss.backward()
     checkpointed(**inputs, labels=labels).loss.backward()
     # The replay in the backward pass must not move the running statistics a second time: buffers match exactly.

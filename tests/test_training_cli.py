@@ -374,7 +374,8 @@ import torch
 from transformers import Trainer
 from avbert import AVBertConfig, AVBertForAudioClassification
 from avbert.training.cli import resolve_resume
-from avbert.training.recipes import AVBertTrainer, training_arguments
+from avbert.training.recipes import training_arguments
+from avbert.training.trainers import AVBertTrainer
 from test_training_recipes import TINY, RandomClips, finetune_recipe
 
 out, mode = sys.argv[1], sys.argv[2]
@@ -468,7 +469,7 @@ import torch.distributed as dist
 from transformers.training_args import ParallelMode
 from avbert import AVBertConfig, AVBertForAudioClassification
 from avbert.training.distributed import release_process_group
-from avbert.training.recipes import AVBertTrainer
+from avbert.training.trainers import AVBertTrainer
 from avbert.training.train import parse_args
 from test_training_recipes import TINY, RandomClips
 

@@ -20,7 +20,6 @@ from torch import nn
 from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForVideoClassification
 from avbert.training.recipes import (
     RECIPES,
-    AVBertTrainer,
     Recipe,
     build_optimizer,
     build_param_groups,
@@ -28,6 +27,7 @@ from avbert.training.recipes import (
     training_arguments,
 )
 from avbert.training.train import explicit_flags, parse_args
+from avbert.training.trainers import AVBertTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,8 @@ sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import torch
 from transformers import TrainerCallback
 from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForVideoClassification
-from avbert.training.recipes import AVBertTrainer, Recipe, training_arguments
+from avbert.training.recipes import Recipe, training_arguments
+from avbert.training.trainers import AVBertTrainer
 from test_training_recipes import TINY, RandomClips
 """
 

@@ -12,25 +12,19 @@ The AVBERT demo (`avbert-demo`, `make demo`): needs no data and no internet, and
    `pipeline("video-classification")`, which reads its frames and its sound track.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import AutoModelForVideoClassification, pipeline, set_seed
+from .recipes import Recipe, training_arguments
 
-from ..configuration_avbert import AVBertConfig
-from ..feature_extraction_avbert import AVBertFeatureExtractor
-from ..modeling_avbert import AVBertForVideoClassification
-from ..processing_avbert import AVBertProcessor
-from ..video_processing_avbert import AVBertVideoProcessor
-from .callbacks import TrainingCurveCallback
-from .data import AVBertDataCollator, MediaTransform, load_media_dataset
-from .evaluate import evaluate_model, write_outputs
-from .recipes import AVBertTrainer, Recipe, training_arguments
-from .synthetic import make_synthetic_av_dataset
-from .train import top_k_metrics
+if TYPE_CHECKING:  # the model, processing, data and `Trainer` modules take seconds to import: not for `--help`
+    from ..configuration_avbert import AVBertConfig
+    from ..processing_avbert import AVBertProcessor
 
 NUM_CLIPS = 4
 NUM_FRAMES = 8
@@ -55,6 +49,10 @@ DEMO_RECIPE = Recipe(
 
 def demo_processor() -> AVBertProcessor:
     """The original pipeline at a smaller scale: 4 clips of 8 frames (every 2nd at 30 fps), 64 px short side."""
+    from ..feature_extraction_avbert import AVBertFeatureExtractor
+    from ..processing_avbert import AVBertProcessor
+    from ..video_processing_avbert import AVBertVideoProcessor
+
     video_processor = AVBertVideoProcessor(
         num_clips=NUM_CLIPS,
         num_frames=NUM_FRAMES,
@@ -70,6 +68,8 @@ def demo_processor() -> AVBertProcessor:
 
 def demo_config(class_names: list[str]) -> AVBertConfig:
     """A small AVBERT: one block per CNN stage at width 8, a 64-wide transformer (0.37M parameters in all)."""
+    from ..configuration_avbert import AVBertConfig
+
     return AVBertConfig(
         visual_base_width=8,
         visual_depths=(1, 1, 1, 1),
@@ -93,6 +93,17 @@ def run_demo(
     output_dir: Path, videos_per_class: int = 12, epochs: int = 8, seed: int = 0, multi_view: bool = True
 ) -> dict[str, float]:
     """Run the whole demo; returns the held-out metrics."""
+    import torch
+    from transformers import AutoModelForVideoClassification, pipeline, set_seed
+
+    from ..modeling_avbert import AVBertForVideoClassification
+    from .callbacks import TrainingCurveCallback
+    from .data import AVBertDataCollator, MediaTransform, load_media_dataset
+    from .evaluate import evaluate_model, write_outputs
+    from .synthetic import make_synthetic_av_dataset
+    from .train import top_k_metrics
+    from .trainers import AVBertTrainer
+
     set_seed(seed)
     data_dir = make_synthetic_av_dataset(
         output_dir / "data", num_classes=4, videos_per_class=videos_per_class, seed=seed

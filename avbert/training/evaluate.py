@@ -24,23 +24,21 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import evaluate
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes)
-from avbert.feature_extraction_avbert import AVBertFeatureExtractor
-from avbert.media_decoding import as_media_source, read_audio
-from avbert.processing_avbert import AVBertProcessor
 
 from .cli import UsageError, exit_status
-from .data import _media_name, load_media_dataset
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
 from .recipes import RECIPES
+
+if TYPE_CHECKING:  # `evaluate`, `datasets` and the processors take seconds to import: not for `--help`
+    import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +64,8 @@ EvaluationResult = dict[str, Any]
 
 def load_top_k_metric() -> evaluate.EvaluationModule:
     """The package's own top-k module: ``evaluate.load("accuracy")`` would need the Hub and has no top-k."""
+    import evaluate
+
     return evaluate.load(str(METRIC_PATH))
 
 
@@ -80,6 +80,9 @@ def infer_modality(model: torch.nn.Module) -> str:
 def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torch.nn.Module, Any]:
     """Model and matching processor from one folder: ESC-50 folders hold a feature extractor, the others a processor."""
     from transformers import AutoModelForAudioClassification, AutoModelForVideoClassification
+
+    from avbert.feature_extraction_avbert import AVBertFeatureExtractor
+    from avbert.processing_avbert import AVBertProcessor
 
     if modality == "audio":
         return (
@@ -97,6 +100,8 @@ def decode_views(processor: Any, path: Any, modality: str) -> dict[str, torch.Te
     """All test views of one file (a path or a `datasets` value), with a leading view axis: (3, clips, ...) for
     videos, (1, clips, ...) for audio."""
     if modality == "audio":
+        from avbert.media_decoding import as_media_source, read_audio
+
         waveform, rate = read_audio(as_media_source(path))
         return dict(processor(waveform, sampling_rate=rate, return_tensors="pt", apply_masking=False))
     inputs = processor(videos=path, return_tensors="pt", all_views=True, load_audio_in_video=modality == "audio-visual")
@@ -115,6 +120,8 @@ class _ViewsDataset(TorchDataset):
         return len(self.media)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        from .data import _media_name
+
         path = _media_name(self.media[index])
         item: dict[str, Any] = {"path": path, "label": int(self.labels[index]), "error": None}
         try:
@@ -374,6 +381,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def load_split(args: argparse.Namespace, modality: str, dataset: Any = None) -> Any:
     """The rows to evaluate: ``--split`` of ``dataset`` (loaded already) or ``--dataset-name``, else of the
     ``--data-dir`` layout."""
+    from .data import load_media_dataset
+
     if dataset is None and args.dataset_name is not None:
         dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir and str(args.data_dir))
     if dataset is None:

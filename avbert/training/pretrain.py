@@ -56,8 +56,8 @@ from .cli import (
 from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
 from .distributed import release_process_group
-from .recipes import SkippedFilesMixin
 from .shards import shard_dataset, shard_trainer
+from .trainers import SkippedFilesMixin
 
 logger = logging.getLogger(__name__)
 

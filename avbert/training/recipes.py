@@ -2,9 +2,10 @@
 The original AVBERT fine-tuning recipes (spec §0, §6) on top of the HF `Trainer`.
 
 The `Trainer` defaults (AdamW, one learning rate, no decay on norms/biases, HF schedules with a final lr just above 0)
-differ from the original in ways that change results, so `AVBertTrainer` replaces the optimizer and the schedule with
-the original ones: Adam with coupled L2 decay and eps 1e-6, separate "finetune" (backbone) and "task" (head) groups,
-BatchNorm without decay, and a cosine or linear decay that reaches exactly 0 on the last optimizer step.
+differ from the original in ways that change results, so `AVBertTrainer` (`trainers.py`) replaces the optimizer and the
+schedule with the original ones built here: Adam with coupled L2 decay and eps 1e-6, separate "finetune" (backbone)
+and "task" (head) groups, BatchNorm without decay, and a cosine or linear decay that reaches exactly 0 on the last
+optimizer step.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -203,72 +206,6 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class SkippedFilesMixin:
-    """Collects the ``skipped_files`` an ``AVBertDataCollator(report_skipped=True)`` puts in each batch (the collator
-    runs in DataLoader workers, other processes) and takes them out before the forward pass."""
-
-    def _take_skipped(self, inputs: dict[str, Any]) -> None:
-        if not hasattr(self, "_skipped_files"):
-            self._skipped_files: list[str] = []
-        self._skipped_files += inputs.pop("skipped_files", None) or []
-
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._take_skipped(inputs)
-        return super().training_step(model, inputs, *args, **kwargs)
-
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        self._take_skipped(inputs)
-        return super().prediction_step(model, inputs, *args, **kwargs)
-
-    def skipped_files_metrics(self, prefix: str = "") -> dict[str, Any]:
-        """``num_skipped_files`` and ``skipped_files`` ("PATH: reason", sorted, each once) seen by every process since
-        the last call; every process must call it (the lists are gathered)."""
-        from accelerate.utils import gather_object
-
-        local, self._skipped_files = list(getattr(self, "_skipped_files", [])), []
-        everyone = gather_object(local) if self.args.world_size > 1 else local
-        skipped = sorted(set(everyone))
-        if skipped:
-            logger.warning("%d files could not be decoded and were skipped: %s", len(skipped), skipped)
-        return {f"{prefix}num_skipped_files": len(skipped), f"{prefix}skipped_files": skipped}
-
-    def report_metrics(self, split: str, metrics: dict[str, Any]) -> None:
-        """`log_metrics` (the scalars: it formats each as a number) and `save_metrics` (everything, file lists too)."""
-        self.log_metrics(split, {key: value for key, value in metrics.items() if not isinstance(value, list)})
-        self.save_metrics(split, metrics)
-
-
-class AVBertTrainer(SkippedFilesMixin, Trainer):
-    """
-    `Trainer` with the original optimizer and schedule of a `Recipe`.
-
-    The `TrainingArguments` learning rate, weight decay, optimizer, scheduler and warmup settings are NOT used by the
-    optimizer: the recipe decides (change the recipe with `dataclasses.replace` to experiment). The AVBERT classifiers
-    take `num_items_in_batch` and average their loss per clip themselves, so the `Trainer`'s gradient-accumulation
-    and multi-process loss scaling give the same loss as one large batch.
-    """
-
-    def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
-        self.recipe = recipe
-        super().__init__(*args, **kwargs)
-
-    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model if model is None else model, self.recipe)
-        return self.optimizer
-
-    def create_scheduler(
-        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> torch.optim.lr_scheduler.LRScheduler:
-        if self.lr_scheduler is None:
-            self.lr_scheduler = build_scheduler(
-                self.optimizer if optimizer is None else optimizer, self.recipe, num_training_steps
-            )
-            # The Trainer re-creates schedulers it made itself when train() is called again (e.g. on resume).
-            self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -311,6 +248,8 @@ def recipe_training_defaults(recipe: Recipe, world_size: int | None = None) -> d
 
 def training_arguments(recipe: Recipe, output_dir: str | os.PathLike[str], **overrides: Any) -> TrainingArguments:
     """`TrainingArguments` for a recipe; keyword `overrides` win over the recipe's values."""
+    from transformers import TrainingArguments
+
     values = {**recipe_training_defaults(recipe), "output_dir": str(output_dir), **overrides}
     return TrainingArguments(**values)
 

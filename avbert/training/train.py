@@ -28,25 +28,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoModelForAudioClassification,
-    AutoModelForVideoClassification,
-    AutoProcessor,
-    EvalPrediction,
-    HfArgumentParser,
-    PreTrainedModel,
-    TrainingArguments,
-    set_seed,
-)
+
+# `--help` needs only the recipes and `TrainingArguments`: the model, data and `Trainer` modules are imported where
+# they are used (docs/performance.md, start-up).
+from transformers import HfArgumentParser, TrainingArguments
 
 import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
-from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
 from .cli import (
     UsageError,
     exit_status,
@@ -54,26 +45,17 @@ from .cli import (
     refuse_single_process_accelerate_cpu,
     resolve_resume,
 )
-from .data import (
-    AVBertDataCollator,
-    MediaDataset,
-    MediaTransform,
-    check_disjoint,
-    load_media_dataset,
-    stratified_subset,
-)
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
-from .distributed import release_process_group
-from .evaluate import load_top_k_metric
 from .recipes import (
     LR_POLICIES,
     RECIPES,
-    AVBertTrainer,
     Recipe,
     recipe_config_overrides,
     recipe_training_defaults,
 )
-from .shards import load_manifests, shard_dataset, shard_trainer
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +179,8 @@ def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArgumen
 def top_k_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     """`compute_metrics` with top-1 (`accuracy`, for `metric_for_best_model`) and top-5 accuracy, computed by the
     package's local `evaluate` module (works offline)."""
+    from .evaluate import load_top_k_metric
+
     metric = load_top_k_metric()
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
@@ -214,6 +198,8 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
     the heads are re-created (`ignore_mismatched_sizes=True` for a new class count; re-initialized for renamed
     classes), and id2label/label2id come from the dataset.
     """
+    from transformers import AutoModelForAudioClassification, AutoModelForVideoClassification
+
     auto_class = AutoModelForAudioClassification if recipe.modality == "audio" else AutoModelForVideoClassification
     config = load_config(model_dir)
     saved_names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
@@ -236,6 +222,8 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
 
 def load_config(model_dir: str) -> Any:
     """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub")."""
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(model_dir)
     except OSError as error:
@@ -260,6 +248,8 @@ def _reinit_heads(model: PreTrainedModel) -> None:
 
 def load_processor(model_dir: str, recipe: Recipe) -> Any:
     """The AVBertProcessor (video recipes) or AVBertFeatureExtractor (audio recipe) saved with the model."""
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
     if recipe.modality == "audio":
         return AutoFeatureExtractor.from_pretrained(model_dir)
     return AutoProcessor.from_pretrained(model_dir)
@@ -272,6 +262,8 @@ def load_splits(
     splits, optionally a stratified subset of each. The rows come from ``dataset`` (a loaded ``Dataset`` /
     ``DatasetDict``: `datasets_source.train_eval_rows`), else ``--dataset_name``, else the ``--data_dir`` layout
     (whose splits must not share a file)."""
+    from .data import stratified_subset
+
     shards = {"train": data_args.train_shards, "eval": data_args.eval_shards}
     if dataset is None and data_args.dataset_name is not None:
         dataset = load_source(data_args.dataset_name, data_args.dataset_config_name, data_args.data_dir)
@@ -300,6 +292,9 @@ def _layout_splits(
     data_args: ModelDataArguments, recipe: Recipe, shards: dict[str, str | None]
 ) -> tuple[dict[str, Any], list[str]]:
     """The rows of the ``--data_dir`` layout's splits, or None for a split read from shards, and the class names."""
+    from .data import check_disjoint, load_media_dataset
+    from .shards import load_manifests
+
     if data_args.data_dir is None and None in shards.values():
         raise UsageError("give --data_dir, --dataset_name, or both --train_shards and --eval_shards")
     if data_args.data_dir is not None and not Path(data_args.data_dir).exists():
@@ -332,6 +327,15 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     argv = sys.argv[1:] if argv is None else list(argv)
     refuse_single_process_accelerate_cpu()
     data_args, training_args, recipe = parse_args(argv)
+
+    from transformers import set_seed  # after parse_args: not for --help
+
+    from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
+    from .data import AVBertDataCollator, MediaDataset, MediaTransform
+    from .distributed import release_process_group
+    from .shards import shard_dataset, shard_trainer
+    from .trainers import AVBertTrainer
+
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
