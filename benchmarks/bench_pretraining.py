@@ -63,8 +63,9 @@ from avbert import AVBertModel
 from avbert.modeling_avbert import AVBertForPreTraining, sample_clip_mask, sample_pair_labels
 from avbert.training.data import MediaTransform, load_media_dataset
 from avbert.training.demo import NUM_CLIPS, demo_config, demo_processor
-from avbert.training.pretrain import CLIP_JITTER, PretrainingCollator, unlabeled_dataset
+from avbert.training.pretrain import CLIP_JITTER, unlabeled_dataset
 from avbert.training.synthetic import make_synthetic_av_dataset
+from avbert.training.trainers import PretrainingCollator
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "bench_pretraining"

@@ -27,10 +27,11 @@ SCRIPT = """
 import json, os, sys, time
 import torch.distributed as dist
 from avbert.training import pretrain
+from avbert.training.trainers import PreTrainer, PretrainingCollator  # the classes pretrain.run() builds
 
 LOG, STALL = os.environ["SAMPLE_LOG"], int(os.environ.get("STALL_AT_STEP", "0"))
-collate = pretrain.PretrainingCollator.__call__
-compute_loss = pretrain.PreTrainer.compute_loss
+collate = PretrainingCollator.__call__
+compute_loss = PreTrainer.compute_loss
 
 
 def collate_with_keys(self, features):
@@ -52,8 +53,8 @@ def logged_compute_loss(self, model, inputs, *args, **kwargs):
     return compute_loss(self, model, inputs, *args, **kwargs)
 
 
-pretrain.PretrainingCollator.__call__ = collate_with_keys
-pretrain.PreTrainer.compute_loss = logged_compute_loss
+PretrainingCollator.__call__ = collate_with_keys
+PreTrainer.compute_loss = logged_compute_loss
 pretrain.main(sys.argv[1:])
 """
 

@@ -170,6 +170,7 @@ NOT_FOR_HELP = (
     [
         "avbert.training.train",
         "avbert.training.evaluate",
+        "avbert.training.pretrain",
         "avbert.training.prepare",
         "avbert.training.demo",
         "avbert.convert_original_checkpoint",

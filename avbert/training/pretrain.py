@@ -34,18 +34,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from datasets import Dataset, Features, Value
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+# `--help` needs only `TrainingArguments`: the model, processing, data (`datasets`, `webdataset`) and `Trainer`
+# modules are imported where they are used (docs/performance.md, start-up).
+from transformers import HfArgumentParser, TrainingArguments
 
-from ..configuration_avbert import AVBertConfig
-from ..feature_extraction_avbert import AVBertFeatureExtractor
-from ..modeling_avbert import AVBertForPreTraining
-from ..processing_avbert import AVBertProcessor
-from ..video_processing_avbert import AVBertVideoProcessor
-from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
 from .cli import (
     UsageError,
     exit_status,
@@ -53,15 +47,17 @@ from .cli import (
     refuse_single_process_accelerate_cpu,
     resolve_resume,
 )
-from .data import AVBertDataCollator, MediaDataset, MediaTransform, media_files
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
-from .distributed import release_process_group
-from .shards import shard_dataset, shard_trainer
-from .trainers import SkippedFilesMixin
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from ..configuration_avbert import AVBertConfig
+    from ..modeling_avbert import AVBertForPreTraining
+    from ..processing_avbert import AVBertProcessor
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
 DEFAULT_NUM_CLIPS = 30
 # Default per-clip jitter of pretraining (processor call arguments; see the module docstring).
 CLIP_JITTER = {"clip_brightness_jitter": 0.4, "clip_contrast_jitter": 0.4, "clip_gain_jitter_db": 6.0}
@@ -122,6 +118,8 @@ class PretrainArguments:
 def find_media_files(data_dir: str | Path) -> list[Path]:
     """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted; the files left out
     (text, images, unreadable) are each reported with the reason."""
+    from .data import media_files
+
     root = Path(data_dir).expanduser().absolute()
     if not root.is_dir():
         raise ValueError(f"video folder not found: {root} is not a directory")
@@ -135,22 +133,18 @@ def find_media_files(data_dir: str | Path) -> list[Path]:
 
 def unlabeled_dataset(data_dir: str | Path) -> Dataset:
     """`path` rows with a constant `label` 0, so `MediaTransform` and the collator can be reused unchanged."""
+    from datasets import Dataset, Features, Value
+
     paths = [str(p) for p in find_media_files(data_dir)]
     features = Features({"path": Value("string"), "label": Value("int64")})
     return Dataset.from_dict({"path": paths, "label": [0] * len(paths)}, features=features)
 
 
-class PretrainingCollator(AVBertDataCollator):
-    """`AVBertDataCollator` (unreadable files reported and dropped) without the placeholder labels."""
-
-    def __call__(self, features: list[dict]) -> dict[str, Any]:
-        batch = super().__call__(features)
-        batch.pop("labels", None)
-        return batch
-
-
 def build_model(args: PretrainArguments) -> AVBertForPreTraining:
     """A new model from `AVBertConfig(**config_overrides)`, or the `--model` folder, with `num_clips` applied."""
+    from ..configuration_avbert import AVBertConfig
+    from ..modeling_avbert import AVBertForPreTraining
+
     overrides: dict[str, Any] = json.loads(args.config_overrides) if args.config_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"--config-overrides must be a JSON object, got {args.config_overrides!r}")
@@ -172,6 +166,10 @@ def build_model(args: PretrainArguments) -> AVBertForPreTraining:
 
 def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProcessor:
     """Frames and sound of `config.num_clips` clips of `config.num_frames` frames; the sound window is one clip."""
+    from ..feature_extraction_avbert import AVBertFeatureExtractor
+    from ..processing_avbert import AVBertProcessor
+    from ..video_processing_avbert import AVBertVideoProcessor
+
     video_processor = AVBertVideoProcessor(
         num_clips=config.num_clips,
         num_frames=config.num_frames,
@@ -189,32 +187,6 @@ def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProc
         clip_samples=round(44100 * clip_seconds),
     )
     return AVBertProcessor(feature_extractor=feature_extractor, video_processor=video_processor)
-
-
-class PreTrainer(SkippedFilesMixin, Trainer):
-    """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._objective_sums: dict[str, torch.Tensor] = {}
-        self._objective_steps = 0
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        if model.training:
-            for key in OBJECTIVES:
-                value = outputs[key].detach().float()
-                self._objective_sums[key] = self._objective_sums.get(key, 0.0) + value
-            self._objective_steps += 1
-        loss = outputs["loss"]
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._objective_steps:
-            for key, total in self._objective_sums.items():
-                logs[key] = round(total.item() / self._objective_steps, 4)
-            self._objective_sums, self._objective_steps = {}, 0
-        super().log(logs, start_time)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArguments]:
@@ -249,6 +221,14 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     argv = sys.argv[1:] if argv is None else list(argv)
     refuse_single_process_accelerate_cpu()
     args, training_args = parse_args(argv)
+    from transformers import set_seed  # after parse_args: not for --help
+
+    from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
+    from .data import MediaDataset, MediaTransform
+    from .distributed import release_process_group
+    from .shards import shard_dataset, shard_trainer
+    from .trainers import PreTrainer, PretrainingCollator
+
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,

@@ -1,6 +1,7 @@
-"""The `Trainer` subclasses: `AVBertTrainer` (a fine-tuning `Recipe`'s optimizer and schedule) and the skipped-files
-bookkeeping every AVBERT trainer shares. Apart from `recipes.py` so that the command lines' `--help` (which needs the
-recipes) does not import `transformers.Trainer` (seconds)."""
+"""The `Trainer` subclasses: `AVBertTrainer` (a fine-tuning `Recipe`'s optimizer and schedule), `PreTrainer` (the
+pretraining objectives logged) with its `PretrainingCollator`, and the skipped-files bookkeeping every AVBERT trainer
+shares. Apart from `recipes.py` and `pretrain.py` so that the command lines' `--help` (which needs the recipes and
+the argument dataclasses) does not import `transformers.Trainer` and `datasets` (seconds)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from .data import AVBertDataCollator
 from .recipes import Recipe, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
+
+# The pretraining losses `PreTrainer` logs apart (keys of `AVBertForPreTraining`'s output).
+OBJECTIVES = ("visual_mep_loss", "audio_mep_loss", "multimodal_mep_loss", "pair_loss")
 
 
 class SkippedFilesMixin:
@@ -80,3 +85,38 @@ class AVBertTrainer(SkippedFilesMixin, Trainer):
             # The Trainer re-creates schedulers it made itself when train() is called again (e.g. on resume).
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+
+class PretrainingCollator(AVBertDataCollator):
+    """`AVBertDataCollator` (unreadable files reported and dropped) without the placeholder labels."""
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        batch = super().__call__(features)
+        batch.pop("labels", None)
+        return batch
+
+
+class PreTrainer(SkippedFilesMixin, Trainer):
+    """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._objective_sums: dict[str, torch.Tensor] = {}
+        self._objective_steps = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            for key in OBJECTIVES:
+                value = outputs[key].detach().float()
+                self._objective_sums[key] = self._objective_sums.get(key, 0.0) + value
+            self._objective_steps += 1
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._objective_steps:
+            for key, total in self._objective_sums.items():
+                logs[key] = round(total.item() / self._objective_steps, 4)
+            self._objective_sums, self._objective_steps = {}, 0
+        super().log(logs, start_time)
