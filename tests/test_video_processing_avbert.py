@@ -348,6 +348,9 @@ def test_errors(tmp_path):
         processor(static_video(), clip_contrast_jitter=0.2, do_rescale=False)
     with pytest.raises(TypeError):  # a sound setting: the processor's, not the video processor's
         processor(static_video(), clip_gain_jitter_db=1.0)
+    with pytest.raises(ValueError, match="size must give") as error:  # refused before decoding: not a decode error
+        processor(write_video(tmp_path / "small.mp4"), size={"longest_edge": 64})
+    assert not isinstance(error.value, MediaDecodeError)
 
 
 def test_save_load_and_auto_class(tmp_path):
