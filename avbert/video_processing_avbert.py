@@ -5,10 +5,12 @@ The base class merges and validates the keyword arguments and calls, in order,
 
 1. ``sample_frames``: the clip frame indices ``(clips, num_frames)``, from :mod:`.clip_sampling`;
 2. ``_decode_and_sample_videos``: files are decoded with :mod:`.media_decoding` (PyAV), only the sampled frames, each
-   once; frame arrays are indexed the same way;
+   once, and resized to the output size as they are decoded (in training after the video's draw, see below); frame
+   arrays are indexed the same way;
 3. ``_preprocess``: on those unique frames, the training draw (scale, crop and flip shared by the clips of a video,
-   per-clip brightness / contrast factors), the nearest short-side resize (one gather), the crops (slices),
-   ``x / 255``, the clips gathered from the frames, the jitter and ``(x - 0.45) / 0.225``.
+   per-clip brightness / contrast factors) where decoding did not make it, the nearest short-side resize (one
+   gather) where decoding did not do it, the crops (slices), ``x / 255``, the clips gathered from the frames, the
+   jitter and ``(x - 0.45) / 0.225``.
 
 This reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
 fixtures). Frames only: the sound belongs to :class:`~.processing_avbert.AVBertProcessor`. ``load_audio_in_video``
@@ -29,8 +31,11 @@ Decisions worth knowing:
   ``np.random.randint(0, dim - crop)`` never picks. Randomness comes from ``generator`` or ``seed``.
 - ``all_views=True`` returns the three evaluation crops as batch rows, video-major: row ``3 * b + c`` is video ``b``,
   crop ``c`` (average the model's scores over each group of three, as the original's test ensemble does).
-- Frames are decoded at their own size and then resized (transformers' order): a call holds the unique sampled frames
-  of one video at source size (at most ``clips * num_frames``: 83 MB for 320 frames of 340x256).
+- Files are resized while they are decoded (each kept frame, by the same nearest gather, so bit for bit as resizing
+  after): a call never holds a video's frames at source size (up to ``clips * num_frames`` frames, about 2 GB at
+  1080p). The output size must be known first, so in training each video's draw is made before it is decoded, in the
+  order ``_preprocess`` draws for frame arrays: a seed gives the same crops for a file and for its frames. Frame
+  arrays are resized in ``_preprocess`` (transformers' order).
 - Only nearest-neighbour resizing is implemented (what the original used).
 """
 
@@ -40,6 +45,7 @@ import functools
 import math
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,10 +124,13 @@ class AVBertVideoMetadata(VideoMetadata):
 
 @dataclass
 class _SampledVideo:
-    """One video between the hooks: its unique sampled frames (U, H, W, 3) and, per clip frame, its row among them."""
+    """One video between the hooks: its unique sampled frames (U, H, W, 3) and, per clip frame, its row among them;
+    for a file decoded at its output size, the source size and the training draw that size came from."""
 
     frames: Any
     positions: np.ndarray  # (clips, num_frames)
+    source_size: tuple[int, int] | None = None  # (height, width) before the decoder's resize; None: frames' own
+    augmentation: _Augmentation | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,21 @@ def resize_frames(frames: np.ndarray | torch.Tensor, height: int, width: int) ->
             return torch.from_numpy(resize_frames(frames.numpy(), height, width))
         return frames.index_select(-3, rows.to(frames.device)).index_select(-2, cols.to(frames.device))
     return np.take(np.take(frames, rows.numpy(), axis=-3), cols.numpy(), axis=-2)
+
+
+def output_size(
+    height: int, width: int, do_resize: bool, size: SizeDict, augmentation: _Augmentation | None
+) -> tuple[int, int]:
+    """Size of the frames after the resize step: the training draw's short side, else ``size`` with ``do_resize``."""
+    if augmentation is not None:
+        return short_side_size(height, width, augmentation.short_side)
+    if not do_resize:
+        return height, width
+    if size.shortest_edge is not None:
+        return short_side_size(height, width, size.shortest_edge)
+    if size.height is not None and size.width is not None:
+        return size.height, size.width
+    raise ValueError(f"size must give shortest_edge or height and width, got {size}")
 
 
 def uniform_crop_offsets(height: int, width: int, crop: int, spatial_index: int) -> tuple[int, int]:
@@ -293,19 +317,37 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             )
         return self.clip_sampling(**kwargs).frame_indices(metadata.total_num_frames, metadata.fps)
 
-    def fetch_videos(self, video_url_or_urls: Any, sample_indices_fn: Any = None) -> Any:
+    def fetch_videos(
+        self,
+        video_url_or_urls: Any,
+        sample_indices_fn: Any = None,
+        resize_to: Callable[[int, int], tuple[int, int]] | None = None,
+    ) -> Any:
         """Decode with PyAV (transformers would use torchcodec): the unique sampled frames of each file, and its
-        ``AVBertVideoMetadata`` whose ``frames_indices`` are the clip indices."""
+        ``AVBertVideoMetadata`` whose ``frames_indices`` are the clip indices. With ``resize_to`` (the frames'
+        ``(height, width)`` -> the output size), each frame is resized as it is decoded (the nearest gather of
+        ``_preprocess``, so the result is the same), and only frames of the output size are held."""
         if isinstance(video_url_or_urls, list):
-            return tuple(zip(*[self.fetch_videos(item, sample_indices_fn) for item in video_url_or_urls], strict=True))
+            return tuple(
+                zip(*[self.fetch_videos(item, sample_indices_fn, resize_to) for item in video_url_or_urls], strict=True)
+            )
         sampled = []
+        source_size: list[tuple[int, int]] = []
+
+        def resize(frame: np.ndarray) -> np.ndarray:
+            height, width = frame.shape[:2]  # the reader gives every frame of a file the size of the first
+            source_size[:] = [(height, width)]
+            out_size = resize_to(height, width)
+            return frame if out_size == (height, width) else resize_frames(frame, *out_size)
 
         def choose(info: Any) -> np.ndarray:
             metadata = VideoMetadata(total_num_frames=info.num_frames, fps=info.fps)
             sampled.append((sample_indices_fn or self.sample_frames)(metadata=metadata))
             return np.unique(sampled[0])
 
-        decoded = read_video_and_audio(video_url_or_urls, choose, load_audio=False)
+        decoded = read_video_and_audio(
+            video_url_or_urls, choose, load_audio=False, frame_transform=resize if resize_to is not None else None
+        )
         info = decoded.info.video
         metadata = AVBertVideoMetadata(
             total_num_frames=info.num_frames,
@@ -318,7 +360,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             start_time=info.start_time,
             frame_times=decoded.frame_times,
         )
-        return _SampledVideo(decoded.frames, np.searchsorted(decoded.indices, sampled[0])), metadata
+        positions = np.searchsorted(decoded.indices, sampled[0])
+        return _SampledVideo(decoded.frames, positions, source_size[0] if source_size else None), metadata
 
     def _decode_and_sample_videos(
         self, videos: Any, video_metadata: Any, do_sample_frames: bool | None = None, sample_indices_fn: Any = None
@@ -327,7 +370,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         ``do_sample_frames=False`` an array must already hold the clips' frames in clip order."""
         if is_media_source(videos) or (isinstance(videos, list | tuple) and all(map(is_media_source, videos))):
             items = [videos] if is_media_source(videos) else list(videos)
-            return self.fetch_videos(items, sample_indices_fn)  # files are always sampled
+            return self._decode_files(items, sample_indices_fn)
         arrays = make_batched_videos(videos)
         metadata = _metadata_list(video_metadata, len(arrays))
         sampled = []
@@ -343,6 +386,29 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             frames = video[torch.from_numpy(unique) if torch.is_tensor(video) else unique]
             sampled.append(_SampledVideo(frames, positions.reshape(indices.shape)))
         return sampled, metadata
+
+    def _decode_files(self, items: list[Any], sample_indices_fn: Any) -> tuple[list[_SampledVideo], list[Any]]:
+        """Files, each decoded straight to its output size, which is known before decoding: from the call's settings
+        (``BaseVideoProcessor.preprocess`` binds them into ``sample_indices_fn``) and, in training, the video's draw,
+        made here in the order ``_preprocess`` draws for frame arrays (so a seed gives the same crops either way)."""
+        call = getattr(sample_indices_fn, "keywords", None)
+        if call is None:  # the hook called on its own: frames at source size, resized by `_preprocess`
+            return self.fetch_videos(items, sample_indices_fn)
+        kwargs = self._standardize_kwargs(**call)
+        self._validate_preprocess_kwargs(**kwargs)  # before decoding: errors in the settings are not decode errors
+        generator = _generator(kwargs)
+        num_clips = len(self.clip_sampling(**kwargs).selected_clips)
+        videos, metadata = [], []
+        for item in items:
+            augmentation = _draw_augmentation(kwargs, generator, num_clips)
+            resize_to = functools.partial(
+                output_size, do_resize=kwargs["do_resize"], size=kwargs["size"], augmentation=augmentation
+            )
+            video, item_metadata = self.fetch_videos(item, sample_indices_fn, resize_to)
+            video.augmentation = augmentation
+            videos.append(video)
+            metadata.append(item_metadata)
+        return videos, metadata
 
     def _prepare_input_videos(
         self,
@@ -362,6 +428,9 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         super()._validate_preprocess_kwargs(**kwargs)
         if kwargs.get("spatial_crop") not in (0, 1, 2):
             raise ValueError(f"spatial_crop must be 0, 1 or 2, got {kwargs.get('spatial_crop')}")
+        size = kwargs.get("size")
+        if kwargs.get("do_resize") and not (size is not None and (size.shortest_edge or (size.height and size.width))):
+            raise ValueError(f"size must give shortest_edge or height and width, got {size}")
         crop = kwargs.get("crop_size")
         if crop is not None and crop.height != crop.width:
             raise ValueError(f"only square crops are supported, got crop_size={crop}")
@@ -394,12 +463,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         **kwargs: Any,
     ) -> BatchFeature:
         """Unique frames -> resized and cropped views -> [0, 1] -> per-clip jitter -> normalized clips, per video."""
-        generator = kwargs.get("generator")
-        if generator is None and kwargs.get("seed") is not None:
-            generator = torch.Generator().manual_seed(int(kwargs["seed"]))
+        generator = _generator(kwargs)
         train = bool(kwargs.get("do_train_augmentation"))
-        jitters = {name: float(kwargs[f"clip_{name}_jitter"]) for name in ("brightness", "contrast")}
-        scales = tuple(int(scale) for scale in kwargs["train_jitter_scales"])
         mean, std = _per_channel(image_mean), _per_channel(image_std)
         sampling = self.clip_sampling(**kwargs)
         rows = []
@@ -412,8 +477,15 @@ class AVBertVideoProcessor(BaseVideoProcessor):
                         f"clip order, got {len(video.positions)}"
                     )
                 video.positions = video.positions.reshape(-1, sampling.num_frames)
-            augmentation = _Augmentation.draw(generator, scales, jitters, len(video.positions)) if train else None
-            views = self._views(video.frames, do_resize, size, do_center_crop, crop_size, kwargs, augmentation)
+            augmentation = video.augmentation  # drawn before decoding for files
+            if train and augmentation is None:
+                augmentation = _draw_augmentation(kwargs, generator, len(video.positions))
+            source_size = video.source_size or tuple(video.frames.shape[1:3])
+            out_size = output_size(*source_size, do_resize, size, augmentation)
+            frames = video.frames
+            if tuple(frames.shape[1:3]) != out_size:  # not yet resized by the decoder
+                frames = resize_frames(frames, *out_size)
+            views = self._views(frames, do_center_crop, crop_size, kwargs, augmentation)
             if augmentation is not None and augmentation.uniforms[2] < float(kwargs["flip_prob"]):
                 views = [view.flip(2) for view in views]
             clips = _clips(views, torch.from_numpy(video.positions), do_rescale, rescale_factor)
@@ -433,28 +505,14 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     @staticmethod
     def _views(
         frames: torch.Tensor,
-        do_resize: bool,
-        size: SizeDict,
         do_center_crop: bool,
         crop_size: SizeDict,
         kwargs: dict[str, Any],
         augmentation: _Augmentation | None,
     ) -> list[torch.Tensor]:
-        """The crops of the (U, H, W, C) frames after the nearest resize (one gather): one random crop in training,
-        one or three evaluation crops, or the whole resized frames."""
-        height, width = frames.shape[1], frames.shape[2]
-        if augmentation is not None:
-            out_size = short_side_size(height, width, augmentation.short_side)
-        elif not do_resize:
-            out_size = (height, width)
-        elif size.shortest_edge is not None:
-            out_size = short_side_size(height, width, size.shortest_edge)
-        elif size.height is not None and size.width is not None:
-            out_size = (size.height, size.width)
-        else:
-            raise ValueError(f"size must give shortest_edge or height and width, got {size}")
-        if out_size != (height, width):
-            frames = resize_frames(frames, *out_size)
+        """The crops of the resized (U, H, W, C) frames: one random crop in training, one or three evaluation crops,
+        or the whole frames."""
+        out_size = (frames.shape[1], frames.shape[2])
         if augmentation is not None:
             crop = int(kwargs["train_crop_size"])
             _check_crop_fits(*out_size, crop)
@@ -484,7 +542,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         if not files:
             return super().preprocess(videos, **kwargs)
         with out_of_memory_names(items):
-            return super().preprocess(videos, **kwargs)
+            # Files are always sampled; this also has the base bind the call's settings into `sample_indices_fn`.
+            return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
 
     def audio_visual_processor(self) -> Any:
         """The ``AVBertProcessor`` this belongs to: the one that holds it, else one with the feature extractor saved
@@ -512,6 +571,25 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _generator(kwargs: dict[str, Any]) -> torch.Generator | None:
+    """The call's source of training randomness: ``generator``, else one seeded with ``seed``."""
+    generator = kwargs.get("generator")
+    if generator is None and kwargs.get("seed") is not None:
+        generator = torch.Generator().manual_seed(int(kwargs["seed"]))
+    return generator
+
+
+def _draw_augmentation(
+    kwargs: dict[str, Any], generator: torch.Generator | None, num_clips: int
+) -> _Augmentation | None:
+    """One video's training draw (``_Augmentation``) under the call's settings; ``None`` outside training."""
+    if not kwargs.get("do_train_augmentation"):
+        return None
+    jitters = {name: float(kwargs[f"clip_{name}_jitter"]) for name in ("brightness", "contrast")}
+    scales = tuple(int(scale) for scale in kwargs["train_jitter_scales"])
+    return _Augmentation.draw(generator, scales, jitters, num_clips)
 
 
 def _per_channel(value: float | tuple[float, ...]) -> tuple[float, ...]:

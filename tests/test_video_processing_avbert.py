@@ -137,6 +137,49 @@ def test_pre_sampled_frames_from_one_decode(ks_pixel_values):
     assert metadata.total_num_frames == 303 and np.array_equal(metadata.frames_indices, decoded.indices.reshape(10, 32))
 
 
+@pytest.fixture(scope="module")
+def high_resolution_video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("hd") / "hd.mp4", num_frames=60, width=1280, height=720)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"size": {"height": 90, "width": 160}, "do_center_crop": False},
+        {"do_train_augmentation": True, "clip_brightness_jitter": 0.2},
+    ],
+    ids=["eval", "eval-height-width", "train"],
+)
+def test_files_are_resized_while_they_are_decoded(high_resolution_video, monkeypatch, settings):
+    """A 1280x720 file: the decoder hands over frames already at the output size (the training draw's scale in
+    training), and the result is bit for bit the frame-array path's, which resizes after decoding (the order before)."""
+    from avbert import video_processing_avbert
+
+    decoded_shapes = []
+
+    def spy(*args, **kwargs):
+        decoded = read_video_and_audio(*args, **kwargs)
+        decoded_shapes.append(decoded.frames.shape)
+        return decoded
+
+    processor = AVBertVideoProcessor(num_clips=3, num_frames=8)
+    frames = read_video_and_audio(high_resolution_video, lambda info: np.arange(info.num_frames)).frames
+    assert frames.shape == (60, 720, 1280, 3)
+    from_arrays = processor([frames, frames], seed=7, **settings)["pixel_values"]
+    monkeypatch.setattr(video_processing_avbert, "read_video_and_audio", spy)
+    from_files = processor([high_resolution_video] * 2, seed=7, **settings)["pixel_values"]
+    assert torch.equal(from_files, from_arrays)
+    if settings.get("do_train_augmentation"):
+        assert not torch.equal(from_files[0], from_files[1])  # two draws, in the frame-array path's order
+        short_sides = [shape[1] for shape in decoded_shapes]
+        assert all(128 <= side <= 160 for side in short_sides)
+        assert [shape[2] for shape in decoded_shapes] == [short_side_size(720, 1280, s)[1] for s in short_sides]
+    else:
+        expected = (90, 160) if "size" in settings else short_side_size(720, 1280, 128)
+        assert [shape[1:3] for shape in decoded_shapes] == [expected, expected]
+
+
 @needs_videos
 def test_pipeline_style_call_batches_views_and_metadata(ks_pixel_values):
     processor = AVBertVideoProcessor()
@@ -305,6 +348,9 @@ def test_errors(tmp_path):
         processor(static_video(), clip_contrast_jitter=0.2, do_rescale=False)
     with pytest.raises(TypeError):  # a sound setting: the processor's, not the video processor's
         processor(static_video(), clip_gain_jitter_db=1.0)
+    with pytest.raises(ValueError, match="size must give") as error:  # refused before decoding: not a decode error
+        processor(write_video(tmp_path / "small.mp4"), size={"longest_edge": 64})
+    assert not isinstance(error.value, MediaDecodeError)
 
 
 def test_save_load_and_auto_class(tmp_path):
