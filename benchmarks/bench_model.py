@@ -9,6 +9,10 @@ Examples:
     .venv/bin/python benchmarks/bench_model.py --device cuda             # GPU: + bf16 and torch.compile variants, MFU
     .venv/bin/python benchmarks/bench_model.py --startup 3               # import avbert and every CLI's --help
 
+On CPU the peak memory of each variant is measured again in a fresh process of its own (`--memory isolated`, the
+default): in the timed rounds glibc still holds heap the earlier variants freed, which a process running one variant
+would not have.
+
 The script owns the part of BENCHMARKS.md between `<!-- bench_model:start -->` and `<!-- bench_model:end -->`. Inside
 it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist.
 """
@@ -188,7 +192,7 @@ class PeakMemory:
             return "vmhwm"
         return "ru_maxrss"
 
-    def describe(self) -> str:
+    def describe(self, isolated: bool) -> str:
         if self.device.type == "cuda":
             return (
                 "`torch.cuda.max_memory_allocated()` over each timed step, reset before it (absolute: includes "
@@ -196,16 +200,26 @@ class PeakMemory:
                 "reserve); the largest over the timed rounds"
             )
         if self.cpu_method == "vmhwm":
-            return (
-                "process peak RSS increase over each timed step (`VmHWM` from /proc/self/status, reset before each "
-                "step by writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`), the largest "
-                "over the timed rounds. Weights, inputs and Adam's state (allocated in the warmup round) predate the "
-                "step and are not counted: activations, gradients and temporaries are"
+            method = (
+                "process peak RSS increase over the step (`VmHWM` from /proc/self/status, reset before the step by "
+                "writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`). Weights, inputs and "
+                "Adam's state (allocated in the warmup) predate the step and are not counted: activations, gradients "
+                "and temporaries are"
             )
-        return (
-            "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over each step (cannot be reset: only growth "
-            "beyond the process's earlier peak shows, so later variants may read low)"
-        )
+        else:
+            method = (
+                "increase of `resource.getrusage(RUSAGE_SELF).ru_maxrss` over the step (cannot be reset: only growth "
+                "beyond the process's earlier peak shows, so later steps may read low)"
+            )
+        if isolated:
+            return (
+                f"{method}. *peak mem*: each variant in a fresh process of its own (`--memory isolated`: the "
+                "workload built again with the same seed, the warmup steps (at least one), then the measured step), "
+                "so the heap holds only what that variant leaves, as in a process that runs it; *in-process*: the "
+                "same measure in the timed rounds, the largest over them, after the other variants ran in the same "
+                "process (glibc keeps some of the heap they freed, so it reads higher and varies from run to run)"
+            )
+        return f"{method}; in the timed rounds, the largest over them (`--memory in-process`)"
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[dict[str, float]]:
@@ -276,6 +290,7 @@ class Measurement:
     times_ms: list[float]
     peak_mib: list[float]
     output: object = None  # the last eval output, for the parity check
+    isolated_peak_mib: float | None = None  # CPU: the step's peak in a process of its own (--memory isolated)
 
     @property
     def median_ms(self) -> float:
@@ -283,7 +298,7 @@ class Measurement:
 
     @property
     def peak(self) -> float:
-        return max(self.peak_mib)
+        return max(self.peak_mib) if self.isolated_peak_mib is None else self.isolated_peak_mib
 
 
 def autocast_context(dtype_name: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -364,6 +379,34 @@ def measure_interleaved(
                 results[variant].peak_mib.append(peak["mib"])
                 results[variant].output = output
     return list(results.values())
+
+
+MEMORY_CHILD_PREFIX = "memory-child peak MiB: "
+
+
+def measure_memory_child(args: argparse.Namespace, device: torch.device, variant: Variant, warmup: int) -> None:
+    """In a fresh process: build the workload, run `variant` `max(warmup, 1)` times (Adam's state, the first-call
+    allocations), then print the peak of one more step. Nothing else has run in the process, so its heap holds only
+    what this variant left, as in a training or inference process that runs it."""
+    workload = build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device)
+    runner = Runner(workload, device)
+    for _ in range(max(warmup, 1)):
+        runner.step(variant)
+    with PeakMemory(device).measure() as peak:
+        runner.step(variant)
+    print(f"{MEMORY_CHILD_PREFIX}{peak['mib']:.3f}", flush=True)
+
+
+def measure_memory_isolated(args: argparse.Namespace, index: int, variant: Variant) -> float:
+    """The peak of the `index`-th variant's step, measured by `measure_memory_child` in a subprocess."""
+    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--memory-child", str(index), "--no-write"]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(MEMORY_CHILD_PREFIX)]
+    if completed.returncode != 0 or not lines:
+        raise SystemExit(f"memory of {variant.phase} {variant.name} in its own process failed:\n{completed.stderr}")
+    mib = float(lines[-1].removeprefix(MEMORY_CHILD_PREFIX))
+    log(f"own process: {variant.phase} {variant.dtype} {variant.name}: peak {mib:,.0f} MiB")
+    return mib
 
 
 def count_flops(workload: Workload, phase: str) -> float:
@@ -505,11 +548,14 @@ def peak_tflops(device: torch.device, dtype: str, override: float | None) -> flo
 def format_table(
     results: list[Measurement], workload: Workload, flops: dict[str, float], peaks: dict[str, float | None]
 ) -> str:
+    isolated = any(r.isolated_peak_mib is not None for r in results)
     header = (
         "| phase | dtype | variant | median (ms) | min (ms) | videos/s | clips/s | speed-up vs plain "
-        "| peak mem (MiB) | mem vs plain | TFLOP/s | MFU |"
+        "| peak mem (MiB) | mem vs plain |"
+        + (" in-process (MiB) | in-process vs plain |" if isolated else "")
+        + " TFLOP/s | MFU |"
     )
-    rows = [header, "|" + "---|" * 12]
+    rows = [header, "|" + "---|" * (14 if isolated else 12)]
     plain = {(r.variant.phase, r.variant.dtype): r for r in results if r.variant.name == "plain"}
     for r in results:
         reference = plain[(r.variant.phase, r.variant.dtype)]
@@ -517,10 +563,14 @@ def format_table(
         achieved = flops[r.variant.phase] / seconds / 1e12
         peak = peaks.get(r.variant.dtype)
         memory_ratio = r.peak / reference.peak if reference.peak > 0 else float("nan")
+        in_process = max(r.peak_mib)
+        in_process_ratio = in_process / max(reference.peak_mib) if max(reference.peak_mib) > 0 else float("nan")
         rows.append(
             f"| {r.variant.phase} | {r.variant.dtype} | {r.variant.name} | {r.median_ms:,.0f} | {min(r.times_ms):,.0f} "
             f"| {workload.batch_size / seconds:,.3f} | {workload.clips_per_batch / seconds:,.2f} "
-            f"| {reference.median_ms / r.median_ms:.2f}x | {r.peak:,.0f} | {memory_ratio:.2f}x | {achieved:.3f} "
+            f"| {reference.median_ms / r.median_ms:.2f}x | {r.peak:,.0f} | {memory_ratio:.2f}x "
+            + (f"| {in_process:,.0f} | {in_process_ratio:.2f}x " if isolated else "")
+            + f"| {achieved:.3f} "
             f"| {'n/a' if peak is None else f'{achieved / peak:.1%}'} |"
         )
     return "\n".join(rows)
@@ -629,7 +679,7 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         "TFLOP/s / the device's dense peak for the dtype"
         + ("" if any(info.peaks.values()) else " (n/a: no peak known for this device; pass --peak-tflops)")
         + ".",
-        f"- Peak memory: {info.memory.describe()}.",
+        f"- Peak memory: {info.memory.describe(any(r.isolated_peak_mib is not None for r in results))}.",
         f"- Allocator: {describe_allocator(args, device)}.",
     ]
     if hasattr(os, "getloadavg"):
@@ -815,9 +865,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU: glibc mallopt(M_MMAP_THRESHOLD) in KiB, so the peak RSS follows the live tensors (own table)",
     )
     parser.add_argument(
+        "--memory",
+        choices=("isolated", "in-process"),
+        default="isolated",
+        help="CPU peak memory: each variant's step in a fresh process of its own (default: what a training or "
+        "inference process running that variant needs), or in the timed rounds (after the other variants ran, so "
+        "it includes heap they left to glibc). CUDA: always the allocator's peak in the timed rounds",
+    )
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)  # internal: one variant
+    parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="file to update (default: repo BENCHMARKS.md)"
     )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the --memory isolated subprocesses
     if args.num_clips is None:
         args.num_clips = default_num_clips(args.task)
     for name in ("batch_size", "num_clips", "iters", "threads", "malloc_mmap_threshold_kib"):
@@ -865,17 +925,23 @@ def main(argv: list[str] | None = None) -> None:
     compile_model = device.type == "cuda" if args.compile is None else args.compile
 
     torch.manual_seed(0)
+    variants = [variant for variant in build_variants(dtypes, compile_model) if variant.phase in args.phases]
+    if args.memory_child is not None:
+        measure_memory_child(args, device, variants[args.memory_child], warmup)
+        return
     log(f"Building {args.task}{' (tiny)' if args.tiny else ''} on {device} ...")
     workload = build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device)
     memory = PeakMemory(device)
     flops = {phase: count_flops(workload, phase) for phase in ("eval", "train")}
-    variants = build_variants(dtypes, compile_model)
     runner = Runner(workload, device)
     # Eval first: training steps change the weights, and the parity check compares eval outputs.
     results = []
     for phase in args.phases:
         phase_variants = [variant for variant in variants if variant.phase == phase]
         results += measure_interleaved(runner, phase_variants, warmup, iters, memory)
+    if device.type == "cpu" and args.memory == "isolated":
+        for result in results:
+            result.isolated_peak_mib = measure_memory_isolated(args, variants.index(result.variant), result.variant)
     peaks = {dtype: peak_tflops(device, dtype, args.peak_tflops) for dtype in dtypes}
 
     info = RunInfo(args, device, workload, memory, warmup, iters, note, time.perf_counter() - STARTED, flops, peaks)
