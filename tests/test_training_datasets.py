@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Features, Video, load_dataset
 from test_training_cli import TRAIN_FLAGS, console, media_dir, model_dir  # noqa: F401  (fixtures)
 from test_training_recipes import TINY
 
@@ -99,6 +99,28 @@ def test_python_api_refuses_a_bad_dataset_by_column_and_split(media_dir, model_d
     with pytest.raises(UsageError, match="--video_column_name clip: split 'train' has no such column"):
         saved = ["--dataset_name", str(tmp_path / "saved"), "--video_column_name", "clip"]
         train.run([*_run_args(model_dir, tmp_path / "o"), *saved])
+
+
+def test_splits_that_share_a_file_are_refused(media_dir, model_dir, tmp_path):  # noqa: F811
+    """As for folders: a file in both the train and the eval split (by path, or the same embedded bytes under another
+    name, as a dataset saved with its media holds them) is a one-line error before any training."""
+    loaded = load_dataset("videofolder", data_dir=str(media_dir))
+    leaked = DatasetDict({"train": loaded["train"], "test": loaded["train"].select([0])})
+    with pytest.raises(UsageError, match="the train and test splits share 1 files"):
+        train.run(_run_args(model_dir, tmp_path / "o"), dataset=leaked)
+    first, other = sorted((media_dir / "train").rglob("*.mp4"))[:2]
+    features = loaded["train"].features
+    embedded = DatasetDict(
+        {
+            name: Dataset.from_dict({"video": [{"bytes": path.read_bytes(), "path": alias}], "label": [0]}).cast(
+                Features({"video": Video(decode=False), "label": features["label"]})
+            )
+            for name, path, alias in (("train", first, "a.mp4"), ("test", first, "b.mp4"))
+        }
+    )
+    with pytest.raises(UsageError, match=r"share 1 files \(e\.g\. a\.mp4\)"):
+        train.run(_run_args(model_dir, tmp_path / "o"), dataset=embedded)
+    assert other.read_bytes() != first.read_bytes()  # distinct files pass the check (the other tests train on them)
 
 
 def test_python_api_trains_on_a_loaded_dataset_with_a_held_out_part(media_dir, model_dir, tmp_path):  # noqa: F811

@@ -13,6 +13,7 @@ its row instead of stopping a run of many hours: the collator drops such rows an
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -407,14 +408,35 @@ def stratified_subset(labels: Iterable[int], max_samples: int | None, seed: int 
 
 
 def check_disjoint(train: Dataset, test: Dataset, train_split: str = "train", test_split: str = "test") -> None:
-    """Refuse a train and a test split that share files: the test accuracy would measure memory, not the model."""
-    shared = sorted({str(Path(p).resolve()) for p in train["path"]} & {str(Path(p).resolve()) for p in test["path"]})
+    """Refuse a train and a test split that share files: the test accuracy would measure memory, not the model.
+
+    Rows name their file by path, or hold a ``datasets`` media value (``{"bytes", "path"}``): embedded bytes are
+    compared by content (a copy under another name is still the same sample), a path by the file it resolves to.
+    """
+    train_files, test_files = _file_keys(train), _file_keys(test)
+    shared = sorted(train_files[key] for key in train_files.keys() & test_files.keys())
     if shared:
         examples = ", ".join(shared[:3])
         raise ValueError(
             f"the {train_split} and {test_split} splits share {len(shared)} files (e.g. {examples}); give them "
             "separate folders or files, or use a folder without split folders for a seeded stratified split"
         )
+
+
+def _file_keys(rows: Dataset) -> dict[str, str]:
+    """What identifies each row's file (a content hash for embedded bytes, else the resolved path) -> its name."""
+    keys = {}
+    for batch in rows.select_columns(["path"]).iter(batch_size=256):
+        for value in batch["path"]:
+            if isinstance(value, dict):
+                data, name = value.get("bytes"), value.get("path")
+                if data is not None:
+                    keys["sha256:" + hashlib.sha256(data).hexdigest()] = str(name or "<bytes>")
+                    continue
+                value = name
+            path = str(Path(value).resolve())
+            keys[path] = path
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------------------------------

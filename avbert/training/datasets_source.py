@@ -121,9 +121,10 @@ def split_rows(splits: Any, split: str, split_flag: str, columns: Columns) -> An
 
 
 def train_eval_rows(splits: Any, train_split: str, eval_split: str, columns: Columns) -> tuple[Any, Any]:
-    """The train and eval rows. A dataset with the train split only (a videofolder of ``<class>/`` folders) gets a
-    seeded, stratified split, ``AUTO_SPLIT_TEST_FRACTION`` of each class for eval, as the folder layouts do."""
-    from .data import AUTO_SPLIT_TEST_FRACTION, auto_split_indices
+    """The train and eval rows, which must not share a file. A dataset with the train split only (a videofolder of
+    ``<class>/`` folders) gets a seeded, stratified split, ``AUTO_SPLIT_TEST_FRACTION`` of each class for eval, as the
+    folder layouts do."""
+    from .data import AUTO_SPLIT_TEST_FRACTION, auto_split_indices, check_disjoint
 
     if eval_split not in splits and list(splits) == [train_split]:
         rows = media_rows(splits[train_split], train_split, columns)
@@ -139,4 +140,8 @@ def train_eval_rows(splits: Any, train_split: str, eval_split: str, columns: Col
     evaluation = split_rows(splits, eval_split, "eval_split_name", columns)
     if evaluation.features["label"].names != train.features["label"].names:
         raise UsageError(f"the {train_split} and {eval_split} splits have different classes")
+    try:
+        check_disjoint(train, evaluation, train_split, eval_split)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     return train, evaluation
