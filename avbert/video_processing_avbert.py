@@ -60,7 +60,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .clip_sampling import DEFAULT_FPS, ClipSampling, as_clip_selection
-from .media_decoding import is_media_source, out_of_memory_names, read_video_and_audio
+from .media_decoding import is_media_source, out_of_memory_names, read_video
 
 __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
@@ -345,9 +345,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             sampled.append((sample_indices_fn or self.sample_frames)(metadata=metadata))
             return np.unique(sampled[0])
 
-        decoded = read_video_and_audio(
-            video_url_or_urls, choose, load_audio=False, frame_transform=resize if resize_to is not None else None
-        )
+        decoded = read_video(video_url_or_urls, choose, frame_transform=resize if resize_to is not None else None)
         info = decoded.info.video
         metadata = AVBertVideoMetadata(
             total_num_frames=info.num_frames,
