@@ -169,10 +169,12 @@ def reopenable(source: MediaSource) -> MediaSource:
     """``source`` in a form that can be read more than once (frames, then sound): an unseekable file object is read
     into memory, keeping its name for error messages; anything else is returned as it is."""
     source = as_media_source(source)
-    if not hasattr(source, "read") or (hasattr(source, "seekable") and source.seekable()):
+    if not hasattr(source, "read"):
         return source
     name = _source_name(source)
     try:
+        if getattr(source, "seekable", lambda: False)():
+            return source
         file = io.BytesIO(source.read())
     except (OSError, ValueError) as error:
         raise MediaDecodeError(name, f"cannot read the file object: {error}") from error
@@ -266,11 +268,11 @@ class _Source:
     every container can seek back to its start (raw H.264 cannot; MPEG-TS lands past it).
 
     File objects are read from their current position, which ``restore`` puts back so that ``probe`` and
-    ``read_frames`` can be called on the same object. Unseekable ones are read into memory.
+    ``read_frames`` can be called on the same object. Unseekable ones are read into memory (``reopenable``).
     """
 
     def __init__(self, source: MediaSource) -> None:
-        source = as_media_source(source)
+        source = reopenable(source)
         self.name = _source_name(source)
         self.path: str | None = None
         self.file: Any = None
@@ -283,13 +285,10 @@ class _Source:
             self.file = io.BytesIO(source.tobytes() if isinstance(source, memoryview) else source)
         elif hasattr(source, "read"):
             try:
-                if source.seekable():
-                    self.user_file, self.start = source, source.tell()
-                    self.file = _OffsetFile(source, self.start) if self.start else source
-                else:
-                    self.file = io.BytesIO(source.read())
-            except (OSError, AttributeError, ValueError) as error:
+                self.user_file, self.start = source, source.tell()
+            except (OSError, ValueError) as error:
                 raise MediaDecodeError(self.name, f"cannot read the file object: {error}") from error
+            self.file = _OffsetFile(source, self.start) if self.start else source
         else:
             raise MediaDecodeError(self.name, f"unsupported source type {type(source).__name__}")
 
