@@ -198,9 +198,7 @@ def output_size(
         return height, width
     if size.shortest_edge is not None:
         return short_side_size(height, width, size.shortest_edge)
-    if size.height is not None and size.width is not None:
-        return size.height, size.width
-    raise ValueError(f"size must give shortest_edge or height and width, got {size}")
+    return size.height, size.width  # `_validate_preprocess_kwargs` refused a size with neither
 
 
 def uniform_crop_offsets(height: int, width: int, crop: int, spatial_index: int) -> tuple[int, int]:
