@@ -299,6 +299,12 @@ def test_bytes_file_objects_and_paths_agree(tmp_path):
 
     assert np.array_equal(read_frames(Unseekable(path.read_bytes()), [4, 2]), expected)
 
+    class ReadOnly:  # only read(): no seekable(), no tell()
+        def __init__(self, data: bytes) -> None:
+            self.read = io.BytesIO(data).read
+
+    assert np.array_equal(read_frames(ReadOnly(path.read_bytes()), [4, 2]), expected)
+
 
 @needs_videos
 def test_int16_audio_is_scaled_by_32768():
