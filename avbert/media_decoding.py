@@ -186,8 +186,8 @@ def as_media_source(value: Any) -> Any:
     """The file behind a value of ``datasets``' ``Video`` feature; any other value unchanged.
 
     ``Video()`` rows hold a torchcodec ``VideoDecoder`` that remembers what it was made from (``_hf_encoded``, the
-    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file is decoded again here, for
-    frames and sound in one pass, rather than through that decoder, which has no sound.
+    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file itself is decoded
+    here (frames and sound), not that decoder, which has no sound.
     """
     encoded = getattr(value, "_hf_encoded", None)
     if isinstance(encoded, dict):
