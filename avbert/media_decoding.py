@@ -605,14 +605,7 @@ def _build_frame_table(container: av.container.InputContainer, video: av.video.s
 class _FrameReader:
     """Decodes the wanted frames of one video stream, seeking when a keyframe lies ahead (see the module docstring)."""
 
-    def __init__(
-        self,
-        container: av.container.InputContainer,
-        media: _Source,
-        table: _FrameTable,
-        transform: FrameTransform | None,
-    ) -> None:
-        self.container = container
+    def __init__(self, media: _Source, table: _FrameTable, transform: FrameTransform | None) -> None:
         self.media = media
         self.table = table
         self.transform = transform
@@ -801,7 +794,7 @@ def read_video(
         # The sampler needs the frame count before anything is decoded; the rotation is known after decoding.
         requested = indices(_video_info(container, video, num_frames, rotation=0)) if callable(indices) else indices
         wanted = np.minimum(_as_index_array(requested, name), num_frames - 1)
-        reader = _FrameReader(container, media, table, frame_transform)
+        reader = _FrameReader(media, table, frame_transform)
         try:
             found = reader.read(np.unique(wanted))
         except _NoFrames:
