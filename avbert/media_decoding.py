@@ -23,6 +23,9 @@ How frames are found (``read_frames`` / ``read_video``):
    or reorder frames (MPEG-4 part 2 with packed B-frames / not-coded VOPs, typical for DivX AVIs), or with missing or
    duplicate pts, use the sequential decode directly.
 
+The sound is read apart, by one decoding pass over the first audio stream (:class:`AudioTrack`): ``read_windows``
+keeps only the samples under the clips (what the processor needs), ``read_audio`` keeps them all (audio files).
+
 Decisions that differ from old torchvision (documented for users of the parity fixtures):
 
 - Frames are returned in decode (display) order. Old torchvision sorted frames by pts; on DivX AVIs with packed
