@@ -5,12 +5,12 @@ some real files (``benchmarks/bench_decoding.py``, docs/processing.md). AVBERT n
 semantics that the original code and the parity fixtures use (index ``i`` is the ``i``-th decoded frame, RGB uint8,
 clamped indices repeat frames), but without decoding the whole file once per clip.
 
-How frames are found (``read_frames`` / ``read_video_and_audio``):
+How frames are found (``read_frames`` / ``read_video``):
 
 1. One demux pass over the video packets (no decoding) builds a frame table: the sorted presentation timestamps
    (pts) of all frames and which of them are keyframes. The rank of a frame's pts in that table is its decode-order
    index, exactly, for any frame rate, variable frame rate and stream start offset (a ``round(pts * fps)`` rule would
-   be wrong for VFR). The same pass decodes the audio when it is wanted, so the file is read once.
+   be wrong for VFR).
 2. The wanted indices are sorted and deduplicated. For each, the decoder keeps going forward unless the wanted
    frame's keyframe lies more than ``_FRAMES_A_SEEK_MUST_SKIP`` (120) frames ahead, in which case it seeks there: a
    seek restarts the decoder, which costs more than decoding a short stretch, and on 10-20 s clips the sampled frames
@@ -22,6 +22,9 @@ How frames are found (``read_frames`` / ``read_video_and_audio``):
    switches to a sequential decode from a freshly opened container, which is always correct. Streams known to drop
    or reorder frames (MPEG-4 part 2 with packed B-frames / not-coded VOPs, typical for DivX AVIs), or with missing or
    duplicate pts, use the sequential decode directly.
+
+The sound is read apart, by one decoding pass over the first audio stream (:class:`AudioTrack`): ``read_windows``
+keeps only the samples under the clips (what the processor needs), ``read_audio`` keeps them all (audio files).
 
 Decisions that differ from old torchvision (documented for users of the parity fixtures):
 
@@ -53,7 +56,7 @@ import numpy as np
 __all__ = [
     "AudioStreamInfo",
     "AudioTrack",
-    "DecodedMedia",
+    "DecodedVideo",
     "MediaDecodeError",
     "MediaInfo",
     "VideoStreamInfo",
@@ -61,7 +64,7 @@ __all__ = [
     "probe",
     "read_audio",
     "read_frames",
-    "read_video_and_audio",
+    "read_video",
 ]
 
 MediaSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
@@ -104,7 +107,7 @@ class VideoStreamInfo:
 
     ``width``/``height`` are those of the frames ``read_frames`` returns, i.e. after applying ``rotation``
     (counter-clockwise degrees in (-180, 180]). ``num_frames``: from ``probe``, the container's count, or the number of
-    packets when the container reports none; from ``read_video_and_audio``, the frames of the frame table (what
+    packets when the container reports none; from ``read_video``, the frames of the frame table (what
     decodes, e.g. without packets an edit list discards) when it is reliable.
     """
 
@@ -137,23 +140,19 @@ class MediaInfo:
 
 
 @dataclass
-class DecodedMedia:
-    """Result of :func:`read_video_and_audio`.
+class DecodedVideo:
+    """Result of :func:`read_video`.
 
     ``frames`` is ``(len(indices), H, W, 3)`` uint8 RGB in the requested order (after ``frame_transform`` if one was
-    given), ``indices`` the indices actually used (after clamping). ``waveform`` is float32 ``(channels, samples)``,
-    ``None`` when audio was not requested or the file has none; ``audio_start_time`` is the time of its first sample.
-    ``frames_decoded`` counts the video frames the decoder produced, to measure what seeking saved.
-    ``frame_times`` is the presentation time in seconds of every frame (index ``i`` -> ``frame_times[i]``), exact for
-    variable frame rates; ``None`` when the stream's timestamps cannot be trusted (then ``i / fps`` is the estimate).
+    given), ``indices`` the indices actually used (after clamping). ``frames_decoded`` counts the video frames the
+    decoder produced, to measure what seeking saved. ``frame_times`` is the presentation time in seconds of every frame
+    (index ``i`` -> ``frame_times[i]``), exact for variable frame rates; ``None`` when the stream's timestamps cannot
+    be trusted (then ``i / fps`` is the estimate).
     """
 
     info: MediaInfo
     frames: np.ndarray
     indices: np.ndarray
-    waveform: np.ndarray | None = None
-    sample_rate: int | None = None
-    audio_start_time: float | None = None
     frames_decoded: int = 0
     frame_times: np.ndarray | None = None
 
@@ -173,10 +172,12 @@ def reopenable(source: MediaSource) -> MediaSource:
     """``source`` in a form that can be read more than once (frames, then sound): an unseekable file object is read
     into memory, keeping its name for error messages; anything else is returned as it is."""
     source = as_media_source(source)
-    if not hasattr(source, "read") or (hasattr(source, "seekable") and source.seekable()):
+    if not hasattr(source, "read"):
         return source
     name = _source_name(source)
     try:
+        if getattr(source, "seekable", lambda: False)():
+            return source
         file = io.BytesIO(source.read())
     except (OSError, ValueError) as error:
         raise MediaDecodeError(name, f"cannot read the file object: {error}") from error
@@ -188,8 +189,8 @@ def as_media_source(value: Any) -> Any:
     """The file behind a value of ``datasets``' ``Video`` feature; any other value unchanged.
 
     ``Video()`` rows hold a torchcodec ``VideoDecoder`` that remembers what it was made from (``_hf_encoded``, the
-    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file is decoded again here, for
-    frames and sound in one pass, rather than through that decoder, which has no sound.
+    ``{"bytes", "path"}`` dict that ``Video(decode=False)`` rows hold as they are). The file itself is decoded
+    here (frames and sound), not that decoder, which has no sound.
     """
     encoded = getattr(value, "_hf_encoded", None)
     if isinstance(encoded, dict):
@@ -270,11 +271,11 @@ class _Source:
     every container can seek back to its start (raw H.264 cannot; MPEG-TS lands past it).
 
     File objects are read from their current position, which ``restore`` puts back so that ``probe`` and
-    ``read_frames`` can be called on the same object. Unseekable ones are read into memory.
+    ``read_frames`` can be called on the same object. Unseekable ones are read into memory (``reopenable``).
     """
 
     def __init__(self, source: MediaSource) -> None:
-        source = as_media_source(source)
+        source = reopenable(source)
         self.name = _source_name(source)
         self.path: str | None = None
         self.file: Any = None
@@ -287,13 +288,10 @@ class _Source:
             self.file = io.BytesIO(source.tobytes() if isinstance(source, memoryview) else source)
         elif hasattr(source, "read"):
             try:
-                if source.seekable():
-                    self.user_file, self.start = source, source.tell()
-                    self.file = _OffsetFile(source, self.start) if self.start else source
-                else:
-                    self.file = io.BytesIO(source.read())
-            except (OSError, AttributeError, ValueError) as error:
+                self.user_file, self.start = source, source.tell()
+            except (OSError, ValueError) as error:
                 raise MediaDecodeError(self.name, f"cannot read the file object: {error}") from error
+            self.file = _OffsetFile(source, self.start) if self.start else source
         else:
             raise MediaDecodeError(self.name, f"unsupported source type {type(source).__name__}")
 
@@ -419,7 +417,10 @@ def _video_info(
     )
 
 
-def _audio_info(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> AudioStreamInfo:
+def _audio_info(container: av.container.InputContainer) -> AudioStreamInfo | None:
+    stream = _audio_stream(container)
+    if stream is None:
+        return None
     return AudioStreamInfo(
         sample_rate=int(stream.codec_context.sample_rate or stream.rate or 0),
         channels=int(stream.codec_context.channels),
@@ -436,14 +437,12 @@ def probe(source: MediaSource) -> MediaInfo:
     """
     with _open(source) as (container, media):
         video = _video_stream(container)
-        audio = _audio_stream(container)
         video_info = None
         if video is not None:
             first, packets = _first_frame_and_packet_count(container, video, count=not video.frames)
             rotation = _rotation_degrees(first) if first is not None else 0
             video_info = _video_info(container, video, int(video.frames) or packets, rotation)
-        audio_info = _audio_info(container, audio) if audio is not None else None
-        return MediaInfo(source=media.name, video=video_info, audio=audio_info)
+        return MediaInfo(source=media.name, video=video_info, audio=_audio_info(container))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -470,55 +469,24 @@ def _audio_frame_samples(frame: av.AudioFrame) -> np.ndarray:
     return _to_float32(data)
 
 
-class _AudioCollector:
-    """Accumulates decoded audio frames of one stream; the layout and rate must not change mid-stream."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.chunks: list[np.ndarray] = []
-        self.sample_rate: int | None = None
-        self.start_time: float | None = None
-
-    def add(self, frame: av.AudioFrame) -> None:
-        samples = _audio_frame_samples(frame)
-        if self.sample_rate is None:
-            self.sample_rate = int(frame.sample_rate)
-            self.start_time = _seconds(frame.pts, frame.time_base)
-        elif frame.sample_rate != self.sample_rate or samples.shape[0] != self.chunks[0].shape[0]:
-            raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
-        self.chunks.append(samples)
-
-    def waveform(self) -> np.ndarray:
-        if not self.chunks:
-            raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
-        return np.concatenate(self.chunks, axis=1)
-
-
 def read_audio(source: MediaSource) -> tuple[np.ndarray, int]:
     """The whole first audio stream as float32 ``(channels, samples)`` and its sample rate.
 
     Float formats are passed through unchanged (lossy codecs may overshoot 1.0 slightly, as in the original);
     integer PCM is scaled to [-1, 1).
     """
-    with _open(source) as (container, media):
-        name = media.name
-        stream = _audio_stream(container)
-        if stream is None:
-            raise MediaDecodeError(name, "no audio stream")
-        collector = _AudioCollector(name)
-        for frame in container.decode(stream):
-            collector.add(frame)
-        return collector.waveform(), int(collector.sample_rate)
+    track = AudioTrack(source)
+    return np.concatenate(list(track.chunks()), axis=1), track.sample_rate
 
 
 class AudioTrack:
     """The first audio stream of a file, read in windows: memory is bounded by the windows, not the file's length.
 
-    ``sample_rate`` and ``start_time`` (seconds, on the video's clock) are those of the first decoded frame, as for
-    :func:`read_audio`. ``read_windows`` decodes the stream once from the start and keeps only the samples inside the
-    windows, counted from the first sample exactly as :func:`read_audio` counts them (bit-identical slices; seeking
-    instead would place frames by timestamps, which Matroska rounds to milliseconds). ``num_samples`` costs one more
-    decoding pass, made only when asked (the original's "fraction" alignment needs the track's length).
+    ``sample_rate``, ``channels`` and ``start_time`` (seconds, on the video's clock) are those of the first decoded
+    frame. ``read_windows`` decodes the stream once from the start and keeps only the samples inside the windows,
+    counted from the first sample exactly as :func:`read_audio` counts them (bit-identical slices; seeking instead
+    would place frames by timestamps, which Matroska rounds to milliseconds). ``num_samples`` costs one more decoding
+    pass, made only when asked (the original's "fraction" alignment needs the track's length).
     """
 
     def __init__(self, source: MediaSource) -> None:
@@ -541,6 +509,14 @@ class AudioTrack:
             for frame in container.decode(stream):
                 yield frame, _audio_frame_samples(frame)
 
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The samples of every decoded frame in order, float32 ``(channels, samples)``; the sample rate and the
+        channel layout must not change mid-stream."""
+        for frame, samples in self._frames():
+            if frame.sample_rate != self.sample_rate or samples.shape[0] != self.channels:
+                raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
+            yield samples
+
     @property
     def num_samples(self) -> int:
         if self._num_samples is None:
@@ -553,9 +529,7 @@ class AudioTrack:
         out = [np.zeros((self.channels, max(stop - start, 0)), dtype=np.float32) for start, stop in windows]
         last = max((stop for _, stop in windows), default=0)
         position = 0
-        for frame, samples in self._frames():
-            if frame.sample_rate != self.sample_rate or samples.shape[0] != self.channels:
-                raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
+        for samples in self.chunks():
             end = position + samples.shape[1]
             for (start, stop), window in zip(windows, out, strict=True):
                 low, high = max(position, start), min(end, stop)
@@ -602,23 +576,13 @@ class _FrameTable:
         return int(self.keyframe_ranks[position]) if position >= 0 else 0
 
 
-def _build_frame_table(
-    container: av.container.InputContainer,
-    video: av.video.stream.VideoStream,
-    audio: _AudioCollector | None,
-    audio_stream: av.audio.stream.AudioStream | None,
-) -> _FrameTable:
-    """Demux once: collect the video packets' pts and keyframe flags, and decode the audio on the way."""
-    streams = [video] if audio is None else [video, audio_stream]
+def _build_frame_table(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> _FrameTable:
+    """Demux once, decoding nothing: collect the video packets' pts and keyframe flags."""
     pts: list[int | None] = []
     keyframes: list[bool] = []
     smallest_packet = None
     num_packets = 0
-    for packet in container.demux(*streams):
-        if packet.stream.index != video.index:
-            for frame in packet.decode():
-                audio.add(frame)
-            continue
+    for packet in container.demux(video):
         num_packets += packet.size > 0
         if packet.size > 0 and not packet.is_discard:
             pts.append(packet.pts)
@@ -644,14 +608,7 @@ def _build_frame_table(
 class _FrameReader:
     """Decodes the wanted frames of one video stream, seeking when a keyframe lies ahead (see the module docstring)."""
 
-    def __init__(
-        self,
-        container: av.container.InputContainer,
-        media: _Source,
-        table: _FrameTable,
-        transform: FrameTransform | None,
-    ) -> None:
-        self.container = container
+    def __init__(self, media: _Source, table: _FrameTable, transform: FrameTransform | None) -> None:
         self.media = media
         self.table = table
         self.transform = transform
@@ -815,28 +772,24 @@ def _check_not_truncated(
         )
 
 
-def read_video_and_audio(
+def read_video(
     source: MediaSource,
     indices: FrameIndices | Callable[[VideoStreamInfo], FrameIndices],
-    load_audio: bool = True,
     frame_transform: FrameTransform | None = None,
-) -> DecodedMedia:
-    """Decode the frames at ``indices`` and (optionally) the whole audio stream, opening the file once.
+) -> DecodedVideo:
+    """Decode the frames at ``indices`` of the first video stream (the sound is :class:`AudioTrack`'s).
 
     ``indices`` may be a callable that receives the :class:`VideoStreamInfo` (with the exact frame count of the frame
     table) and returns the indices: clip sampling needs the count before it can choose frames, and this way the file
-    is still opened and demuxed only once. ``frame_transform`` is applied to each unique decoded RGB frame before it
-    is kept (e.g. a resize), which bounds memory for high-resolution sources. Without an audio stream, ``waveform``
-    is ``None`` rather than an error, because many videos are silent.
+    is still demuxed only once. ``frame_transform`` is applied to each unique decoded RGB frame before it is kept (e.g.
+    a resize), which bounds memory for high-resolution sources.
     """
     with _open(source) as (container, media):
         name = media.name
         video = _video_stream(container)
         if video is None:
             raise MediaDecodeError(name, "no video stream")
-        audio_stream = _audio_stream(container) if load_audio else None
-        collector = _AudioCollector(name) if audio_stream is not None else None
-        table = _build_frame_table(container, video, collector, audio_stream)
+        table = _build_frame_table(container, video)
         _check_not_truncated(container, video, table, name)
         num_frames = len(table.pts) if table.reliable else max(int(video.frames), len(table.pts))
         if num_frames == 0:
@@ -844,25 +797,16 @@ def read_video_and_audio(
         # The sampler needs the frame count before anything is decoded; the rotation is known after decoding.
         requested = indices(_video_info(container, video, num_frames, rotation=0)) if callable(indices) else indices
         wanted = np.minimum(_as_index_array(requested, name), num_frames - 1)
-        reader = _FrameReader(container, media, table, frame_transform)
+        reader = _FrameReader(media, table, frame_transform)
         try:
             found = reader.read(np.unique(wanted))
         except _NoFrames:
             raise MediaDecodeError(name, "no video frames") from None
-        info = MediaInfo(
-            source=name,
-            video=_video_info(container, video, num_frames, reader.rotation),
-            audio=_audio_info(container, _audio_stream(container)) if _audio_stream(container) is not None else None,
-        )
-        frames = _gather(found, wanted, info.video)
-        waveform = collector.waveform() if collector is not None and collector.chunks else None
-        return DecodedMedia(
+        info = MediaInfo(name, _video_info(container, video, num_frames, reader.rotation), _audio_info(container))
+        return DecodedVideo(
             info=info,
-            frames=frames,
+            frames=_gather(found, wanted, info.video),
             indices=wanted,
-            waveform=waveform,
-            sample_rate=collector.sample_rate if waveform is not None else None,
-            audio_start_time=collector.start_time if waveform is not None else None,
             frames_decoded=reader.frames_decoded,
             frame_times=table.pts * float(video.time_base) if table.reliable and video.time_base else None,
         )
@@ -885,4 +829,4 @@ def read_frames(source: MediaSource, indices: FrameIndices) -> np.ndarray:
     Index ``i`` is the ``i``-th decoded frame of the first video stream (old torchvision ``read_video`` semantics).
     Indices past the last decodable frame give the last decoded frame, as the original's clamping does.
     """
-    return read_video_and_audio(source, indices, load_audio=False).frames
+    return read_video(source, indices).frames

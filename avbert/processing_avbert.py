@@ -108,9 +108,15 @@ class AVBertProcessor(ProcessorMixin):
             audio_kwargs["num_clips"] = len(sampling.selected_clips)
             sampled = video_kwargs.get("do_sample_frames", self.video_processor.do_sample_frames) is not False
             if "clip_starts" not in audio_kwargs and sampled:  # already-sampled frames carry no clip timing
-                audio_kwargs["clip_starts"] = self._array_window_starts(
-                    metadata, audio, sampling, alignment, audio_kwargs
-                )
+                # Placed as for a file whose streams start at 0: frame arrays carry no presentation times.
+                waveforms = audio if _is_audio_batch(audio) else [audio]
+                if len(waveforms) != len(metadata):
+                    raise ValueError(f"got {len(metadata)} videos but {len(waveforms)} waveforms")
+                rate = audio_kwargs.get("sampling_rate") or self.feature_extractor.sampling_rate
+                audio_kwargs["clip_starts"] = [
+                    self._window_starts(sampling, item, alignment, audio_duration=np.shape(waveform)[-1] / rate)
+                    for item, waveform in zip(metadata, waveforms, strict=True)
+                ]
             features = self.feature_extractor(audio, return_tensors="pt", **audio_kwargs)["input_features"]
             data["input_features"] = features.repeat_interleave(rows, dim=0)
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -127,15 +133,13 @@ class AVBertProcessor(ProcessorMixin):
         """Log-mels ``(1, clips, 1, mel, time)`` of the sound under each clip of a file; only the windows are read and
         resampled, so memory follows the clips, not the length of the file."""
         track = AudioTrack(source)
-        extractor = self.feature_extractor
         if "clip_starts" in audio_kwargs:
             seconds = np.asarray(audio_kwargs["clip_starts"], dtype=np.float64).reshape(-1)
         else:
-            seconds = sampling.audio_window_starts(
-                metadata.total_num_frames,
-                metadata.fps,
-                alignment=alignment,
-                window_seconds=extractor.clip_samples / extractor.sampling_rate,
+            seconds = self._window_starts(
+                sampling,
+                metadata,
+                alignment,
                 # The original's rule needs the whole track's length: one more decoding pass, no waveform kept.
                 audio_duration=track.num_samples / track.sample_rate if alignment == "fraction" else 0.0,
                 audio_start_time=track.start_time,
@@ -144,7 +148,7 @@ class AVBertProcessor(ProcessorMixin):
             )
         train = bool(video_kwargs.get("do_train_augmentation", self.video_processor.do_train_augmentation))
         masking = audio_kwargs.get("apply_masking")
-        return extractor.log_mels_of_windows(
+        return self.feature_extractor.log_mels_of_windows(
             track.read_windows,
             track.sample_rate,
             seconds,
@@ -152,25 +156,13 @@ class AVBertProcessor(ProcessorMixin):
             clip_gain_jitter_db=float(audio_kwargs.get("clip_gain_jitter_db") or 0.0) if train else 0.0,
         )
 
-    def _array_window_starts(
-        self, metadata: list[Any], audio: Any, sampling: Any, alignment: str, audio_kwargs: dict[str, Any]
-    ) -> list[np.ndarray]:
-        """Window starts for frames and waveforms given apart, placed as for a file whose streams start at 0."""
-        waveforms = audio if _is_audio_batch(audio) else [audio]
-        if len(waveforms) != len(metadata):
-            raise ValueError(f"got {len(metadata)} videos but {len(waveforms)} waveforms")
-        rate = audio_kwargs.get("sampling_rate") or self.feature_extractor.sampling_rate
-        extractor = self.feature_extractor
-        return [
-            sampling.audio_window_starts(
-                item.total_num_frames,
-                item.fps,
-                alignment=alignment,
-                window_seconds=extractor.clip_samples / extractor.sampling_rate,
-                audio_duration=np.shape(waveform)[-1] / rate,
-            )
-            for item, waveform in zip(metadata, waveforms, strict=True)
-        ]
+    def _window_starts(self, sampling: Any, metadata: Any, alignment: str, **timing: Any) -> np.ndarray:
+        """Start of the sound window under each sampled clip of a video (``ClipSampling.audio_window_starts``), for
+        windows of the feature extractor's length."""
+        window_seconds = self.feature_extractor.clip_samples / self.feature_extractor.sampling_rate
+        return sampling.audio_window_starts(
+            metadata.total_num_frames, metadata.fps, alignment=alignment, window_seconds=window_seconds, **timing
+        )
 
     def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> Any:
         """As the base; the ``auto_map`` it sets on the instance to write the remote-code entry is removed again (as

@@ -60,7 +60,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .clip_sampling import DEFAULT_FPS, ClipSampling, as_clip_selection
-from .media_decoding import is_media_source, out_of_memory_names, read_video_and_audio
+from .media_decoding import is_media_source, out_of_memory_names, read_video
 
 __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
@@ -143,17 +143,19 @@ class _Augmentation:
     contrast: tuple[float, ...] = ()
 
     @classmethod
-    def draw(
-        cls, generator: torch.Generator | None, scales: tuple[int, int], jitters: dict[str, float], num_clips: int
-    ) -> _Augmentation:
+    def draw(cls, kwargs: dict[str, Any], generator: torch.Generator | None, num_clips: int) -> _Augmentation | None:
+        """One video's draw under the call's settings; ``None`` outside training."""
+        if not kwargs.get("do_train_augmentation"):
+            return None
         values = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
         factors = {}
         # Drawn after the crop values, so that turning the jitter on leaves a seed's crops and flips unchanged.
-        for name, jitter in jitters.items():
+        for name in ("brightness", "contrast"):
+            jitter = float(kwargs[f"clip_{name}_jitter"])
             if jitter > 0:
                 uniforms = torch.rand(num_clips, generator=generator, dtype=torch.float64)
                 factors[name] = tuple((1 - jitter + 2 * jitter * uniforms).tolist())
-        low, high = scales
+        low, high = (int(scale) for scale in kwargs["train_jitter_scales"])
         return cls(round(low + (high - low) * values[0]), (values[1], values[2], values[3]), **factors)
 
 
@@ -198,9 +200,7 @@ def output_size(
         return height, width
     if size.shortest_edge is not None:
         return short_side_size(height, width, size.shortest_edge)
-    if size.height is not None and size.width is not None:
-        return size.height, size.width
-    raise ValueError(f"size must give shortest_edge or height and width, got {size}")
+    return size.height, size.width  # `_validate_preprocess_kwargs` refused a size with neither
 
 
 def uniform_crop_offsets(height: int, width: int, crop: int, spatial_index: int) -> tuple[int, int]:
@@ -345,9 +345,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             sampled.append((sample_indices_fn or self.sample_frames)(metadata=metadata))
             return np.unique(sampled[0])
 
-        decoded = read_video_and_audio(
-            video_url_or_urls, choose, load_audio=False, frame_transform=resize if resize_to is not None else None
-        )
+        decoded = read_video(video_url_or_urls, choose, frame_transform=resize if resize_to is not None else None)
         info = decoded.info.video
         metadata = AVBertVideoMetadata(
             total_num_frames=info.num_frames,
@@ -400,7 +398,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         num_clips = len(self.clip_sampling(**kwargs).selected_clips)
         videos, metadata = [], []
         for item in items:
-            augmentation = _draw_augmentation(kwargs, generator, num_clips)
+            augmentation = _Augmentation.draw(kwargs, generator, num_clips)
             resize_to = functools.partial(
                 output_size, do_resize=kwargs["do_resize"], size=kwargs["size"], augmentation=augmentation
             )
@@ -464,7 +462,6 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     ) -> BatchFeature:
         """Unique frames -> resized and cropped views -> [0, 1] -> per-clip jitter -> normalized clips, per video."""
         generator = _generator(kwargs)
-        train = bool(kwargs.get("do_train_augmentation"))
         mean, std = _per_channel(image_mean), _per_channel(image_std)
         sampling = self.clip_sampling(**kwargs)
         rows = []
@@ -477,9 +474,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
                         f"clip order, got {len(video.positions)}"
                     )
                 video.positions = video.positions.reshape(-1, sampling.num_frames)
-            augmentation = video.augmentation  # drawn before decoding for files
-            if train and augmentation is None:
-                augmentation = _draw_augmentation(kwargs, generator, len(video.positions))
+            # Files: drawn before decoding. Frame arrays: drawn here, in the same order.
+            augmentation = video.augmentation or _Augmentation.draw(kwargs, generator, len(video.positions))
             source_size = video.source_size or tuple(video.frames.shape[1:3])
             out_size = output_size(*source_size, do_resize, size, augmentation)
             frames = video.frames
@@ -579,17 +575,6 @@ def _generator(kwargs: dict[str, Any]) -> torch.Generator | None:
     if generator is None and kwargs.get("seed") is not None:
         generator = torch.Generator().manual_seed(int(kwargs["seed"]))
     return generator
-
-
-def _draw_augmentation(
-    kwargs: dict[str, Any], generator: torch.Generator | None, num_clips: int
-) -> _Augmentation | None:
-    """One video's training draw (``_Augmentation``) under the call's settings; ``None`` outside training."""
-    if not kwargs.get("do_train_augmentation"):
-        return None
-    jitters = {name: float(kwargs[f"clip_{name}_jitter"]) for name in ("brightness", "contrast")}
-    scales = tuple(int(scale) for scale in kwargs["train_jitter_scales"])
-    return _Augmentation.draw(generator, scales, jitters, num_clips)
 
 
 def _per_channel(value: float | tuple[float, ...]) -> tuple[float, ...]:

@@ -6,7 +6,7 @@ Examples:
 
 Per shared video (../shared/data/videos), the frames one AVBERT evaluation item needs (the Kinetics-Sounds recipe:
 10 clips x 32 frames, sampled by `AVBertVideoProcessor.clip_sampling().frame_indices`) and the sound under its 10 clips:
-- PyAV: `avbert.media_decoding.read_video_and_audio` (one demux pass for the frame table, then seeking only where a
+- PyAV: `avbert.media_decoding.read_video` (one demux pass for the frame table, then seeking only where a
   keyframe lies ahead, only sampled frames converted to RGB) and `AudioTrack.read_windows` (one decoding pass that
   keeps the windows);
 - torchcodec: `VideoDecoder(path, seek_mode="exact").get_frames_at(indices)` and
@@ -36,7 +36,7 @@ from _report import command_line, cpu_model, replace_section, utc_timestamp
 
 import avbert.media_decoding as media_decoding
 from avbert import AVBertVideoProcessor
-from avbert.media_decoding import AudioTrack, MediaDecodeError, read_video_and_audio
+from avbert.media_decoding import AudioTrack, MediaDecodeError, read_audio, read_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -49,7 +49,7 @@ def pyav_frames(path: Path, processor: AVBertVideoProcessor) -> tuple[np.ndarray
     def choose(info):
         return np.unique(processor.clip_sampling().frame_indices(info.num_frames, info.fps))
 
-    decoded = read_video_and_audio(path, choose, load_audio=False)
+    decoded = read_video(path, choose)
     has_audio = decoded.info.audio is not None
     return decoded.frames, decoded.info.video.num_frames, decoded.frames_decoded, decoded.info.video.fps, has_audio
 
@@ -183,7 +183,8 @@ def fuzz_pyav(cases: list[Path], processor: AVBertVideoProcessor) -> Counter:
     outcomes: Counter = Counter()
     for case in cases:
         try:
-            read_video_and_audio(case, [0, 5, 10])
+            if read_video(case, [0, 5, 10]).info.audio is not None:
+                read_audio(case)
             outcomes["result"] += 1
         except MediaDecodeError:
             outcomes["MediaDecodeError"] += 1

@@ -14,7 +14,7 @@ timed round makes the 3 items of a video. Paths compared:
   all the audio), then sample the clips, resize and crop from memory; once per spatial crop.
 - efficient: decode once per item, seeking per span and converting only the sampled frames, plus the audio. This is
   `AVBertProcessor` when `avbert.processing_avbert` can be imported, otherwise the same steps assembled here from
-  the public pieces (`read_video_and_audio`, `AVBertVideoProcessor`, `AVBertFeatureExtractor`); the report names
+  the public pieces (`read_video`, `AudioTrack`, `AVBertVideoProcessor`, `AVBertFeatureExtractor`); the report names
   the one measured.
 - efficient, all_views: one decode gives all 3 crops (`all_views=True`), i.e. 3 items per call.
 
@@ -45,7 +45,7 @@ import transformers
 from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
 
 from avbert import AVBertFeatureExtractor, AVBertVideoProcessor
-from avbert.media_decoding import DecodedMedia, MediaInfo, probe, read_video_and_audio
+from avbert.media_decoding import AudioTrack, DecodedVideo, MediaInfo, probe, read_video
 from avbert.training.synthetic import write_long_video
 from avbert.video_processing_avbert import resize_frames, short_side_size
 
@@ -102,7 +102,7 @@ def window_starts(
 
 
 class ManualEfficientPath:
-    """Decode once (sampled frames only, seeking per span, plus the audio), then process the frames and the audio.
+    """Decode once (sampled frames only, seeking per span, and the audio windows), then process frames and windows.
 
     Frames are resized to the processor's short side as they are decoded (what `AVBertVideoProcessor` does for files),
     so the sampled frames are never gathered at full resolution; the processor then only crops and normalizes.
@@ -115,11 +115,10 @@ class ManualEfficientPath:
         self.feature_extractor = feature_extractor
         self.short_side = int(video_processor.size["shortest_edge"])
         self.label = (
-            f"the script's own assembly of the public pieces{f' ({why})' if why else ''}: one `read_video_and_audio` "
-            "call (indices from `AVBertVideoProcessor.clip_sampling().frame_indices`, short-side resize as the frame "
-            "transform), "
-            "then `AVBertVideoProcessor(frames, do_sample_frames=False)` and `AVBertFeatureExtractor(waveform, "
-            "clip_starts=clip start times)`"
+            f"the script's own assembly of the public pieces{f' ({why})' if why else ''}: one `read_video` call "
+            "(indices from `AVBertVideoProcessor.clip_sampling().frame_indices`, short-side resize as the frame "
+            "transform), then `AVBertVideoProcessor(frames, do_sample_frames=False)` and "
+            "`AVBertFeatureExtractor.log_mels_of_windows(AudioTrack(path).read_windows, ...)` at the clip start times"
         )
 
     def _indices(self, info: Any) -> np.ndarray:
@@ -129,13 +128,13 @@ class ManualEfficientPath:
         height, width = short_side_size(frame.shape[0], frame.shape[1], self.short_side)
         return resize_frames(frame[None], height, width)[0]
 
-    def decode(self, path: Path) -> DecodedMedia:
-        return read_video_and_audio(path, self._indices, frame_transform=self._resize)
+    def decode(self, path: Path) -> DecodedVideo:
+        return read_video(path, self._indices, frame_transform=self._resize)
 
     def __call__(self, path: Path, crop: int | None) -> Item:
         decoded = self.decode(path)
         video = decoded.info.video
-        if video is None or decoded.waveform is None or decoded.sample_rate is None:
+        if video is None or decoded.info.audio is None:
             raise SystemExit(f"{path}: needs a video and an audio stream")
         pixel_values = self.video_processor(
             decoded.frames,
@@ -144,12 +143,9 @@ class ManualEfficientPath:
             return_tensors="pt",
             **crop_kwargs(crop),
         )["pixel_values"]
-        starts = window_starts(
-            self.video_processor, video.num_frames, video.fps, video.start_time, decoded.audio_start_time
-        )
-        input_features = self.feature_extractor(
-            decoded.waveform, sampling_rate=decoded.sample_rate, clip_starts=starts, return_tensors="pt"
-        )["input_features"]
+        track = AudioTrack(path)
+        starts = window_starts(self.video_processor, video.num_frames, video.fps, video.start_time, track.start_time)
+        input_features = self.feature_extractor.log_mels_of_windows(track.read_windows, track.sample_rate, starts)
         return Item(pixel_values, input_features)
 
 

@@ -2,6 +2,7 @@
 sequential decode, odd media written on the fly, and errors that always name the file."""
 
 import fractions
+import functools
 import hashlib
 import io
 import json
@@ -14,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from avbert.media_decoding import MediaDecodeError, probe, read_audio, read_frames, read_video_and_audio
+from avbert.media_decoding import AudioTrack, MediaDecodeError, probe, read_audio, read_frames, read_video
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 VIDEOS = SHARED / "data" / "videos"
@@ -103,17 +104,22 @@ def test_full_decode_matches_fixture_sha256():
 
 
 @needs_videos
-def test_read_video_and_audio_opens_once_and_agrees_with_the_single_readers():
+def test_read_video_clamps_and_the_audio_track_agrees_with_read_audio():
     indices = [302, 0, 0, 150, 500]
-    decoded = read_video_and_audio(KS_VIDEO, lambda info: [min(i, info.num_frames + 10) for i in indices])
+    decoded = read_video(KS_VIDEO, lambda info: [min(i, info.num_frames + 10) for i in indices])
     assert np.array_equal(decoded.indices, [302, 0, 0, 150, 302])  # clamped to the last frame
     assert np.array_equal(decoded.frames, read_frames(KS_VIDEO, indices))
-    waveform, sample_rate = read_audio(KS_VIDEO)
-    assert np.array_equal(decoded.waveform, waveform) and decoded.sample_rate == sample_rate
-    assert decoded.audio_start_time == 0.0
     assert decoded.info.video.num_frames == 303 and decoded.info.video.fps == 30.0
-    silent = read_video_and_audio(VIDEOS / "kinetics400" / "mmaction2_test.mp4", [0])
-    assert silent.waveform is None and silent.info.audio is None
+    assert decoded.info.audio is not None and decoded.info.audio.sample_rate == 44100
+    waveform, sample_rate = read_audio(KS_VIDEO)
+    track = AudioTrack(KS_VIDEO)
+    assert (track.sample_rate, track.channels, track.start_time) == (sample_rate, 1, 0.0)
+    windows = [(0, 10), (1000, 50000), (441000, 441344 + 5), (500000, 500010)]
+    for window, (start, stop) in zip(track.read_windows(windows), windows, strict=True):
+        assert np.array_equal(window, waveform[:, start:stop] if start < 441344 else np.zeros((1, 1), np.float32))
+    assert AudioTrack(KS_VIDEO).num_samples == track.num_samples == waveform.shape[1]
+    silent = read_video(VIDEOS / "kinetics400" / "mmaction2_test.mp4", [0])
+    assert silent.info.audio is None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def test_probe_reports_the_manifest_facts():
 def test_seeking_reader_equals_sequential_decode(name):
     path = VIDEOS / name
     reference = sequential_frames(path)
-    listed = read_video_and_audio(path, [0], load_audio=False).info.video.num_frames
+    listed = read_video(path, [0]).info.video.num_frames
     rng = np.random.default_rng(0)
     for _ in range(4):
         indices = rng.integers(0, listed + 3, size=rng.integers(1, 40))
@@ -168,7 +174,7 @@ def test_seeking_skips_gops_and_is_exact(tmp_path):
     path = write_video(tmp_path / "gop5.mp4", num_frames=600, gop=5)
     reference = sequential_frames(path)
     indices = [500, 3, 3, 257, 501, 599, 20]
-    decoded = read_video_and_audio(path, indices, load_audio=False)
+    decoded = read_video(path, indices)
     assert np.array_equal(decoded.frames, reference[indices])
     # 0-20 and 502-599 are decoded through (no seek for less than 120 frames), 255-257 and 500-501 after a seek.
     assert decoded.frames_decoded <= 21 + 3 + 2 + 98  # of 600
@@ -201,7 +207,7 @@ def test_edit_list_discarding_leading_frames(tmp_path):
                 container.mux(packet)
     reference = sequential_frames(path)
     assert len(reference) == 25
-    decoded = read_video_and_audio(path, [24, 0, 3], load_audio=False)
+    decoded = read_video(path, [24, 0, 3])
     assert decoded.info.video.num_frames == 25 and np.array_equal(decoded.frames, reference[[24, 0, 3]])
 
 
@@ -293,6 +299,12 @@ def test_bytes_file_objects_and_paths_agree(tmp_path):
 
     assert np.array_equal(read_frames(Unseekable(path.read_bytes()), [4, 2]), expected)
 
+    class ReadOnly:  # only read(): no seekable(), no tell()
+        def __init__(self, data: bytes) -> None:
+            self.read = io.BytesIO(data).read
+
+    assert np.array_equal(read_frames(ReadOnly(path.read_bytes()), [4, 2]), expected)
+
 
 @needs_videos
 def test_int16_audio_is_scaled_by_32768():
@@ -357,6 +369,34 @@ def test_zero_frame_container(tmp_path):
     assert probe(path).video.num_frames == 0
     assert_decode_error(lambda: read_frames(path, [0]), str(path), "no video frames")
     assert_decode_error(lambda: read_audio(path), str(path), "no audio stream")
+
+
+def write_adts(path: Path, channels: int, num_samples: int = 8000, rate: int = 16000) -> bytes:
+    with av.open(str(path), "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono" if channels == 1 else "stereo")
+        tone = np.sin(np.arange(num_samples, dtype=np.float32) / 10) * 0.3
+        frame = av.AudioFrame.from_ndarray(np.tile(tone, (channels, 1)), format="fltp", layout=stream.layout.name)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def test_audio_without_samples_or_changing_layout_is_refused(tmp_path):
+    """read_audio and AudioTrack refuse a stream that decodes to nothing and one whose layout changes mid-stream;
+    windows that end before the change still read (the track is decoded only as far as the windows go)."""
+    empty = tmp_path / "empty.wav"
+    with av.open(str(empty), "w") as container:
+        container.add_stream("pcm_s16le", rate=16000)
+        container.start_encoding()
+    for call in (read_audio, AudioTrack):
+        assert_decode_error(functools.partial(call, empty), str(empty), "holds no decodable samples")
+    mixed = tmp_path / "mixed.aac"
+    mixed.write_bytes(write_adts(tmp_path / "mono.aac", 1) + write_adts(tmp_path / "stereo.aac", 2))
+    assert_decode_error(lambda: read_audio(mixed), str(mixed), "changes mid-stream")
+    track = AudioTrack(mixed)
+    assert [window.shape for window in track.read_windows([(0, 100), (5000, 5100)])] == [(1, 100), (1, 100)]
+    assert_decode_error(lambda: track.read_windows([(0, 100), (15000, 15100)]), str(mixed), "changes mid-stream")
 
 
 def test_bad_indices_and_pickling(tmp_path):

@@ -19,7 +19,7 @@ from avbert import (
     AVBertProcessor,
     AVBertVideoProcessor,
 )
-from avbert.media_decoding import probe, read_video_and_audio
+from avbert.media_decoding import probe, read_audio, read_frames
 from avbert.training.data import load_media_dataset
 from avbert.training.evaluate import (
     decode_views,
@@ -127,8 +127,7 @@ def test_top_k_metric_rejects_bad_inputs() -> None:
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     info = probe(path)
-    decoded = read_video_and_audio(path, np.arange(info.video.num_frames))
-    return decoded.frames, decoded.waveform, decoded.sample_rate
+    return read_frames(path, np.arange(info.video.num_frames)), *read_audio(path)
 
 
 def _colour_statistic(frames: np.ndarray) -> float:

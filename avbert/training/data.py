@@ -5,7 +5,7 @@ Data flows one way: files -> ``datasets.Dataset`` rows (``path``, ``label``) -> 
 
 Why plain string paths instead of ``datasets.Video()`` / ``Audio()``: in datasets 5.x those features decode through
 torchcodec into a decoder without the sound (rows of such datasets are accepted too); AVBERT's processors decode with
-PyAV (``avbert.media_decoding``) and need the file itself (one demux pass for frames and sound). Decoding happens per
+PyAV (``avbert.media_decoding``) and need the file itself (its frames and its sound). Decoding happens per
 row on ``__getitem__``, so nothing is decoded twice or held in memory, and an unreadable file becomes an ``error`` on
 its row instead of stopping a run of many hours: the collator drops such rows and says which files they were.
 """

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from avbert.media_decoding import MediaDecodeError, probe, read_audio, read_video_and_audio
+from avbert.media_decoding import MediaDecodeError, probe, read_audio, read_video
 
 __all__ = ["PrepareError", "arrange_esc50", "arrange_folder", "arrange_kinetics_sounds", "arrange_ucf101", "main"]
 
@@ -281,13 +281,14 @@ def decode_problem(path: Path, modality: str) -> str | None:
             return "no video stream"
         if modality == "audio-visual" and info.audio is None:
             return "no audio stream (the recipe needs the sound)"
-        decoded = read_video_and_audio(
-            path,
-            lambda video: [0, video.num_frames // 2, max(video.num_frames - 1, 0)],
-            load_audio=modality == "audio-visual",
-        )
-        if modality == "audio-visual" and (decoded.waveform is None or not decoded.waveform.size):
-            return "the audio stream decodes to no samples"
+        read_video(path, lambda video: [0, video.num_frames // 2, max(video.num_frames - 1, 0)])
+        if modality == "audio-visual":
+            try:
+                read_audio(path)
+            except MediaDecodeError as error:
+                if "no decodable samples" not in error.problem:
+                    raise
+                return "the audio stream decodes to no samples"
     except (MediaDecodeError, OSError, ValueError) as error:
         return str(error).removeprefix(f"{path}: ")
     return None
