@@ -7,8 +7,9 @@
 ``save_to_disk``. The media column (``--video_column_name``, ``--audio_column_name`` for the audio recipe) holds
 ``Video`` / ``Audio`` values (or path strings) and the label column a ``ClassLabel``, whose names are the classes.
 Each split becomes the ``path`` / ``label`` rows that ``MediaDataset`` and ``MediaTransform`` read from the folder
-layouts, with the media cast to ``decode=False``: a row is a ``{"bytes", "path"}`` dict, decoded (frames and sound in
-one pass) only in the DataLoader workers, and a file that fails is skipped and reported as for folders.
+layouts, with the media cast to ``decode=False``: a row is a ``{"bytes", "path"}`` dict, decoded (the sampled
+frames, and the sound under each clip) only in the DataLoader workers, and a file that fails is skipped and reported
+as for folders.
 """
 
 from __future__ import annotations
