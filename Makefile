@@ -29,8 +29,8 @@ $(TRANSFORMERS_TESTS_STAMP): tests/fetch_transformers_tests.py constraints.txt |
 install: system-deps $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check avbert tests benchmarks
-	$(BIN)/ruff format --check avbert tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: system-deps $(STAMP) $(TRANSFORMERS_TESTS_STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -14,7 +14,7 @@ The videos are the shared real videos with sound (`../shared/data/videos`), repe
 - shards: the same files written by `write_shards` (WebDataset tar, bytes as they are) and read by
   `ShardedVideoDataset` (shuffle buffer 16), same transform, same DataLoader settings.
 - workers 0 is the main process alone with 1 torch thread: the rate of ONE worker. N workers run N processes.
-- readers: raw samples/s (bytes only, no decoding) of the shard libraries considered for `avbert.training.shards`
+- readers: raw samples/s (bytes only, no decoding) of the shard libraries considered for `avbert.data.shards`
   over the same files, locally and from an HTTP server on 127.0.0.1; litdata and mosaicml-streaming are measured
   when installed (mosaicml-streaming 0.13.0 requires numpy<2.2 and cannot be installed beside numpy 2.4.6).
 
@@ -42,9 +42,9 @@ from _report import available_cores, command_line, cpu_model, replace_section, u
 from torch.utils.data import DataLoader
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
-from avbert.training.data import AVBertDataCollator, MediaTransform
-from avbert.training.shards import ShardedVideoDataset, load_manifests, write_shards
-from avbert.training.synthetic import make_synthetic_av_dataset
+from avbert.data.folders import AVBertDataCollator, MediaTransform
+from avbert.data.shards import ShardedVideoDataset, load_manifests, write_shards
+from avbert.data.synthetic import make_synthetic_av_dataset
 
 STARTED = time.perf_counter()
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -74,7 +74,7 @@ def write_video(path: Path, width: int, height: int, seconds: int, fps: int = 30
 
 
 def measure(path: Path, way: str, mode: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     child = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), way, mode], capture_output=True, text=True, env=env, check=True
     )

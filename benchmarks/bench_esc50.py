@@ -41,7 +41,7 @@ import transformers
 from transformers import set_seed
 
 from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
-from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
 from avbert.training.recipes import RECIPES, Recipe, recipe_config_overrides, training_arguments
 from avbert.training.train import top_k_metrics
 from avbert.training.trainers import AVBertTrainer

@@ -749,7 +749,7 @@ STARTUP_COMMANDS = {
             ("avbert-train", "avbert.training.train"),
             ("avbert-evaluate", "avbert.training.evaluate"),
             ("avbert-pretrain", "avbert.training.pretrain"),
-            ("avbert-prepare", "avbert.training.prepare"),
+            ("avbert-prepare", "avbert.data.prepare"),
             ("avbert-demo", "avbert.training.demo"),
             ("avbert-convert", "avbert.convert_original_checkpoint"),
             ("avbert-params", "avbert.parameter_counts"),
@@ -760,7 +760,7 @@ STARTUP_COMMANDS = {
 
 def measure_startup(repeats: int) -> dict[str, list[float]]:
     """Wall time of each start-up command in a fresh interpreter, the commands interleaved `repeats` times."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     times: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
     for repeat in range(repeats):
         for name, arguments in STARTUP_COMMANDS.items():

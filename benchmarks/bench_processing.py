@@ -45,8 +45,8 @@ import transformers
 from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
 
 from avbert import AVBertFeatureExtractor, AVBertVideoProcessor
+from avbert.data.synthetic import write_long_video
 from avbert.media_decoding import AudioTrack, DecodedVideo, MediaInfo, probe, read_video
-from avbert.training.synthetic import write_long_video
 from avbert.video_processing_avbert import resize_frames, short_side_size
 
 STARTED = time.perf_counter()  # after the (slow) torch and transformers imports
@@ -576,7 +576,7 @@ def long_video_report(minutes: int) -> str:
         write_long_video(path, 60 * minutes)
         size = path.stat().st_size
         log("processing it")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
         child = subprocess.run(
             [sys.executable, "-c", LONG_VIDEO_CHILD, str(path)], capture_output=True, text=True, env=env, check=True
         )

@@ -414,7 +414,7 @@ def test_allocation_failures_name_the_file(tmp_path, monkeypatch):
     import avbert.media_decoding as media_decoding
     import avbert.video_processing_avbert as video_processing
     from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
-    from avbert.training.synthetic import write_av_file
+    from avbert.data.synthetic import write_av_file
 
     frames = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
     path = write_av_file(tmp_path / "big.mp4", frames, 30, np.zeros(16000, np.float32), 16000)
@@ -452,7 +452,7 @@ def test_a_memory_limit_gives_a_named_error(tmp_path):
         f"""
         import pathlib, resource, numpy as np
         from avbert import AVBertVideoProcessor, MediaDecodeError
-        from avbert.training.synthetic import write_av_file
+        from avbert.data.synthetic import write_av_file
         frames = np.broadcast_to(np.arange(60, dtype=np.uint8)[:, None, None, None], (60, 720, 1280, 3))
         path = pathlib.Path({str(tmp_path / "hd.mp4")!r})
         write_av_file(path, np.ascontiguousarray(frames), 30, np.zeros(16000, np.float32), 16000)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from avbert.data.folders import MediaTransform
 from avbert.modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
 from avbert.processing_avbert import AVBertProcessor
-from avbert.training.data import MediaTransform
 from avbert.training.pretrain import PretrainArguments, run
 
 VIDEOS = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "videos"

@@ -16,8 +16,8 @@ from transformers import AutoFeatureExtractor, AutoProcessor, AutoVideoProcessor
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor, MediaDecodeError
 from avbert.convert_original_checkpoint import convert_checkpoint
+from avbert.data.synthetic import write_long_video
 from avbert.media_decoding import probe, read_audio, read_frames
-from avbert.training.synthetic import write_long_video
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURES = SHARED / "fixtures" / "original"
@@ -412,7 +412,7 @@ def test_an_unseekable_file_object_gives_what_the_path_gives():
 
 
 def test_the_video_processor_alone_answers_with_the_processor_it_was_saved_with(tmp_path):
-    from avbert.training.synthetic import write_av_file
+    from avbert.data.synthetic import write_av_file
 
     frames = np.random.default_rng(0).integers(0, 256, (60, 40, 48, 3), dtype=np.uint8)
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)

@@ -19,7 +19,7 @@ from avbert import (
     AVBertVideoProcessor,
     MediaDecodeError,
 )
-from avbert.training.data import AVBertDataCollator, MediaTransform
+from avbert.data.folders import AVBertDataCollator, MediaTransform
 
 pytest.importorskip("torchcodec")
 

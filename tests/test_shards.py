@@ -16,16 +16,16 @@ from test_training_data import make_tiny_processor
 from torch.utils.data import DataLoader
 
 from avbert.configuration_avbert import AVBertConfig
-from avbert.modeling_avbert import AVBertForVideoClassification
-from avbert.training.data import AVBertDataCollator, MediaTransform, load_media_dataset
-from avbert.training.shards import (
+from avbert.data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.data.shards import (
     ShardedVideoDataset,
     ShardManifest,
     deal_shards,
     load_manifests,
     write_shards,
 )
-from avbert.training.synthetic import make_synthetic_av_dataset
+from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.modeling_avbert import AVBertForVideoClassification
 from avbert.training.train import run as train_run
 
 
@@ -232,7 +232,7 @@ def test_manifest_round_trip() -> None:
 
 
 def test_prepare_shards_command_labels_sizes_and_errors(corpus: Path, tmp_path: Path, capsys) -> None:
-    from avbert.training.prepare import main as prepare_main
+    from avbert.data.prepare import main as prepare_main
 
     out = tmp_path / "labeled"
     assert prepare_main(["shards", str(corpus / "src"), str(out), "--shard-size", "64KiB"]) == 0
@@ -255,7 +255,7 @@ def test_unlabeled_shards_leave_out_files_pretraining_cannot_use(corpus: Path, t
     import numpy as np
     from test_training_cli import make_silent_video
 
-    from avbert.training.prepare import main as prepare_main
+    from avbert.data.prepare import main as prepare_main
 
     source = tmp_path / "videos" / "class_a"
     source.mkdir(parents=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from test_pretraining_cli import TINY  # the tiny pretraining model of the folder-based CLI tests
 
+from avbert.data.prepare import main as prepare_main
+from avbert.data.synthetic import make_synthetic_av_dataset
 from avbert.modeling_avbert import AVBertForPreTraining
-from avbert.training.prepare import main as prepare_main
-from avbert.training.synthetic import make_synthetic_av_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 16  # 8 shards of 2
@@ -101,7 +101,7 @@ def _pretrain_args(shards: Path, out: Path) -> list[str]:
 def _torchrun(script: Path, args: list[str], log: Path, stall: int = 0) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SAMPLE_LOG": str(log), "STALL_AT_STEP": str(stall)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [*command, *args],
         cwd=REPO_ROOT,

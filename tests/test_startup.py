@@ -37,7 +37,7 @@ HEAVY_MODULES = (
 
 
 def run_python(code: str) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     completed = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -171,7 +171,7 @@ NOT_FOR_HELP = (
         "avbert.training.train",
         "avbert.training.evaluate",
         "avbert.training.pretrain",
-        "avbert.training.prepare",
+        "avbert.data.prepare",
         "avbert.training.demo",
         "avbert.convert_original_checkpoint",
         "avbert.parameter_counts",

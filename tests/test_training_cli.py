@@ -19,8 +19,7 @@ from avbert import (
     AVBertProcessor,
     AVBertVideoProcessor,
 )
-from avbert.training.cli import is_complete_checkpoint, last_complete_checkpoint, resolve_resume
-from avbert.training.data import (
+from avbert.data.folders import (
     AVBertDataCollator,
     MediaDataset,
     MediaTransform,
@@ -28,7 +27,8 @@ from avbert.training.data import (
     media_files,
     stratified_subset,
 )
-from avbert.training.synthetic import make_synthetic_av_dataset
+from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.training.cli import is_complete_checkpoint, last_complete_checkpoint, resolve_resume
 from avbert.training.train import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ NUM_CLIPS, NUM_FRAMES = 2, 4
 
 def console(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run an installed console script (`.venv/bin/avbert-*`) on this tree's package."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
@@ -149,7 +149,7 @@ def test_console_scripts_fail_with_one_line_and_nonzero(script, args, message, t
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
         timeout=120,
     )
     assert result.returncode != 0
@@ -408,7 +408,7 @@ def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_pat
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     victim = subprocess.Popen([sys.executable, str(script), str(out), "victim"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
@@ -505,7 +505,7 @@ def test_launchers_on_cpu_are_data_parallel_without_use_cpu(tmp_path, launcher):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_CLI_SCRIPT.format(tests=str(Path(__file__).parent)))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "ACCELERATE_USE_CPU")}
-    env.update(PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(REPO / "src"), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     command = [sys.executable, *launcher, str(script), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -14,8 +14,8 @@ from datasets import Dataset, DatasetDict, Features, Video, load_dataset
 from test_training_cli import TRAIN_FLAGS, console, media_dir, model_dir  # noqa: F401  (fixtures)
 from test_training_recipes import TINY
 
+from avbert.cli import UsageError
 from avbert.training import evaluate, pretrain, train
-from avbert.training.cli import UsageError
 
 pytest.importorskip("torchcodec")
 

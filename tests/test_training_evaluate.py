@@ -19,8 +19,9 @@ from avbert import (
     AVBertProcessor,
     AVBertVideoProcessor,
 )
+from avbert.data.folders import load_media_dataset
+from avbert.data.synthetic import make_synthetic_av_dataset, synthetic_classes
 from avbert.media_decoding import probe, read_audio, read_frames
-from avbert.training.data import load_media_dataset
 from avbert.training.evaluate import (
     decode_views,
     evaluate_model,
@@ -30,7 +31,6 @@ from avbert.training.evaluate import (
     per_class_accuracy,
     run,
 )
-from avbert.training.synthetic import make_synthetic_av_dataset, synthetic_classes
 
 METRIC_PATH = Path(avbert.training.__file__).parent / "metrics" / "top_k_accuracy"
 NUM_CLIPS = 3

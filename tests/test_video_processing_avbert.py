@@ -300,7 +300,7 @@ def test_per_clip_brightness_and_contrast_jitter_are_torchvisions_and_leave_the_
 
 
 def test_per_clip_gain_jitter_reaches_the_sound_track(tmp_path):
-    from avbert.training.synthetic import write_av_file
+    from avbert.data.synthetic import write_av_file
 
     frames = np.random.default_rng(0).integers(0, 256, (60, 64, 64, 3), dtype=np.uint8)
     tone = (0.3 * np.sin(2 * np.pi * 880 * np.arange(32000) / 16000)).astype(np.float32)

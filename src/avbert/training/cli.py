@@ -1,4 +1,4 @@
-"""What the training command lines share: exit status, launcher detection and checkpoint resume.
+"""What the training command lines share: launcher detection and checkpoint resume.
 
 Kept free of heavy imports (no transformers, no datasets at module level) so that parsers stay quick to build.
 """
@@ -10,34 +10,15 @@ import logging
 import os
 import re
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from ..cli import UsageError
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What every checkpoint holds once `Trainer._save_checkpoint` got to its end: `trainer_state.json` is its last file.
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the data that the user has to fix; reported in one line."""
-
-
-def exit_status(prog: str, run: Callable[[], object]) -> int:
-    """Run a command's work; 0 when it finished, 1 with a one-line ``prog: error: ...`` for a user error.
-
-    ``ValueError`` is what the loaders and configs raise for bad folders, files and values (the message names them);
-    the traceback goes to the debug log. Anything else propagates with its traceback (non-zero as well).
-    """
-    try:
-        run()
-    except ValueError as error:
-        logger.debug("%s failed", prog, exc_info=True)
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _has_accelerator() -> bool:

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError
+from ..cli import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def train_eval_rows(splits: Any, train_split: str, eval_split: str, columns: Col
     """The train and eval rows, which must not share a file. A dataset with the train split only (a videofolder of
     ``<class>/`` folders) gets a seeded, stratified split, ``AUTO_SPLIT_TEST_FRACTION`` of each class for eval, as the
     folder layouts do."""
-    from .data import AUTO_SPLIT_TEST_FRACTION, auto_split_indices, check_disjoint
+    from .folders import AUTO_SPLIT_TEST_FRACTION, auto_split_indices, check_disjoint
 
     if eval_split not in splits and list(splits) == [train_split]:
         rows = media_rows(splits[train_split], train_split, columns)

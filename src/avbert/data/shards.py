@@ -637,9 +637,8 @@ def prepare_shards(argv: Sequence[str]) -> int:
 
     Usable: readable media; with ``--recipe`` or ``--unlabeled`` (pretraining: video and sound), also holding the
     streams the training reads (`decode_problem`), so that no shard carries a sample every epoch then skips."""
-    from .data import _TABLE_SPLITS, _class_tree, load_media_dataset
+    from .folders import _TABLE_SPLITS, _class_tree, find_media_files, load_media_dataset
     from .prepare import RECIPE_MODALITIES, _media_problem, decode_problem
-    from .pretrain import find_media_files
 
     args = _shards_parser().parse_args(argv)
     source = args.source.expanduser().absolute()

@@ -33,21 +33,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # `--help` needs only `TrainingArguments`: the model, processing, data (`datasets`, `webdataset`) and `Trainer`
 # modules are imported where they are used (docs/performance.md, start-up).
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..cli import UsageError, exit_status
+from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
 from .cli import (
-    UsageError,
-    exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
     resolve_resume,
 )
-from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -113,31 +111,6 @@ class PretrainArguments:
     def augmentation(self) -> dict[str, float]:
         """The per-clip jitter, passed to the processor at training time only (it is not saved with it)."""
         return {key: getattr(self, key) for key in CLIP_JITTER}
-
-
-def find_media_files(data_dir: str | Path) -> list[Path]:
-    """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted; the files left out
-    (text, images, unreadable) are each reported with the reason."""
-    from .data import media_files
-
-    root = Path(data_dir).expanduser().absolute()
-    if not root.is_dir():
-        raise ValueError(f"video folder not found: {root} is not a directory")
-    files, dropped = media_files(root)
-    for path, reason in dropped:
-        logger.warning("not used: %s: %s", path, reason)
-    if not files:
-        raise ValueError(f"no video files under {root}")
-    return files
-
-
-def unlabeled_dataset(data_dir: str | Path) -> Dataset:
-    """`path` rows with a constant `label` 0, so `MediaTransform` and the collator can be reused unchanged."""
-    from datasets import Dataset, Features, Value
-
-    paths = [str(p) for p in find_media_files(data_dir)]
-    features = Features({"path": Value("string"), "label": Value("int64")})
-    return Dataset.from_dict({"path": paths, "label": [0] * len(paths)}, features=features)
 
 
 def build_model(args: PretrainArguments) -> AVBertForPreTraining:
@@ -207,6 +180,8 @@ def unlabeled_rows(args: PretrainArguments, dataset: Any = None) -> Dataset:
     if dataset is None and args.dataset_name is not None:
         dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir)
     if dataset is None:
+        from ..data.folders import unlabeled_dataset
+
         return unlabeled_dataset(args.data_dir)
     columns = Columns.of(args, "audio-visual", labeled=False)
     return split_rows(as_splits(dataset, args.train_split_name), args.train_split_name, "train_split_name", columns)
@@ -223,10 +198,10 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     args, training_args = parse_args(argv)
     from transformers import set_seed  # after parse_args: not for --help
 
+    from ..data.folders import MediaDataset, MediaTransform
+    from ..data.shards import shard_dataset, shard_trainer
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
-    from .data import MediaDataset, MediaTransform
     from .distributed import release_process_group
-    from .shards import shard_dataset, shard_trainer
     from .trainers import PreTrainer, PretrainingCollator
 
     logging.basicConfig(

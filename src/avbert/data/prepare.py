@@ -4,7 +4,7 @@
     avbert-prepare ucf101 --output-dir data/ucf101 --source ~/UCF101   # offline: an archive or an extracted folder
     avbert-prepare folder --output-dir data/mine --source ~/videos      # any tree of media -> <class>/<file> + CSV
     avbert-prepare check --source data/mine --recipe kinetics-sounds --output-dir data/check   # probe every file
-    avbert-prepare shards data/mine data/mine-shards --shard-size 1GB  # WebDataset shards (see avbert.training.shards)
+    avbert-prepare shards data/mine data/mine-shards --shard-size 1GB  # WebDataset shards (see avbert.data.shards)
     avbert-prepare shards ~/videos data/pretrain-shards --unlabeled    # only files with video and sound (pretraining)
 
 The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
@@ -291,7 +291,7 @@ def decode_problem(path: Path, modality: str) -> str | None:
 
 def check_media(source: Path, modality: str) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Probe and decode every file under ``source``: the good media files and the bad files with their reasons."""
-    from .data import media_files  # datasets and torch: only for this command
+    from .folders import media_files  # datasets and torch: only for this command
 
     if not source.is_dir():
         raise PrepareError(f"--source {source} is not a folder")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .data import AVBertDataCollator
+from ..data.folders import AVBertDataCollator
 from .recipes import Recipe, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)

@@ -96,11 +96,11 @@ def run_demo(
     import torch
     from transformers import AutoModelForVideoClassification, pipeline, set_seed
 
+    from ..data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+    from ..data.synthetic import make_synthetic_av_dataset
     from ..modeling_avbert import AVBertForVideoClassification
     from .callbacks import TrainingCurveCallback
-    from .data import AVBertDataCollator, MediaTransform, load_media_dataset
     from .evaluate import evaluate_model, write_outputs
-    from .synthetic import make_synthetic_av_dataset
     from .train import top_k_metrics
     from .trainers import AVBertTrainer
 

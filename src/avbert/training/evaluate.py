@@ -33,8 +33,8 @@ from torch.utils.data import Dataset as TorchDataset
 
 import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes)
 
-from .cli import UsageError, exit_status
-from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
+from ..cli import UsageError, exit_status
+from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
 from .recipes import RECIPES
 
 if TYPE_CHECKING:  # `evaluate`, `datasets` and the processors take seconds to import: not for `--help`
@@ -120,7 +120,7 @@ class _ViewsDataset(TorchDataset):
         return len(self.media)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .data import _media_name
+        from ..data.folders import _media_name
 
         path = _media_name(self.media[index])
         item: dict[str, Any] = {"path": path, "label": int(self.labels[index]), "error": None}
@@ -226,7 +226,7 @@ def evaluate_model(
     k: Iterable[int] = (1, 5),
 ) -> EvaluationResult:
     """Multi-view accuracy of ``model`` on ``dataset`` (rows with ``path`` and ``label``, e.g. `load_media_dataset`;
-    ``path`` may hold `datasets` media values, as the rows of `avbert.training.datasets_source.media_rows` do).
+    ``path`` may hold `datasets` media values, as the rows of `avbert.data.datasets_source.media_rows` do).
 
     Args:
         processor: an ``AVBertProcessor`` (video models) or ``AVBertFeatureExtractor`` (audio models); its
@@ -381,7 +381,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def load_split(args: argparse.Namespace, modality: str, dataset: Any = None) -> Any:
     """The rows to evaluate: ``--split`` of ``dataset`` (loaded already) or ``--dataset-name``, else of the
     ``--data-dir`` layout."""
-    from .data import load_media_dataset
+    from ..data.folders import load_media_dataset
 
     if dataset is None and args.dataset_name is not None:
         dataset = load_source(args.dataset_name, args.dataset_config_name, args.data_dir and str(args.data_dir))

@@ -16,7 +16,7 @@ background level, pixel noise, tone phase, amplitude, slight detuning, noise flo
 of identical files; the seed fixes all of it, so the same arguments give the same media content.
 
 Layout: ``<output_dir>/{train,test}/<class>/<class>_<nn>.mp4`` (the "folder" and "kinetics-sounds" layouts of
-``avbert.training.data.load_media_dataset`` read it), or ``<output_dir>/<class>/...`` with ``test_fraction=0``.
+``avbert.data.folders.load_media_dataset`` read it), or ``<output_dir>/<class>/...`` with ``test_fraction=0``.
 The video is MPEG-4 part 2 (yuv420p), the audio AAC mono.
 """
 
@@ -240,7 +240,7 @@ def make_synthetic_av_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m avbert.training.synthetic OUT``: write the demo dataset."""
+    """``python -m avbert.data.synthetic OUT``: write the demo dataset."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--num-classes", type=int, default=4)

@@ -38,14 +38,13 @@ from transformers import HfArgumentParser, TrainingArguments
 
 import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
+from ..cli import UsageError, exit_status
+from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
 from .cli import (
-    UsageError,
-    exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
     resolve_resume,
 )
-from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
 from .recipes import (
     LR_POLICIES,
     RECIPES,
@@ -262,7 +261,7 @@ def load_splits(
     splits, optionally a stratified subset of each. The rows come from ``dataset`` (a loaded ``Dataset`` /
     ``DatasetDict``: `datasets_source.train_eval_rows`), else ``--dataset_name``, else the ``--data_dir`` layout
     (whose splits must not share a file)."""
-    from .data import stratified_subset
+    from ..data.folders import stratified_subset
 
     shards = {"train": data_args.train_shards, "eval": data_args.eval_shards}
     if dataset is None and data_args.dataset_name is not None:
@@ -292,8 +291,8 @@ def _layout_splits(
     data_args: ModelDataArguments, recipe: Recipe, shards: dict[str, str | None]
 ) -> tuple[dict[str, Any], list[str]]:
     """The rows of the ``--data_dir`` layout's splits, or None for a split read from shards, and the class names."""
-    from .data import check_disjoint, load_media_dataset
-    from .shards import load_manifests
+    from ..data.folders import check_disjoint, load_media_dataset
+    from ..data.shards import load_manifests
 
     if data_args.data_dir is None and None in shards.values():
         raise UsageError("give --data_dir, --dataset_name, or both --train_shards and --eval_shards")
@@ -330,10 +329,10 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
     from transformers import set_seed  # after parse_args: not for --help
 
+    from ..data.folders import AVBertDataCollator, MediaDataset, MediaTransform
+    from ..data.shards import shard_dataset, shard_trainer
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
-    from .data import AVBertDataCollator, MediaDataset, MediaTransform
     from .distributed import release_process_group
-    from .shards import shard_dataset, shard_trainer
     from .trainers import AVBertTrainer
 
     logging.basicConfig(

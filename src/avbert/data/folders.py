@@ -574,3 +574,27 @@ class AVBertDataCollator:
         if self.report_skipped:
             batch["skipped_files"] = skipped
         return batch
+
+
+def find_media_files(data_dir: str | Path) -> list[Path]:
+    """Every media file under `data_dir` (recursive, hidden files and folders left out), sorted; the files left out
+    (text, images, unreadable) are each reported with the reason."""
+
+    root = Path(data_dir).expanduser().absolute()
+    if not root.is_dir():
+        raise ValueError(f"video folder not found: {root} is not a directory")
+    files, dropped = media_files(root)
+    for path, reason in dropped:
+        logger.warning("not used: %s: %s", path, reason)
+    if not files:
+        raise ValueError(f"no video files under {root}")
+    return files
+
+
+def unlabeled_dataset(data_dir: str | Path) -> Dataset:
+    """`path` rows with a constant `label` 0, so `MediaTransform` and the collator can be reused unchanged."""
+    from datasets import Dataset, Features, Value
+
+    paths = [str(p) for p in find_media_files(data_dir)]
+    features = Features({"path": Value("string"), "label": Value("int64")})
+    return Dataset.from_dict({"path": paths, "label": [0] * len(paths)}, features=features)
