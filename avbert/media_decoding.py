@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ _TRUNCATION_SLACK_FRAMES = 2
 # durations that muxers estimate.
 _TRUNCATION_SLACK_SECONDS = 1.0
 _TRUNCATION_SLACK_FRACTION = 0.05
+# No real video shows frames for less than this on average (1000 frames a second); frame timestamps that close, or
+# audio timestamps that advance at under half the pace of the samples, do not mean what the time base says (e.g. a
+# Matroska file whose TimecodeScale claims nanoseconds for millisecond timestamps): placing clips or sound windows by
+# them would put every window at 0 s.
+_SHORTEST_MEAN_FRAME_SECONDS = 1e-3
+_SLOWEST_AUDIO_CLOCK = 0.5
+_AUDIO_CLOCK_CHECK_FRAMES = 8
 # A seek restarts the decoder at a keyframe; for targets nearer than this, decoding on was as fast or faster in
 # bench_decoding.py's reader table (seeking at every keyframe ahead was up to 1.7x slower on 10-20 s clips).
 _FRAMES_A_SEEK_MUST_SKIP = 120
@@ -494,12 +502,34 @@ class AudioTrack:
         self._media = _Source(source)
         self.name = self._media.name
         self._num_samples: int | None = None
-        first = next(self._frames(), None)
-        if first is None:
+        frames = self._frames()
+        try:
+            head = list(itertools.islice(frames, _AUDIO_CLOCK_CHECK_FRAMES))
+        finally:
+            frames.close()
+        if not head:
             raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
+        first = head[0]
         self.sample_rate = int(first[0].sample_rate)
         self.channels = first[1].shape[0]
         self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
+        self._check_clock(head)
+
+    def _check_clock(self, head: list[tuple[av.AudioFrame, np.ndarray]]) -> None:
+        """Refuse timestamps that advance at under half the pace of the samples over the first frames: they do not
+        mean what the time base says, and windows placed by them would all start at 0 s. (Faster is legitimate: a
+        gap in the sound.)"""
+        timed = [(frame.pts * frame.time_base, samples.shape[1]) for frame, samples in head if frame.pts is not None]
+        if len(timed) < 2 or head[0][0].time_base is None:
+            return
+        by_timestamps = float(timed[-1][0] - timed[0][0])
+        by_samples = sum(count for _, count in timed[:-1]) / self.sample_rate
+        if by_timestamps < _SLOWEST_AUDIO_CLOCK * by_samples:
+            raise MediaDecodeError(
+                self.name,
+                f"inconsistent timestamps: the audio timestamps advance {by_timestamps:.3g} s over {by_samples:.3g} s "
+                f"of samples at the time base {head[0][0].time_base}; the sound cannot be placed in time",
+            )
 
     def _frames(self) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
         """Every decoded frame and its samples, from a freshly opened container (a clean decoder state)."""
@@ -804,6 +834,19 @@ def _check_not_truncated(
         )
 
 
+def _check_timestamps(stream: av.video.stream.VideoStream, table: _FrameTable, name: str) -> None:
+    """Refuse frame timestamps that cannot be what the time base says: over 1000 frames a second on average."""
+    if not table.reliable or len(table.pts) < 2 or stream.time_base is None:
+        return
+    span = float((int(table.pts[-1]) - int(table.pts[0])) * stream.time_base)
+    if span < _SHORTEST_MEAN_FRAME_SECONDS * (len(table.pts) - 1):
+        raise MediaDecodeError(
+            name,
+            f"inconsistent timestamps: {len(table.pts)} frames within {span:.3g} s at the video's time base "
+            f"{stream.time_base}; the timestamps do not match it, so frames cannot be placed in time",
+        )
+
+
 def _ends_short(ends: float, declared_end: float) -> bool:
     return ends < declared_end - max(_TRUNCATION_SLACK_SECONDS, _TRUNCATION_SLACK_FRACTION * declared_end)
 
@@ -861,6 +904,7 @@ def read_video(
         if video is None:
             raise MediaDecodeError(name, "no video stream")
         table = _build_frame_table(container, video)
+        _check_timestamps(video, table, name)
         _check_not_truncated(container, video, table, media)
         num_frames = len(table.pts) if table.reliable else max(int(video.frames), len(table.pts))
         if num_frames == 0:
