@@ -11,6 +11,7 @@ import pickle
 import shutil
 import struct
 import subprocess
+import tracemalloc
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -709,3 +710,56 @@ def test_nanosecond_matroska_time_base(tmp_path):
         assert_decode_error(call, str(mislabelled), "inconsistent timestamps")
     untagged = without_track_durations(mislabelled)
     assert_decode_error(lambda: read_video(untagged, [0]), str(untagged), "inconsistent timestamps")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# avbert-prepare check's sound probe (decode_problem): the whole track decoded, none of it kept
+
+
+def write_long_sound(path: Path, seconds: int, garbage_after_packet: int | None = None) -> Path:
+    """2 s of video over ``seconds`` of 48 kHz stereo aac; audio packets after ``garbage_after_packet`` are replaced by
+    random bytes of the same size (a track that stops decoding part-way)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=48000, layout="stereo")
+        for index in range(50):
+            image = np.full((48, 64, 3), index * 5, np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+        packets = []
+        for start in range(0, 48000 * seconds, 1024):
+            samples = np.tile(tone[None, start % 48000 : start % 48000 + 1024], (2, 1))
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            packets += audio.encode(frame)
+        for number, packet in enumerate([*packets, *audio.encode()]):
+            if garbage_after_packet is not None and number > garbage_after_packet:
+                packet.update(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+            container.mux(packet)
+    return path
+
+
+def test_prepare_check_decodes_the_whole_sound_track_in_bounded_memory(tmp_path):
+    """40 s of 48 kHz stereo (15 MB as float32) under 2 s of video: the check's Python/numpy peak stays under 3 MB
+    (reading the waveform took it twice); a track whose packets turn to garbage after the first second is still
+    found, whichever recipe reads the sound."""
+    from avbert.training.prepare import decode_problem
+
+    path = write_long_sound(tmp_path / "long_sound.mkv", 40)
+    decode_problem(path, "audio-visual")  # imports and first-use allocations out of the measurement
+    tracemalloc.start()
+    try:
+        problems = [decode_problem(path, "audio-visual"), decode_problem(path, "audio")]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert problems == [None, None] and peak < 3 * 2**20, peak
+
+    damaged = write_long_sound(tmp_path / "damaged_sound.mkv", 4, garbage_after_packet=50)
+    assert read_video(damaged, [0, 49]).frames.shape[0] == 2 and AudioTrack(damaged).sample_rate == 48000
+    for modality in ("audio-visual", "audio"):
+        assert "decoding failed" in decode_problem(damaged, modality)
+    assert decode_problem(damaged, "visual") is None
