@@ -860,8 +860,9 @@ def _video_end_seconds(stream: av.video.stream.VideoStream, table: _FrameTable) 
 
 
 def _matroska_track_end(stream: av.stream.Stream) -> float | None:
-    """The track's ``DURATION`` tag (``HH:MM:SS.fraction``), which FFmpeg's and mkvmerge's Matroska muxers write as
-    the end of the track's last frame on the file's clock; ``None`` when absent or unreadable."""
+    """The track's ``DURATION`` tag (``HH:MM:SS.fraction``), which FFmpeg's Matroska muxer writes as the end of the
+    track's last frame on the file's clock (a muxer that counts it from the track's start makes the check more
+    lenient, never stricter); ``None`` when absent or unreadable."""
     value = stream.metadata.get("DURATION") or stream.metadata.get("duration")
     if not value:
         return None
