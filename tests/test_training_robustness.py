@@ -19,7 +19,7 @@ import torch
 from test_training_cli import BIN, REPO, TRAIN_FLAGS, media_dir, model_dir  # noqa: F401  (fixtures)
 from test_training_recipes import TINY, RandomClips, finetune_recipe
 
-from avbert import AVBertConfig, AVBertForAudioClassification
+from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
 from avbert.training.cli import CheckpointSaveError, is_complete_checkpoint, last_complete_checkpoint
 from avbert.training.recipes import training_arguments
 from avbert.training.trainers import AVBertTrainer
@@ -88,7 +88,7 @@ def small_tmpfs(tmp_path: Path):
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)  # a failed write may hold a file open
 
 
 def test_a_really_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, small_tmpfs):
@@ -187,3 +187,105 @@ def test_the_previous_sigterm_handler_is_back_after_train(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# c. A checkpoint killed right after its trainer state has its processor (a complete model folder)
+
+KILLED_AFTER_STATE = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+import torch
+from transformers import TrainerCallback
+from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
+from avbert.training.callbacks import SaveProcessorCallback
+from avbert.training.recipes import training_arguments
+from avbert.training.trainers import AVBertTrainer
+from test_training_recipes import TINY, RandomClips, finetune_recipe
+
+out = sys.argv[1]
+
+class HangAfterTheState(TrainerCallback):  # before SaveProcessorCallback: the moment the trial's run was killed
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 4:
+            open(os.path.join(out, "SAVED_STATE"), "w").close()
+            time.sleep(120)
+
+torch.manual_seed(0)
+recipe = finetune_recipe(modality="audio")
+args = training_arguments(recipe, out, use_cpu=True, dataloader_num_workers=0, report_to="none", eval_strategy="no",
+                          save_strategy="steps", save_steps=2, max_steps=6, disable_tqdm=True)
+processor = AVBertFeatureExtractor(num_clips=TINY["num_clips"], feature_size=16, num_time_frames=16)
+trainer = AVBertTrainer(model=AVBertForAudioClassification(AVBertConfig(**TINY)), args=args, recipe=recipe,
+                        train_dataset=RandomClips(8, video=False),
+                        callbacks=[HangAfterTheState(), SaveProcessorCallback(processor)])
+trainer.train()
+"""
+
+
+def test_a_checkpoint_killed_after_its_trainer_state_has_its_processor(tmp_path):
+    from transformers import AutoFeatureExtractor, pipeline
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AFTER_STATE.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    victim = subprocess.Popen([str(BIN / "python"), str(script), str(out)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "SAVED_STATE").exists():
+            assert victim.poll() is None, victim.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        victim.kill()
+        victim.wait()
+    checkpoint = out / "checkpoint-4"
+    assert is_complete_checkpoint(checkpoint)  # trainer_state.json is there: it counts as complete...
+    assert last_complete_checkpoint(out, remove_incomplete=False) == checkpoint
+    assert isinstance(AutoFeatureExtractor.from_pretrained(checkpoint), AVBertFeatureExtractor)  # ...and it is
+    classifier = pipeline("audio-classification", model=str(checkpoint), device="cpu")
+    sound = torch.randn(44100).numpy()
+    assert len(classifier({"raw": sound, "sampling_rate": 44100}, top_k=2)) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# d. Bit flips in model.safetensors are caught by the checksum saved with the weights
+
+
+def flip_a_tensor_byte(path: Path) -> None:
+    """Flip one bit in the middle of the tensor data (after the 8-byte length and the JSON header)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[(start + len(data)) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_weights_is_a_clear_error_naming_the_file(tmp_path):
+    from transformers import AutoModelForAudioClassification
+
+    import avbert  # noqa: F401  (the Auto classes)
+
+    torch.manual_seed(0)
+    model = AVBertForAudioClassification(AVBertConfig(**TINY))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors.sha256").read_text().endswith("  model.safetensors\n")
+    AutoModelForAudioClassification.from_pretrained(tmp_path)  # untouched: loads
+    flip_a_tensor_byte(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors is corrupted: its SHA-256 differs"):
+        AutoModelForAudioClassification.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is corrupted"):
+        AVBertForAudioClassification.from_pretrained(tmp_path)
+    # A folder saved without the checksum (older saves, conversions) loads as before, unchecked.
+    (tmp_path / "model.safetensors.sha256").unlink()
+    AVBertForAudioClassification.from_pretrained(tmp_path)
+
+
+def test_resuming_a_checkpoint_with_flipped_bits_is_refused(tmp_path):
+    tiny_trainer(tmp_path, max_steps=2).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    flip_a_tensor_byte(checkpoint / "model.safetensors")
+    with pytest.raises(ValueError, match=r"checkpoint-2/model\.safetensors is corrupted"):
+        tiny_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(checkpoint))

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..weights_checksum import verify_weight_checksums
 from .callbacks import CheckpointOnSignalCallback
 from .cli import CheckpointSaveError, TrainingInterrupted
 from .data import AVBertDataCollator
@@ -94,6 +95,10 @@ class SafeCheckpointMixin:
         except (OSError, RuntimeError) as error:  # torch.save on a full disk raises a RuntimeError without errno
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             raise CheckpointSaveError.from_failed_write(folder, error) from error
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        verify_weight_checksums(resume_from_checkpoint)  # the Trainer reads the weights without from_pretrained
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         try:
