@@ -289,3 +289,47 @@ def test_resuming_a_checkpoint_with_flipped_bits_is_refused(tmp_path):
     flip_a_tensor_byte(checkpoint / "model.safetensors")
     with pytest.raises(ValueError, match=r"checkpoint-2/model\.safetensors is corrupted"):
         tiny_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(checkpoint))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# e. config.json of an AVBERT folder with another model_type, or none
+
+
+@pytest.fixture
+def mislabeled_folder(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    torch.manual_seed(0)
+    AVBertForAudioClassification(AVBertConfig(**TINY)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if request.param is None:
+        del config["model_type"]
+    else:
+        config["model_type"] = request.param
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("mislabeled_folder", "found"),
+    [("bert", "has model_type 'bert'"), (None, "has no model_type")],
+    indirect=["mislabeled_folder"],
+)
+def test_a_wrong_model_type_is_an_error_naming_config_json(mislabeled_folder, found):
+    expected = f'{mislabeled_folder / "config.json"} {found}, but it describes an AVBERT model: set "model_type"'
+    with pytest.raises(ValueError) as caught:
+        AVBertForAudioClassification.from_pretrained(mislabeled_folder)
+    assert expected in str(caught.value)
+    with pytest.raises(ValueError, match="model_type"):
+        AVBertConfig.from_pretrained(mislabeled_folder)
+
+
+@pytest.mark.parametrize("mislabeled_folder", ["bert"], indirect=True)
+def test_avbert_train_says_which_field_of_config_json_is_wrong(mislabeled_folder, tmp_path):
+    result = subprocess.run(
+        [str(BIN / "avbert-train"), "--recipe", "esc50", "--data_dir", str(tmp_path), "--model", str(mislabeled_folder),
+         "--output_dir", str(tmp_path / "run")],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "avbert-train: error:" in result.stderr and "config.json has model_type 'bert'" in result.stderr
+    assert "custom code" not in result.stderr  # was: transformers' "run the custom code? [y/N]" prompt, then EOFError

@@ -221,11 +221,13 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
 
 
 def load_config(model_dir: str) -> Any:
-    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub")."""
-    from transformers import AutoConfig
+    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub") or
+    what is wrong with its config.json (AVBertConfig's own check: the Auto classes would ask to run the folder's code
+    when its `model_type` is not "avbert")."""
+    from ..configuration_avbert import AVBertConfig
 
     try:
-        return AutoConfig.from_pretrained(model_dir)
+        return AVBertConfig.from_pretrained(model_dir)
     except OSError as error:
         if not Path(model_dir).exists():
             raise UsageError(
