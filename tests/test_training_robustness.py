@@ -333,3 +333,19 @@ def test_avbert_train_says_which_field_of_config_json_is_wrong(mislabeled_folder
     assert result.returncode == 1
     assert "avbert-train: error:" in result.stderr and "config.json has model_type 'bert'" in result.stderr
     assert "custom code" not in result.stderr  # was: transformers' "run the custom code? [y/N]" prompt, then EOFError
+
+
+@pytest.mark.parametrize("mislabeled_folder", [None], indirect=True)
+def test_trust_remote_code_on_a_folder_without_model_type_names_config_json(mislabeled_folder, tmp_path):
+    """The Auto classes without trust_remote_code ask to run the folder's code (transformers decides before any AVBERT
+    code runs: docs/training.md); with it, the folder's own AVBertConfig names the field."""
+    script = (
+        "import sys\nfrom transformers import AutoModelForAudioClassification\n"
+        "try:\n    AutoModelForAudioClassification.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "except ValueError as error:\n    print('ERROR', error)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # the folder's code only
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([str(BIN / "python"), "-c", script, str(mislabeled_folder)], env=env, capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert f"ERROR {mislabeled_folder / 'config.json'} has no model_type" in result.stdout, result.stderr[-3000:]
