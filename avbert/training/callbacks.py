@@ -172,8 +172,8 @@ class CheckpointOnSignalCallback(TrainerCallback):
                 signal.signal(number, handler)
 
     def _handle(self, number: int, frame: Any) -> None:
-        # DataLoader workers forked during train() inherit this handler, so a SIGTERM sent to the whole process group
-        # (SLURM) leaves them running until the main process has saved; only the main process says so.
+        # Processes forked during train() inherit the handler (PyTorch's DataLoader workers replace it with their
+        # own, which dies: docs/training.md); only the training process says what it does.
         if self.received is None and os.getpid() == self._pid:
             logger.warning(
                 "Received %s: saving a checkpoint after the current optimizer step, then stopping.",

@@ -16,7 +16,8 @@ docs/training.md, "Training from a `datasets` dataset").
 the recipe's head lr, head weight decay, schedule and Adam settings; the Trainer's optimizer and warmup options are
 refused (the recipe builds the original's optimizer). Multi-process: `torchrun --nproc_per_node N -m
 avbert.training.train ...` (the recipe's batch sizes are global and are split over the processes; without an
-accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error.
+accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error, 143 after
+SIGTERM (a checkpoint saved to resume from; docs/training.md).
 """
 
 from __future__ import annotations
@@ -392,7 +393,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line, data or a failed
+    save, 143 when SIGTERM stopped it (after saving a checkpoint)."""
     return exit_status("avbert-train", lambda: run(argv))
 
 

@@ -67,7 +67,8 @@ class SafeCheckpointMixin:
     What the AVBERT trainers add to checkpointing: a failed save (a full disk above all) is a `CheckpointSaveError`
     naming the folder and file instead of torch's "basic_ios::clear: iostream error", and SIGTERM during `train()`
     saves a checkpoint at the next optimizer step, then ends `train()` with `TrainingInterrupted`
-    (`CheckpointOnSignalCallback`; the command lines exit 143).
+    (`CheckpointOnSignalCallback`; the command lines exit 143). Resuming checks the checkpoint's weights against their
+    saved SHA-256 (`weights_checksum`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
