@@ -349,3 +349,68 @@ def test_trust_remote_code_on_a_folder_without_model_type_names_config_json(misl
     result = subprocess.run([str(BIN / "python"), "-c", script, str(mislabeled_folder)], env=env, capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert f"ERROR {mislabeled_folder / 'config.json'} has no model_type" in result.stdout, result.stderr[-3000:]
+
+
+DDP_SIGTERM_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from transformers import TrainerCallback
+from avbert import AVBertConfig, AVBertForAudioClassification
+from avbert.training.cli import exit_status
+from avbert.training.recipes import training_arguments
+from avbert.training.trainers import AVBertTrainer
+from test_training_recipes import TINY, RandomClips, finetune_recipe
+
+out = sys.argv[1]
+
+class Started(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            pid_file = os.path.join(out, f"rank{{os.environ['RANK']}}.pid")
+            with open(pid_file + ".part", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(pid_file + ".part", pid_file)
+
+def run():
+    torch.manual_seed(0)
+    recipe = finetune_recipe(modality="audio")
+    args = training_arguments(recipe, out, use_cpu=True, dataloader_num_workers=0, report_to="none", eval_strategy="no",
+                              save_strategy="no", max_steps=2000, disable_tqdm=True, per_device_train_batch_size=2)
+    trainer = AVBertTrainer(model=AVBertForAudioClassification(AVBertConfig(**TINY)), args=args, recipe=recipe,
+                            train_dataset=RandomClips(8, video=False), callbacks=[Started()])
+    trainer.train()
+
+code = exit_status("ddp", run)
+with open(os.path.join(out, f"rank{{os.environ['RANK']}}.exit"), "w") as f:
+    f.write(str(code))
+sys.exit(code)
+"""
+
+
+def test_sigterm_under_torchrun_saves_one_checkpoint_of_the_same_step_on_every_rank(tmp_path):
+    """SIGTERM to one rank only (rank 1, which does not write checkpoints): the ranks agree on the step (all-reduce),
+    rank 0 writes the checkpoint and both exit 143, none waiting in a collective for the other."""
+    script = tmp_path / "ddp_sigterm.py"
+    script.write_text(DDP_SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "ACCELERATE_USE_CPU")}
+    env.update(PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    command = [str(BIN / "python"), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher = subprocess.Popen([*command, str(script), str(out)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "rank1.pid").exists():
+            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(int((out / "rank1.pid").read_text()), signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert [(out / f"rank{rank}.exit").read_text() for rank in range(2)] == ["143", "143"], stderr[-3000:]
+    checkpoints = [path for path in out.iterdir() if path.name.startswith("checkpoint-")]
+    assert len(checkpoints) == 1 and is_complete_checkpoint(checkpoints[0]), stderr[-3000:]
