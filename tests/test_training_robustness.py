@@ -144,7 +144,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(media_dir, mod
     out = tmp_path / "run"
     command = [
         str(BIN / "avbert-train"), "--recipe", "kinetics-sounds", "--data_dir", str(media_dir),
-        "--model", str(model_dir), "--output_dir", str(out), "--max_steps", "12", "--logging_steps", "1",
+        "--model", str(model_dir), "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "1",
         *TRAIN_FLAGS,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
@@ -163,7 +163,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(media_dir, mod
     checkpoints = [path for path in out.iterdir() if path.name.startswith("checkpoint-")]
     assert len(checkpoints) == 1 and is_complete_checkpoint(checkpoints[0]), stderr[-3000:]
     step = int(checkpoints[0].name.split("-")[1])
-    assert 1 <= step < 12 and f"stopped by SIGTERM at step {step} of 12" in stderr
+    assert 1 <= step < 6 and f"stopped by SIGTERM at step {step} of 6" in stderr
     assert (checkpoints[0] / "processor_config.json").is_file()  # a complete model folder
     assert not (out / "train_results.json").exists()  # no final save or evaluation after the signal
 
@@ -172,7 +172,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(media_dir, mod
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 12
+    assert state["global_step"] == 6
     resumed_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry and entry["step"] > step]
     assert min(resumed_steps) == step + 1  # continued from the SIGTERM checkpoint, not from the start
 

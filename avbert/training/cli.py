@@ -123,7 +123,8 @@ def refuse_single_process_accelerate_cpu() -> None:
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
-    """A checkpoint a crash did not cut short: weights and a readable ``trainer_state.json`` (written last)."""
+    """A checkpoint a crash did not cut short: weights and a readable ``trainer_state.json`` (written last; the
+    processor of ``SaveProcessorCallback`` and the weights' checksum file are written before it)."""
     state = folder / "trainer_state.json"
     if not state.is_file() or not any((folder / name).is_file() for name in _WEIGHTS):
         return False
