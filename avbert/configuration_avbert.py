@@ -195,10 +195,13 @@ class AVBertConfig(PreTrainedConfig):
         # `PreTrainedConfig.from_pretrained` only warns when config.json names another model type (and reads the
         # file as AVBERT's anyway); the Auto classes meet such a folder first and, as its `auto_map` points to this
         # code, ask whether to run it. Say what is wrong with the file instead (direct loads and the CLIs).
+        subfolder = kwargs.get("subfolder") or ""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
         if model_type != cls.model_type:
-            source = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "", CONFIG_NAME)
+            source = str(pretrained_model_name_or_path)
+            if not os.path.isfile(source):  # a folder (or hub id), not the json file itself
+                source = os.path.join(source, subfolder, CONFIG_NAME)
             found = "has no model_type" if model_type is None else f"has model_type {model_type!r}"
             raise ValueError(
                 f'{source} {found}, but it describes an AVBERT model: set "model_type": "{cls.model_type}" in it '
