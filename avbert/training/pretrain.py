@@ -280,7 +280,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`avbert-pretrain`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    """`avbert-pretrain`: 0 when the run finished, 1 with a one-line error for a bad command line, data or a failed
+    save, 143 when SIGTERM stopped it (after saving a checkpoint)."""
     return exit_status("avbert-pretrain", lambda: run(argv))
 
 

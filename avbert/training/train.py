@@ -16,7 +16,8 @@ docs/training.md, "Training from a `datasets` dataset").
 the recipe's head lr, head weight decay, schedule and Adam settings; the Trainer's optimizer and warmup options are
 refused (the recipe builds the original's optimizer). Multi-process: `torchrun --nproc_per_node N -m
 avbert.training.train ...` (the recipe's batch sizes are global and are split over the processes; without an
-accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error.
+accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error, 143 after
+SIGTERM (a checkpoint saved to resume from; docs/training.md).
 """
 
 from __future__ import annotations
@@ -221,11 +222,13 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
 
 
 def load_config(model_dir: str) -> Any:
-    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub")."""
-    from transformers import AutoConfig
+    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub") or
+    what is wrong with its config.json (AVBertConfig's own check: the Auto classes would ask to run the folder's code
+    when its `model_type` is not "avbert")."""
+    from ..configuration_avbert import AVBertConfig
 
     try:
-        return AutoConfig.from_pretrained(model_dir)
+        return AVBertConfig.from_pretrained(model_dir)
     except OSError as error:
         if not Path(model_dir).exists():
             raise UsageError(
@@ -390,7 +393,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line, data or a failed
+    save, 143 when SIGTERM stopped it (after saving a checkpoint)."""
     return exit_status("avbert-train", lambda: run(argv))
 
 
