@@ -100,6 +100,13 @@ class ShardSpec:
     num_samples: int
     num_bytes: int = 0
     sha256: str = ""
+    # What messages call it: its manifest entry (set when read; not written). The url of a `pipe:` location is a
+    # command, whose last path part would not name the shard.
+    name: str = field(default="", compare=False, repr=False)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.url.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -116,7 +123,10 @@ class ShardManifest:
         return sum(shard.num_samples for shard in self.shards)
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "num_samples": self.num_samples}, indent=1) + "\n"
+        data = asdict(self)
+        for shard in data["shards"]:
+            del shard["name"]
+        return json.dumps({**data, "num_samples": self.num_samples}, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, location: str) -> ShardManifest:
@@ -187,9 +197,8 @@ def _open_http(url: str, options: ShardReadOptions) -> BinaryIO:
         if attempt < options.retries:
             logger.warning("%s: %s; retrying (%d of %d)", url, problem, attempt + 1, options.retries)
             time.sleep(attempt + 1)
-    raise ShardReadError(
-        f"{url}: {problem} ({options.retries + 1} attempts; --shard_timeout and --shard_retries set the patience)"
-    )
+    attempts = f"{options.retries + 1} attempts" if options.retries else "1 attempt"
+    raise ShardReadError(f"{url}: {problem} ({attempts}; --shard_timeout and --shard_retries set the patience)")
 
 
 def _open_location(location: str, options: ShardReadOptions) -> BinaryIO:
@@ -260,7 +269,7 @@ def _read_manifest(location: str, options: ShardReadOptions) -> ShardManifest:
         raise ValueError(f"{source}: over {_MAX_MANIFEST_BYTES >> 20} MiB, not an avbert shard manifest")
     manifest = ShardManifest.from_json(raw.decode(errors="replace"), source)
     for shard in manifest.shards:
-        shard.url = _shard_location(location, shard.url)
+        shard.url, shard.name = _shard_location(location, shard.url), shard.url
     names = manifest.class_names
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise ValueError(f"{source}: class_names is not a list of names")
@@ -483,7 +492,7 @@ def _shard_samples(shard: ShardSpec, options: ShardReadOptions) -> Iterator[dict
                     if sample is not None:
                         count += 1
                         yield sample
-                    sample = {"__key__": key, "__shard__": shard.url, "members": {}, "problems": []}
+                    sample = {"__key__": key, "__shard__": shard.display_name, "members": {}, "problems": []}
                 if extension != "json" and not _is_media_member(extension):
                     continue  # e.g. a caption: not the sample's media, not read
                 limit = _MAX_JSON_BYTES if extension == "json" else options.max_member_bytes
@@ -715,7 +724,7 @@ class ShardedVideoDataset(IterableDataset):
             yield self._decode(sample)
 
     def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
-        key, shard = sample["__key__"], sample["__shard__"].rsplit("/", 1)[-1]
+        key, shard = sample["__key__"], sample["__shard__"]
         members, problems = sample["members"], list(sample["problems"])
         media = sorted(extension for extension in members if extension != "json")
         name = f"{shard}/{key}.{media[0]}" if len(media) == 1 else f"{shard}/{key}"
