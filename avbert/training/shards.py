@@ -8,8 +8,11 @@ size and SHA-256, the class names, and the files left out with the reason: unrea
 ``--unlabeled`` (pretraining reads video and sound) the ones without the streams the training reads, such as WAV files
 and silent videos for pretraining (probed and decoded by ``avbert-prepare check``'s `decode_problem`).
 
-Reading (``ShardedVideoDataset``), built on ``webdataset``'s tar streaming (local paths, ``http(s)://`` through
-``curl``, ``pipe:`` commands, which is how object stores are read):
+Reading (``ShardedVideoDataset``): local paths, ``http(s)://`` (with a read timeout and retries) and ``pipe:`` commands
+given on the command line (how object stores are read; never from a manifest, whose entries must be files next to
+it), streamed through ``tarfile`` with WebDataset's key grouping, every member's size bounded before it is read, the
+labels checked and each shard's size, sample count and SHA-256 verified as it streams (docs/training.md, "What the
+readers check"):
 
 - Every (rank, DataLoader worker) pair is one *reader*; the shards are dealt to the readers once, balancing their
   sample counts, so the readers' parts are disjoint and together cover the corpus.
