@@ -498,14 +498,17 @@ def _shard_samples(shard: ShardSpec, options: ShardReadOptions) -> Iterator[dict
                     sample = {"__key__": key, "__shard__": shard.display_name, "members": {}, "problems": []}
                 if extension != "json" and not _is_media_member(extension):
                     continue  # e.g. a caption: not the sample's media, not read
-                limit = _MAX_JSON_BYTES if extension == "json" else options.max_member_bytes
+                limit, setting = (
+                    (_MAX_JSON_BYTES, "of a KEY.json")
+                    if extension == "json"
+                    else (options.max_member_bytes, "(--shard_max_member_size)")
+                )
                 if extension in sample["members"]:
                     sample["problems"].append(f"{info.name} appears twice")
                 elif info.size > limit:
                     sample["members"][extension] = None
                     sample["problems"].append(
-                        f"{info.name} is {info.size} bytes, over the {limit}-byte limit (--shard_max_member_size); "
-                        "not read"
+                        f"{info.name} is {info.size} bytes, over the {limit}-byte limit {setting}; not read"
                     )
                 else:
                     sample["members"][extension] = tar.extractfile(info).read()
