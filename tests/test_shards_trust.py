@@ -3,6 +3,7 @@ HTTP servers on 127.0.0.1 that stall. A manifest runs no command and points nowh
 server fails in bounded time naming the URL, bad labels and media members are reported skips, a replaced or truncated
 shard stops the run with one line naming it, members are size-bounded, and the epoch logged after a resume is right."""
 
+import gc
 import hashlib
 import io
 import json
@@ -64,8 +65,17 @@ def label(value) -> bytes:
 
 def read_rows(location: str, options: ShardReadOptions = FAST, num_workers: int = 0) -> list[dict]:
     dataset = ShardedVideoDataset(load_manifests(location, options), shuffle_buffer=0, options=options)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
-    return list(loader)
+    rows = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers))
+    try:
+        return list(rows)
+    except ShardReadError as error:
+        message = str(error)
+    # The workers shut down here, in this thread: the worker error's traceback is a reference cycle holding the
+    # DataLoader iterator, whose shutdown (joining the workers) would otherwise run whenever the garbage collector
+    # does, possibly in a later test's server thread, stalling that server.
+    rows = None
+    gc.collect()
+    raise ShardReadError(message)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -130,8 +140,9 @@ def test_pipe_commands_come_from_the_command_line(tmp_path: Path) -> None:
 
 class StallingServer:
     """An HTTP server on 127.0.0.1 that serves ``files`` but stalls on ``stall``: ``"silent"`` accepts and never
-    answers, ``"headers"`` sends the headers and the first ``sent`` bytes of the body, then nothing. It holds the
-    stalled connections until the test ends, then closes them (bounded: every wait has a timeout)."""
+    answers, ``"headers"`` sends the headers and the first ``sent`` bytes of the body, then nothing; ``"busy"``
+    answers its first request for it with 503. It holds the stalled connections until the test ends, then closes
+    them (bounded: every wait has a timeout)."""
 
     def __init__(self, files: dict[str, bytes], stall: str, mode: str, sent: int = 2048) -> None:
         self.files, self.stall, self.mode, self.sent = files, stall, mode, sent
@@ -161,11 +172,16 @@ class StallingServer:
             if path == self.stall and self.mode == "silent":
                 self.stop.wait(30)
                 return
+            if path == self.stall and self.mode == "busy" and self.requests.count(path) == 1:
+                connection.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                return
             if data is None:
                 connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
             head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-            if path == self.stall:
+            if path == self.stall and self.mode == "headers":
                 connection.sendall(head + data[: self.sent])
                 self.stop.wait(30)
                 return
@@ -218,6 +234,15 @@ def test_a_stalled_shard_stops_the_run_naming_the_url(stalling_server, mode: str
     message = str(error.value)
     assert message.startswith(f"{server.url}/shard-000001.tar: ") and "\n" not in message
     assert re.search("no answer within 1 s" if mode == "silent" else r"no data for 1 s after \d+ bytes", message)
+
+
+def test_a_busy_server_is_retried(stalling_server, caplog) -> None:
+    server = stalling_server("shard-000000.tar", "busy")
+    with caplog.at_level("WARNING"):
+        rows = read_rows(server.url, ShardReadOptions(timeout=1.0, retries=1))
+    assert len(rows) == 6 and not any("error" in row for row in rows)
+    assert server.requests.count("shard-000000.tar") == 2
+    assert f"{server.url}/shard-000000.tar: HTTP 503 Service Unavailable; retrying (1 of 1)" in caplog.text
 
 
 def test_an_unreachable_or_missing_shard_is_a_clear_stop(stalling_server, tmp_path: Path) -> None:
