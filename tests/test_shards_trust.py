@@ -428,6 +428,27 @@ def test_avbert_train_stops_with_one_line_on_a_damaged_shard(
     assert "Traceback" not in errors[0][1]
 
 
+def test_avbert_train_refuses_a_manifest_that_holds_a_command(
+    corpus: Path,  # noqa: F811
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    """The trial's run exited 0 after running the manifest's command; now nothing runs and the exit status is 1."""
+    shards, marker = tmp_path / "shards", tmp_path / "MARKER"
+    shards.mkdir()
+    for shard in (corpus / "shards").iterdir():
+        (shards / shard.name).symlink_to(shard)
+    data = json.loads((corpus / "shards" / "manifest.json").read_text())
+    data["shards"][0]["url"] = f"pipe:touch {marker}; cat {corpus}/shards/shard-000000.tar"
+    (shards / "manifest.json").unlink()
+    (shards / "manifest.json").write_text(json.dumps(data))
+    assert train_main(train_args(tiny_model, str(shards), tmp_path / "out", "--max_steps", "1")) == 1
+    error = capsys.readouterr().err
+    assert f"avbert-train: error: {shards}/manifest.json: shard entry 'pipe:touch {marker};" in error
+    assert not marker.exists() and not (tmp_path / "out" / "model.safetensors").exists()
+
+
 def test_the_epoch_logged_after_a_resume_counts_the_finished_batches(
     corpus: Path,  # noqa: F811
     tiny_model: Path,
