@@ -13,7 +13,7 @@ import tarfile
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -37,19 +37,19 @@ FAST = ShardReadOptions(timeout=1.0, retries=0)
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200  # stands for media: these tests read raw samples, not decode
 
 
-def write_tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as tar:
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
 
-def write_manifest(folder: Path, shards: dict[str, int], class_names: list[str] | None = ("a", "b")) -> Path:
+def write_manifest(folder: Path, shards: dict[str, int], class_names: Sequence[str] | None = ("a", "b")) -> Path:
     """manifest.json for the shard files in ``folder`` (name -> sample count), with their true sizes and SHA-256."""
     entries = []
     for name, count in shards.items():
-        data = (folder / name).read_bytes() if (folder / name).exists() else b""
+        data = (folder / name).read_bytes()
         entries.append(
             {"url": name, "num_samples": count, "num_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         )

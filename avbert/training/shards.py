@@ -244,8 +244,10 @@ def _shard_location(manifest: str, entry: Any) -> str:
         problem = "a command or URL; a manifest lists shard files relative to itself"
     elif entry.startswith(("/", "\\", "~")) or "\\" in entry:
         problem = "an absolute path; a manifest lists shard files relative to itself"
-    elif ".." in PurePosixPath(entry).parts or any(ord(c) < 32 for c in entry):
+    elif ".." in PurePosixPath(entry).parts:
         problem = "leaves the manifest's folder"
+    elif any(ord(c) < 32 for c in entry):
+        problem = "holds control characters"
     if problem is not None:
         raise ShardReadError(
             f"{manifest}: shard entry {entry!r} refused ({problem}). Commands (pipe:) and other locations belong on "
