@@ -48,6 +48,7 @@ from .cli import (
     resolve_resume,
 )
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
+from .shards import SHARD_READ_HELP
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -82,6 +83,9 @@ class PretrainArguments:
         },
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
+    shard_timeout: float = field(default=60.0, metadata={"help": SHARD_READ_HELP["timeout"]})
+    shard_retries: int = field(default=2, metadata={"help": SHARD_READ_HELP["retries"]})
+    shard_max_member_size: str = field(default="1GiB", metadata={"help": SHARD_READ_HELP["max_member_size"]})
     dataset_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_name"]})
     dataset_config_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_config_name"]})
     video_column_name: str = field(default="video", metadata={"help": DATASET_HELP["video_column_name"]})
@@ -226,7 +230,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
     from .data import MediaDataset, MediaTransform
     from .distributed import release_process_group
-    from .shards import shard_dataset, shard_trainer
+    from .shards import shard_dataset, shard_read_options, shard_trainer
     from .trainers import PreTrainer, PretrainingCollator
 
     logging.basicConfig(
@@ -246,7 +250,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     processor = build_processor(model.config, args)
     transform = MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
     if args.shards is not None:
-        media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer)
+        options = shard_read_options(args)
+        media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer, options=options)
     else:
         media = MediaDataset(unlabeled_rows(args, dataset), transform)
     logger.info(

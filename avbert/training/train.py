@@ -54,6 +54,7 @@ from .recipes import (
     recipe_config_overrides,
     recipe_training_defaults,
 )
+from .shards import SHARD_READ_HELP
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction, PreTrainedModel
@@ -83,6 +84,9 @@ class ModelDataArguments:
         default=None, metadata={"help": "Shard manifests to evaluate on instead of --data-dir's eval split."}
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
+    shard_timeout: float = field(default=60.0, metadata={"help": SHARD_READ_HELP["timeout"]})
+    shard_retries: int = field(default=2, metadata={"help": SHARD_READ_HELP["retries"]})
+    shard_max_member_size: str = field(default="1GiB", metadata={"help": SHARD_READ_HELP["max_member_size"]})
     layout: str | None = field(
         default=None,
         metadata={"help": "ucf101, esc50, kinetics-sounds, folder, csv or json (default: the recipe's own)."},
@@ -296,7 +300,7 @@ def _layout_splits(
 ) -> tuple[dict[str, Any], list[str]]:
     """The rows of the ``--data_dir`` layout's splits, or None for a split read from shards, and the class names."""
     from .data import check_disjoint, load_media_dataset
-    from .shards import load_manifests
+    from .shards import load_manifests, shard_read_options
 
     if data_args.data_dir is None and None in shards.values():
         raise UsageError("give --data_dir, --dataset_name, or both --train_shards and --eval_shards")
@@ -307,7 +311,8 @@ def _layout_splits(
     rows, class_names = {}, {}
     for name, split in split_names.items():
         if shards[name] is not None:
-            rows[name], class_names[name] = None, load_manifests(shards[name]).class_names
+            manifest = load_manifests(shards[name], shard_read_options(data_args))
+            rows[name], class_names[name] = None, manifest.class_names
             if class_names[name] is None:
                 raise UsageError(f"the {name} shards {shards[name]} are unlabeled (written with --unlabeled)")
         else:
@@ -336,7 +341,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
     from .data import AVBertDataCollator, MediaDataset, MediaTransform
     from .distributed import release_process_group
-    from .shards import shard_dataset, shard_trainer
+    from .shards import shard_dataset, shard_read_options, shard_trainer
     from .trainers import AVBertTrainer
 
     logging.basicConfig(
@@ -361,7 +366,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         transform = MediaTransform(processor, recipe.modality, train=split == "train")
         if rows is None:
             train = split == "train"
-            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train)
+            options = shard_read_options(data_args)
+            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train, options)
         else:
             datasets[split] = MediaDataset(rows, transform)
 
