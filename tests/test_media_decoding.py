@@ -8,13 +8,19 @@ import io
 import json
 import os
 import pickle
+import shutil
+import struct
+import subprocess
+import tracemalloc
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from avbert.clip_sampling import ClipSampling
 from avbert.media_decoding import AudioTrack, MediaDecodeError, probe, read_audio, read_frames, read_video
 
 SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -469,3 +475,291 @@ def test_a_memory_limit_gives_a_named_error(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "NAMED" in result.stdout and "hd.mp4" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streams of different extents, late starts, variable frame rates, odd time bases: valid files a download looks like
+# (written by the ffmpeg command line, as real files are), against the same files cut short
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg command writes these files")
+# Second k of the sound is a tone of TONE_STEP_HZ * (k + 1): a window's pitch says which second it was read from.
+TONE_STEP_HZ = 500
+TONES = f"aevalsrc=0.5*sin(2*PI*t*{TONE_STEP_HZ}*(1+floor(t))):s=16000:d={{seconds}}"
+VIDEO = "testsrc2=size=64x48:rate={rate}:duration={seconds}"
+
+
+def ffmpeg(path: Path, *arguments: str) -> Path:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *arguments, str(path)], check=True)
+    return path
+
+
+def video_with_tones(path: Path, video_seconds: float, sound_seconds: float, *options: str, offset: float = 0) -> Path:
+    """``video_seconds`` of 25 fps video (starting ``offset`` s late) over ``sound_seconds`` of stepped tones."""
+    late = ["-itsoffset", str(offset)] if offset else []
+    video = ["-f", "lavfi", "-i", VIDEO.format(rate=25, seconds=video_seconds)]
+    sound = ["-f", "lavfi", "-i", TONES.format(seconds=sound_seconds)]
+    return ffmpeg(path, *late, *video, *sound, "-g", "5", *options)
+
+
+def heard_seconds(path: Path, num_clips: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The second of the file's clock each clip starts in, and the second its sound window was read from (by its
+    pitch): the window placement of AVBertProcessor (ClipSampling's "timestamp" alignment, AudioTrack's windows)."""
+    track = AudioTrack(path)
+    decoded = read_video(path, [0])
+    video = decoded.info.video
+    sampling = ClipSampling(num_clips=num_clips, num_frames=4, frame_sampling_rate=1)
+    window = track.sample_rate // 10
+    starts = sampling.audio_window_starts(
+        video.num_frames,
+        video.fps,
+        alignment="timestamp",
+        window_seconds=window / track.sample_rate,
+        audio_start_time=track.start_time,
+        frame_times=decoded.frame_times,
+        video_start_time=video.start_time,
+    )
+    first_samples = np.round(starts * track.sample_rate).astype(int)
+    windows = track.read_windows([(int(start), int(start) + window) for start in first_samples])
+    pitch = [np.argmax(np.abs(np.fft.rfft(samples[0]))) * track.sample_rate / window for samples in windows]
+    clip_times = track.start_time + starts
+    return np.floor(clip_times + 0.05).astype(int), np.round(np.asarray(pitch) / TONE_STEP_HZ).astype(int) - 1
+
+
+def cut(path: Path, fraction: float = 0.4) -> Path:
+    truncated = path.with_name(f"truncated_{path.name}")
+    truncated.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+    return truncated
+
+
+def without_track_durations(path: Path) -> Path:
+    """The file without the Matroska tracks' DURATION tags (renamed, same length): as other muxers write it."""
+    untagged = path.with_name(f"untagged_{path.name}")
+    data = path.read_bytes()
+    assert b"DURATION" in data
+    untagged.write_bytes(data.replace(b"DURATION", b"XURATION"))
+    return untagged
+
+
+SOUND_LONGER_THAN_VIDEO = {
+    "long_sound.mkv": ("-c:v", "libx264", "-c:a", "aac"),
+    "long_sound.webm": ("-c:v", "libvpx", "-c:a", "libopus"),
+    "long_sound.mp4": ("-c:v", "libx264", "-c:a", "aac", "-movflags", "+faststart"),
+    "long_sound.avi": ("-c:v", "mpeg4", "-c:a", "pcm_s16le"),
+}
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", SOUND_LONGER_THAN_VIDEO)
+def test_sound_longer_than_the_video_is_not_truncation(tmp_path, name):
+    """4 s of video over 6 s of sound: the video is judged against its own extent, not the container's (the sound's);
+    the same file cut short is still refused, by name."""
+    path = video_with_tones(tmp_path / name, 4, 6, *SOUND_LONGER_THAN_VIDEO[name])
+    reference = sequential_frames(path)
+    decoded = read_video(path, [0, 50, 99])
+    assert decoded.info.video.num_frames == len(reference) == 100
+    assert np.array_equal(decoded.frames, reference[[0, 50, 99]])
+    clip_seconds, heard = heard_seconds(path)
+    assert np.array_equal(heard, clip_seconds) and clip_seconds.max() == 3
+    truncated = cut(path)
+    assert_decode_error(lambda: read_video(truncated, [0]), str(truncated), "truncated or corrupt")
+
+
+@needs_ffmpeg
+def test_video_starting_late_is_placed_on_the_sound_clock(tmp_path):
+    """The video starts 2 s after the sound (``-itsoffset``): accepted, frame times start at 2 s, and every clip
+    hears the second it is shown in."""
+    path = video_with_tones(tmp_path / "late_video.mkv", 4, 6, "-c:v", "libx264", "-c:a", "aac", offset=2)
+    decoded = read_video(path, np.arange(100))
+    assert np.array_equal(decoded.frames, sequential_frames(path))
+    assert 2.0 <= decoded.frame_times[0] < 2.1 and decoded.info.video.start_time == decoded.frame_times[0]
+    clip_seconds, heard = heard_seconds(path)
+    assert np.array_equal(heard, clip_seconds) and clip_seconds.min() == 2 and clip_seconds.max() == 5
+    truncated = cut(path)
+    assert_decode_error(lambda: read_video(truncated, [0]), str(truncated), "truncated or corrupt")
+
+
+@needs_ffmpeg
+def test_one_frame_over_seconds_of_sound(tmp_path):
+    path = video_with_tones(tmp_path / "one_frame.mkv", 0.04, 5, "-c:v", "libx264", "-c:a", "aac")
+    decoded = read_video(path, [0, 3])
+    assert decoded.info.video.num_frames == 1 and np.array_equal(decoded.frames, sequential_frames(path)[[0, 0]])
+    assert read_audio(path)[0].shape[1] >= 5 * 16000
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["long_sound.mkv", "late_video.mkv", "long_sound.webm"])
+def test_matroska_without_track_durations_is_judged_by_its_longest_stream(tmp_path, name):
+    """Without the tracks' own DURATION tags, the container's duration is the longest stream's: a file whose sound
+    reaches it is whole, one whose every stream stops short is truncated."""
+    options = SOUND_LONGER_THAN_VIDEO.get(name, ("-c:v", "libx264", "-c:a", "aac"))
+    path = video_with_tones(tmp_path / name, 4, 6, *options, offset=2 if name.startswith("late") else 0)
+    untagged = without_track_durations(path)
+    assert np.array_equal(read_video(untagged, [0, 99]).frames, sequential_frames(path)[[0, 99]])
+    truncated = cut(untagged)
+    assert_decode_error(lambda: read_video(truncated, [0]), str(truncated), "truncated or corrupt")
+
+
+@needs_ffmpeg
+def test_variable_frame_rate_avi_lists_its_dropped_frames(tmp_path):
+    """ffmpeg writes the frames a VFR stream skips into an AVI as empty chunks, which the header counts (110) and
+    the demuxer skips (40 remain): the file is whole, index i is the i-th decoded frame at its own time."""
+    kept = [index for index in range(120) if index % 15 < 5]
+    video = ["-f", "lavfi", "-i", VIDEO.format(rate=30, seconds=4), "-vf", "select='lt(mod(n,15),5)'"]
+    path = ffmpeg(tmp_path / "vfr.avi", *video, "-fps_mode", "vfr", "-c:v", "mpeg4", "-g", "5")
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames > len(kept) + 2  # the header lists the dropped frames
+    decoded = read_video(path, np.arange(len(kept)))
+    assert decoded.info.video.num_frames == len(kept)
+    assert np.array_equal(decoded.frames, sequential_frames(path))
+    np.testing.assert_allclose(decoded.frame_times, np.asarray(kept) / 30)
+    truncated = cut(path)
+    assert_decode_error(lambda: read_video(truncated, [0]), str(truncated), "truncated or corrupt")
+
+
+def matroska_in_nanoseconds(source: Path, destination: Path) -> Path:
+    """Rewrite an FFmpeg Matroska file (1 ms TimecodeScale) with a 1 ns TimecodeScale: every timestamp multiplied by
+    10^6 and each block in a cluster of its own (a block's 16-bit offset from its cluster cannot hold a millisecond
+    in nanoseconds). Seek head and cues, which point at byte positions, are left out; FFmpeg does without them. The
+    source must be written without CRC-32 elements (``-write_crc32 0``)."""
+
+    def vint(data: bytes, position: int, marker: bool) -> tuple[int, int, bool]:
+        length = 9 - data[position].bit_length()
+        value = int.from_bytes(data[position : position + length], "big")
+        unknown = value == (1 << (7 * length)) - 1 | (1 << (7 * length))
+        return (value if marker else value & ((1 << (7 * length)) - 1)), position + length, unknown
+
+    def children(data: bytes) -> Iterator[tuple[int, bytes]]:
+        position = 0
+        while position < len(data):
+            element_id, position, _ = vint(data, position, marker=True)
+            size, position, unknown = vint(data, position, marker=False)
+            end = len(data) if unknown else position + size
+            yield element_id, data[position:end]
+            position = end
+
+    def element(element_id: int, payload: bytes) -> bytes:
+        length = next(n for n in range(1, 9) if len(payload) < (1 << (7 * n)) - 1)
+        size = ((1 << (7 * length)) | len(payload)).to_bytes(length, "big")
+        return element_id.to_bytes((element_id.bit_length() + 7) // 8, "big") + size + payload
+
+    def uint(value: int) -> bytes:
+        return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+    scale = 10**6
+    out = b""
+    for element_id, body in children(source.read_bytes()):
+        if element_id != 0x18538067:  # the EBML header
+            out += element(element_id, body)
+            continue
+        segment = b""
+        for child, payload in children(body):
+            if child == 0x1549A966:  # Info: TimecodeScale 1, Duration (a float in TimecodeScale units) scaled
+                fields = dict(children(payload))
+                fields[0x2AD7B1] = uint(1)
+                duration = struct.unpack(">f" if len(fields[0x4489]) == 4 else ">d", fields[0x4489])[0]
+                fields[0x4489] = struct.pack(">d", duration * scale)
+                segment += element(child, b"".join(element(key, value) for key, value in fields.items()))
+            elif child == 0x1F43B675:  # Cluster: Timestamp, then SimpleBlocks / BlockGroups
+                cluster_time = 0
+                for item, value in children(payload):
+                    if item == 0xE7:
+                        cluster_time = int.from_bytes(value, "big")
+                    if item not in (0xA3, 0xA0):  # SimpleBlock, BlockGroup
+                        continue
+                    parts = list(children(value)) if item == 0xA0 else [(0xA1, value)]
+                    rebuilt, block_time = b"", 0
+                    for part, content in parts:
+                        if part == 0xA1:  # the block: track number, int16 time offset, flags, frames
+                            _, offset, _ = vint(content, 0, marker=False)
+                            block_time = cluster_time + struct.unpack(">h", content[offset : offset + 2])[0]
+                            content = content[:offset] + b"\0\0" + content[offset + 2 :]
+                        elif part == 0x9B:  # BlockDuration
+                            content = uint(int.from_bytes(content, "big") * scale)
+                        rebuilt += element(part, content) if item == 0xA0 else content
+                    block = element(item, rebuilt)
+                    segment += element(0x1F43B675, element(0xE7, uint(block_time * scale)) + block)
+            elif child not in (0x114D9B74, 0x1C53BB6B, 0xEC):  # SeekHead, Cues, Void
+                segment += element(child, payload)
+        out += element(element_id, segment)
+    destination.write_bytes(out)
+    return destination
+
+
+@needs_ffmpeg
+def test_nanosecond_matroska_time_base(tmp_path):
+    """A Matroska file whose TimecodeScale is 1 ns (time base 1/10^9) is placed in time like its millisecond twin;
+    one whose TimecodeScale says 1 ns for timestamps written in milliseconds (its 3 s last 3 us) is refused, where
+    it used to put every sound window at 0 s."""
+    options = ("-c:v", "libx264", "-c:a", "aac", "-write_crc32", "0")  # the rewrite would invalidate the checksums
+    milliseconds = video_with_tones(tmp_path / "ms.mkv", 3, 3, *options)
+    nanoseconds = matroska_in_nanoseconds(milliseconds, tmp_path / "ns.mkv")
+    with av.open(str(nanoseconds)) as container:
+        assert container.streams.video[0].time_base == fractions.Fraction(1, 10**9)
+    decoded = read_video(nanoseconds, np.arange(75))
+    assert np.array_equal(decoded.frames, sequential_frames(milliseconds))
+    np.testing.assert_allclose(decoded.frame_times, read_video(milliseconds, [0]).frame_times)
+    clip_seconds, heard = heard_seconds(nanoseconds)
+    assert np.array_equal(heard, clip_seconds) and clip_seconds.max() == 2
+
+    data = bytearray(milliseconds.read_bytes())
+    scale_at = data.index(bytes.fromhex("2AD7B1830F4240"))  # TimecodeScale, 3 bytes: 1000000
+    data[scale_at + 4 : scale_at + 7] = (1).to_bytes(3, "big")
+    mislabelled = tmp_path / "mislabelled.mkv"
+    mislabelled.write_bytes(data)
+    for call in (functools.partial(read_video, mislabelled, [0]), functools.partial(AudioTrack, mislabelled)):
+        assert_decode_error(call, str(mislabelled), "inconsistent timestamps")
+    untagged = without_track_durations(mislabelled)
+    assert_decode_error(lambda: read_video(untagged, [0]), str(untagged), "inconsistent timestamps")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# avbert-prepare check's sound probe (decode_problem): the whole track decoded, none of it kept
+
+
+def write_long_sound(path: Path, seconds: int, garbage_after_packet: int | None = None) -> Path:
+    """2 s of video over ``seconds`` of 48 kHz stereo aac; audio packets after ``garbage_after_packet`` are replaced by
+    random bytes of the same size (a track that stops decoding part-way)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=48000, layout="stereo")
+        for index in range(50):
+            image = np.full((48, 64, 3), index * 5, np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+        packets = []
+        for start in range(0, 48000 * seconds, 1024):
+            samples = np.tile(tone[None, start % 48000 : start % 48000 + 1024], (2, 1))
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            packets += audio.encode(frame)
+        for number, packet in enumerate([*packets, *audio.encode()]):
+            if garbage_after_packet is not None and number > garbage_after_packet:
+                packet.update(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+            container.mux(packet)
+    return path
+
+
+def test_prepare_check_decodes_the_whole_sound_track_in_bounded_memory(tmp_path):
+    """40 s of 48 kHz stereo (15 MB as float32) under 2 s of video: the check's Python/numpy peak stays under 3 MB
+    (reading the waveform took it twice); a track whose packets turn to garbage after the first second is still
+    found, whichever recipe reads the sound."""
+    from avbert.data.prepare import decode_problem
+
+    path = write_long_sound(tmp_path / "long_sound.mkv", 40)
+    decode_problem(path, "audio-visual")  # imports and first-use allocations out of the measurement
+    tracemalloc.start()
+    try:
+        problems = [decode_problem(path, "audio-visual"), decode_problem(path, "audio")]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert problems == [None, None] and peak < 3 * 2**20, peak
+
+    damaged = write_long_sound(tmp_path / "damaged_sound.mkv", 4, garbage_after_packet=50)
+    assert read_video(damaged, [0, 49]).frames.shape[0] == 2 and AudioTrack(damaged).sample_rate == 48000
+    for modality in ("audio-visual", "audio"):
+        assert "decoding failed" in decode_problem(damaged, modality)
+    assert decode_problem(damaged, "visual") is None

@@ -1,9 +1,11 @@
 """AVBERT model configuration."""
 
+import os
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.generation.configuration_utils import GenerationConfig
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, logging
 
 logger = logging.get_logger(__name__)
 
@@ -187,6 +189,25 @@ class AVBertConfig(PreTrainedConfig):
         self.validate_transformer()
         self.validate_heads()
         self.validate_pretraining()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # `PreTrainedConfig.from_pretrained` only warns when config.json names another model type (and reads the
+        # file as AVBERT's anyway); the Auto classes meet such a folder first and, as its `auto_map` points to this
+        # code, ask whether to run it. Say what is wrong with the file instead (direct loads and the CLIs).
+        subfolder = kwargs.get("subfolder") or ""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type != cls.model_type:
+            source = str(pretrained_model_name_or_path)
+            if not os.path.isfile(source):  # a folder (or hub id), not the json file itself
+                source = os.path.join(source, subfolder, CONFIG_NAME)
+            found = "has no model_type" if model_type is None else f"has model_type {model_type!r}"
+            raise ValueError(
+                f'{source} {found}, but it describes an AVBERT model: set "model_type": "{cls.model_type}" in it '
+                "(the Auto classes and pipeline() need it to find the AVBERT classes)."
+            )
+        return config_dict, kwargs
 
     def _require(self, condition: str, *names: str) -> None:
         """Raise a ValueError naming the first field of `names` whose value fails `condition` (positive, ...)."""

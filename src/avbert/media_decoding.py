@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -75,12 +76,20 @@ FrameTransform = Callable[[np.ndarray], np.ndarray]
 # map one-to-one to frames. Placeholder packets are at most this many bytes.
 _FRAME_DROPPING_CODECS = frozenset({"mpeg4", "msmpeg4v1", "msmpeg4v2", "msmpeg4v3", "h263", "h263p", "flv1"})
 _PLACEHOLDER_PACKET_BYTES = 8
-# A container that lists more frames than it holds packets for, beyond this slack, is a truncated file.
+# A container that lists more frames than it holds packets for, beyond this slack, may be a truncated file.
 _TRUNCATION_SLACK_FRAMES = 2
-# Containers without a frame count (Matroska / WebM) declare a duration: frames that end this much before it (seconds,
-# or this fraction of it if more) mean a truncated file. A video track may legitimately end a little before the sound.
+# A stream whose last packet ends this much (seconds, or this fraction of the extent if more) before the extent its
+# header declares is truncated. The slack absorbs rounded timestamps (Matroska stores milliseconds) and last-frame
+# durations that muxers estimate.
 _TRUNCATION_SLACK_SECONDS = 1.0
 _TRUNCATION_SLACK_FRACTION = 0.05
+# No real video shows frames for less than this on average (1000 frames a second); frame timestamps that close, or
+# audio timestamps that advance at under half the pace of the samples, do not mean what the time base says (e.g. a
+# Matroska file whose TimecodeScale claims nanoseconds for millisecond timestamps): placing clips or sound windows by
+# them would put every window at 0 s.
+_SHORTEST_MEAN_FRAME_SECONDS = 1e-3
+_SLOWEST_AUDIO_CLOCK = 0.5
+_AUDIO_CLOCK_CHECK_FRAMES = 8
 # A seek restarts the decoder at a keyframe; for targets nearer than this, decoding on was as fast or faster in
 # bench_decoding.py's reader table (seeking at every keyframe ahead was up to 1.7x slower on 10-20 s clips).
 _FRAMES_A_SEEK_MUST_SKIP = 120
@@ -493,12 +502,34 @@ class AudioTrack:
         self._media = _Source(source)
         self.name = self._media.name
         self._num_samples: int | None = None
-        first = next(self._frames(), None)
-        if first is None:
+        frames = self._frames()
+        try:
+            head = list(itertools.islice(frames, _AUDIO_CLOCK_CHECK_FRAMES))
+        finally:
+            frames.close()
+        if not head:
             raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
+        first = head[0]
         self.sample_rate = int(first[0].sample_rate)
         self.channels = first[1].shape[0]
         self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
+        self._check_clock(head)
+
+    def _check_clock(self, head: list[tuple[av.AudioFrame, np.ndarray]]) -> None:
+        """Refuse timestamps that advance at under half the pace of the samples over the first frames: they do not
+        mean what the time base says, and windows placed by them would all start at 0 s. (Faster is legitimate: a
+        gap in the sound.)"""
+        timed = [(frame.pts * frame.time_base, samples.shape[1]) for frame, samples in head if frame.pts is not None]
+        if len(timed) < 2 or head[0][0].time_base is None:
+            return
+        by_timestamps = float(timed[-1][0] - timed[0][0])
+        by_samples = sum(count for _, count in timed[:-1]) / self.sample_rate
+        if by_timestamps < _SLOWEST_AUDIO_CLOCK * by_samples:
+            raise MediaDecodeError(
+                self.name,
+                f"inconsistent timestamps: the audio timestamps advance {by_timestamps:.3g} s over {by_samples:.3g} s "
+                f"of samples at the time base {head[0][0].time_base}; the sound cannot be placed in time",
+            )
 
     def _frames(self) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
         """Every decoded frame and its samples, from a freshly opened container (a clean decoder state)."""
@@ -750,26 +781,110 @@ def _as_index_array(indices: FrameIndices, name: str) -> np.ndarray:
 
 
 def _check_not_truncated(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, table: _FrameTable, name: str
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, table: _FrameTable, media: _Source
 ) -> None:
-    """Refuse a file that holds fewer frames than its header announces: by count (MP4, AVI) or, for containers that
-    list no count (Matroska, WebM), by the time its last frame ends against the declared duration."""
+    """Refuse a file that holds less of its video stream than its header declares.
+
+    The video stream is judged against its own declared extent, never against the container's duration, which is
+    that of the longest stream (a sound track longer than the video, or a video that starts late, is not truncation):
+
+    - by count where the container lists one (MP4, AVI); a short count is forgiven when the frames still reach the
+      time the listed frames span at the stream's rate, as in a variable-frame-rate AVI, which lists the frames the
+      encoder dropped (stored as empty chunks the demuxer skips);
+    - else by the stream's own end as Matroska / WebM muxers write it (the track's ``DURATION`` tag);
+    - else, the container's duration being the longest stream's, by whether any audio or video stream reaches it.
+    """
+    name = media.name
     listed = int(stream.frames)
-    present = table.num_packets
-    if listed > 0 and present < listed - _TRUNCATION_SLACK_FRAMES:
-        raise MediaDecodeError(
-            name, f"truncated or corrupt: the container lists {listed} frames, {present} are present"
-        )
-    declared = _stream_duration(container, stream)
-    if listed > 0 or declared <= 0 or table.end_pts is None or stream.time_base is None:
+    ends = _video_end_seconds(stream, table)
+    if listed > 0:
+        if table.num_packets >= listed - _TRUNCATION_SLACK_FRAMES:
+            return
+        # The listed frames at the header's rate: the stream's declared extent. (A damaged AVI's stream duration is
+        # FFmpeg's estimate from what is present, not what its header declares.)
+        rate = _stream_fps(stream, listed, 0.0)
+        start = _seconds(stream.start_time, stream.time_base) or 0.0
+        if rate <= 0 or ends is None or _ends_short(ends, start + listed / rate):
+            raise MediaDecodeError(
+                name, f"truncated or corrupt: the container lists {listed} frames, {table.num_packets} are present"
+            )
         return
-    rate = _stream_fps(stream, present, declared)
-    start = _seconds(stream.start_time, stream.time_base) or 0.0
-    ends = float(table.end_pts * stream.time_base) - start + (1 / rate if rate > 0 else 0.0)
-    if ends < declared - max(_TRUNCATION_SLACK_SECONDS, _TRUNCATION_SLACK_FRACTION * declared):
+    if ends is None:
+        return
+    declared_end = _matroska_track_end(stream)
+    if declared_end is not None:
+        if _ends_short(ends, declared_end):
+            raise MediaDecodeError(
+                name,
+                f"truncated or corrupt: the video track declares it ends at {declared_end:.2f} s, "
+                f"its frames end at {ends:.2f} s",
+            )
+        return
+    if container.duration is None or container.duration <= 0:
+        return
+    # Matroska's duration runs from time 0 (the end of the last stream); for a container that measures it from its
+    # start time instead, this end is earlier, i.e. more lenient.
+    container_end = container.duration / av.time_base
+    if not _ends_short(ends, container_end):
+        return
+    ends = max(ends, _audio_end_seconds(media))
+    if _ends_short(ends, container_end):
         raise MediaDecodeError(
-            name, f"truncated or corrupt: the container declares {declared:.2f} s, its frames end at {ends:.2f} s"
+            name, f"truncated or corrupt: the container declares {container_end:.2f} s, its streams end at {ends:.2f} s"
         )
+
+
+def _check_timestamps(stream: av.video.stream.VideoStream, table: _FrameTable, name: str) -> None:
+    """Refuse frame timestamps that cannot be what the time base says: over 1000 frames a second on average."""
+    if not table.reliable or len(table.pts) < 2 or stream.time_base is None:
+        return
+    span = float((int(table.pts[-1]) - int(table.pts[0])) * stream.time_base)
+    if span < _SHORTEST_MEAN_FRAME_SECONDS * (len(table.pts) - 1):
+        raise MediaDecodeError(
+            name,
+            f"inconsistent timestamps: {len(table.pts)} frames within {span:.3g} s at the video's time base "
+            f"{stream.time_base}; the timestamps do not match it, so frames cannot be placed in time",
+        )
+
+
+def _ends_short(ends: float, declared_end: float) -> bool:
+    return ends < declared_end - max(_TRUNCATION_SLACK_SECONDS, _TRUNCATION_SLACK_FRACTION * declared_end)
+
+
+def _video_end_seconds(stream: av.video.stream.VideoStream, table: _FrameTable) -> float | None:
+    """When the last frame of the table ends, in seconds on the file's clock (``None`` without timestamps)."""
+    if table.end_pts is None or stream.time_base is None:
+        return None
+    rate = _stream_fps(stream, table.num_packets, 0.0)
+    return float(table.end_pts * stream.time_base) + (1 / rate if rate > 0 else 0.0)
+
+
+def _matroska_track_end(stream: av.stream.Stream) -> float | None:
+    """The track's ``DURATION`` tag (``HH:MM:SS.fraction``), which FFmpeg's Matroska muxer writes as the end of the
+    track's last frame on the file's clock (a muxer that counts it from the track's start makes the check more
+    lenient, never stricter); ``None`` when absent or unreadable."""
+    value = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if not value:
+        return None
+    try:
+        hours, minutes, seconds = value.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def _audio_end_seconds(media: _Source) -> float:
+    """When the first audio stream's last packet ends (seconds on the file's clock; 0 without audio): one more demux
+    pass, made only for a video stream that ends early in a container that declares no per-stream extent."""
+    end = 0.0
+    with contextlib.closing(media.open()) as container:
+        audio = _audio_stream(container)
+        if audio is None or audio.time_base is None:
+            return end
+        for packet in container.demux(audio):
+            if packet.pts is not None and packet.size > 0:
+                end = max(end, float((packet.pts + (packet.duration or 0)) * audio.time_base))
+    return end
 
 
 def read_video(
@@ -790,7 +905,8 @@ def read_video(
         if video is None:
             raise MediaDecodeError(name, "no video stream")
         table = _build_frame_table(container, video)
-        _check_not_truncated(container, video, table, name)
+        _check_timestamps(video, table, name)
+        _check_not_truncated(container, video, table, media)
         num_frames = len(table.pts) if table.reliable else max(int(video.frames), len(table.pts))
         if num_frames == 0:
             raise MediaDecodeError(name, "no video frames")

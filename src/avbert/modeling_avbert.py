@@ -2,6 +2,7 @@
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_avbert import AVBertConfig
 from .model_card import write_model_card
+from .weights_checksum import verify_weight_checksums, write_weight_checksums
 
 
 @dataclass
@@ -775,7 +777,17 @@ class AVBertPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_model_card(save_directory, self)
+            write_weight_checksums(save_directory)
         return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # A local folder's weights are checked against the checksums saved with them (hub downloads: by the hub).
+        if pretrained_model_name_or_path is not None:
+            folder = os.path.join(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if os.path.isdir(folder):
+                verify_weight_checksums(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def train(self, mode: bool = True):
         super().train(mode)

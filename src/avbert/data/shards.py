@@ -8,8 +8,11 @@ size and SHA-256, the class names, and the files left out with the reason: unrea
 ``--unlabeled`` (pretraining reads video and sound) the ones without the streams the training reads, such as WAV files
 and silent videos for pretraining (probed and decoded by ``avbert-prepare check``'s `decode_problem`).
 
-Reading (``ShardedVideoDataset``), built on ``webdataset``'s tar streaming (local paths, ``http(s)://`` through
-``curl``, ``pipe:`` commands, which is how object stores are read):
+Reading (``ShardedVideoDataset``): local paths, ``http(s)://`` (with a read timeout and retries) and ``pipe:`` commands
+given on the command line (how object stores are read; never from a manifest, whose entries must be files next to
+it), streamed through ``tarfile`` with WebDataset's key grouping, every member's size bounded before it is read, the
+labels checked and each shard's size, sample count and SHA-256 verified as it streams (docs/training.md, "What the
+readers check"):
 
 - Every (rank, DataLoader worker) pair is one *reader*; the shards are dealt to the readers once, balancing their
   sample counts, so the readers' parts are disjoint and together cover the corpus.
@@ -36,19 +39,27 @@ import argparse
 import functools
 import glob
 import hashlib
+import http.client
 import io
 import json
 import logging
 import math
 import os
 import random
+import re
+import shlex
 import sys
 import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import torch.distributed as dist
 import webdataset as wds
@@ -56,11 +67,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .folders import MEDIA_SUFFIXES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MANIFEST_NAME",
     "ShardManifest",
+    "ShardReadError",
+    "ShardReadOptions",
     "ShardSpec",
     "ShardTrainerMixin",
     "ShardedVideoDataset",
@@ -74,7 +89,6 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 FORMAT = "avbert-webdataset-1"
 READER_STATE_NAME = "shard_reader.json"
-_URL_SCHEMES = ("http://", "https://", "pipe:", "file:", "gs://", "s3://")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -89,6 +103,13 @@ class ShardSpec:
     num_samples: int
     num_bytes: int = 0
     sha256: str = ""
+    # What messages call it: its manifest entry (set when read; not written). The url of a `pipe:` location is a
+    # command, whose last path part would not name the shard.
+    name: str = field(default="", compare=False, repr=False)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.url.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -105,7 +126,10 @@ class ShardManifest:
         return sum(shard.num_samples for shard in self.shards)
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "num_samples": self.num_samples}, indent=1) + "\n"
+        data = asdict(self)
+        for shard in data["shards"]:
+            del shard["name"]
+        return json.dumps({**data, "num_samples": self.num_samples}, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, location: str) -> ShardManifest:
@@ -119,40 +143,153 @@ class ShardManifest:
         return cls(shards=shards, class_names=data.get("class_names"), skipped=data.get("skipped", []))
 
 
+class ShardReadError(ValueError):
+    """A shard or manifest that cannot be read as its manifest says: unreachable, stalled, truncated, replaced, or a
+    manifest entry that is refused. Training stops with this one-line message (``avbert-train: error: ...``)."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's exception reaches the main process as `ShardReadError("Caught ShardReadError in
+        # DataLoader worker process N.\nOriginal Traceback ...\navbert...ShardReadError: MESSAGE")`: keep MESSAGE.
+        if message.startswith("Caught ShardReadError"):
+            message = message.rstrip().rsplit("\n", 1)[-1].split("ShardReadError: ", 1)[-1]
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ShardReadOptions:
+    """How shards and manifests are read (``--shard_timeout``, ``--shard_retries``, ``--shard_max_member_size``).
+
+    Attributes:
+        timeout: seconds an http(s) connection may go without a byte (connecting, the response's headers, every read
+            of its body) before the read fails, naming the URL.
+        retries: further attempts to open an http(s) shard or manifest that is unreachable, times out before its
+            first byte or answers with a 5xx status (1 s, 2 s, ... apart); a stall in the middle of a shard is not
+            retried (the samples before it have been delivered already), it stops the run.
+        max_member_bytes: a tar member larger than this (its header's size) is not read: its sample is skipped and
+            reported. Bounds the memory of a reader whatever the shard holds (a small ``.tar.gz`` can unpack to GiBs).
+    """
+
+    timeout: float = 60.0
+    retries: int = 2
+    max_member_bytes: int = 1 << 30
+
+
+_HTTP_SCHEMES = ("http://", "https://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_MAX_MANIFEST_BYTES = 64 << 20
+_MAX_JSON_BYTES = 1 << 20  # a sample's KEY.json holds a label and a source path
+
+
 def _is_url(location: str) -> bool:
-    return location.startswith(_URL_SCHEMES)
+    return bool(_SCHEME.match(location))
+
+
+def _open_http(url: str, options: ShardReadOptions) -> BinaryIO:
+    """An http(s) response whose every blocking step (connect, headers, each body read) times out after
+    ``options.timeout`` s without data; opening is retried ``options.retries`` times on errors a retry can cure."""
+    for attempt in range(options.retries + 1):
+        try:
+            return urllib.request.urlopen(url, timeout=options.timeout)
+        except urllib.error.HTTPError as error:
+            problem = f"HTTP {error.code} {error.reason}"
+            if error.code < 500:
+                raise ShardReadError(f"{url}: {problem}") from error
+        except (OSError, http.client.HTTPException) as error:  # refused, unreachable, timed out, bad response
+            reason = getattr(error, "reason", error)
+            problem = f"no answer within {options.timeout:g} s" if isinstance(reason, TimeoutError) else str(reason)
+        if attempt < options.retries:
+            logger.warning("%s: %s; retrying (%d of %d)", url, problem, attempt + 1, options.retries)
+            time.sleep(attempt + 1)
+    attempts = f"{options.retries + 1} attempts" if options.retries else "1 attempt"
+    raise ShardReadError(f"{url}: {problem} ({attempts}; --shard_timeout and --shard_retries set the patience)")
+
+
+def _open_location(location: str, options: ShardReadOptions) -> BinaryIO:
+    """Open a local path or URL for reading: http(s) with a read timeout, a local file directly, anything else
+    (``pipe:`` commands from the command line, ``file:``) through ``webdataset.gopen``."""
+    if location.startswith(_HTTP_SCHEMES):
+        return _open_http(location, options)
+    try:
+        return wds.gopen(location, "rb") if _is_url(location) else open(location, "rb")
+    except OSError as error:
+        raise ShardReadError(f"{location}: not readable ({error.strerror or error})") from error
 
 
 def _manifest_location(location: str) -> str:
-    """A manifest file, or a folder / URL prefix holding ``manifest.json``."""
+    """A manifest file, or a folder / URL prefix holding ``manifest.json``; in a ``pipe:`` command, ``{}`` stands for
+    the file name (``pipe:aws s3 cp s3://bucket/corpus/{} -``)."""
+    if location.startswith("pipe:"):
+        if "{}" not in location:
+            raise ValueError(
+                f"{location}: a pipe: location needs {{}} where the manifest's and the shards' file names go, e.g. "
+                "'pipe:aws s3 cp s3://bucket/corpus/{} -'"
+            )
+        return location
     if location.endswith(".json"):
         return location
     return location.rstrip("/") + "/" + MANIFEST_NAME
 
 
-def _read_manifest(location: str) -> ShardManifest:
-    """Read one manifest and make its shard locations absolute (relative to the manifest's own folder or URL)."""
+def _shard_location(manifest: str, entry: Any) -> str:
+    """Where a manifest's shard entry is: a relative path inside the manifest's folder, resolved against it.
+
+    A manifest is data, possibly fetched from a server: a command (``pipe:``), a URL of any scheme, an absolute path
+    or a path leaving the manifest's folder (``..``) is refused, naming the manifest and the entry. Commands and other
+    places come only from the user's own command line (a ``pipe:`` location with ``{}``, or several manifests).
+    """
+    problem = None
+    if not isinstance(entry, str) or not entry.strip():
+        problem = "not a shard file name"
+    elif _is_url(entry):
+        problem = "a command or URL; a manifest lists shard files relative to itself"
+    elif entry.startswith(("/", "\\", "~")) or "\\" in entry:
+        problem = "an absolute path; a manifest lists shard files relative to itself"
+    elif ".." in PurePosixPath(entry).parts:
+        problem = "leaves the manifest's folder"
+    elif any(ord(c) < 32 for c in entry):
+        problem = "holds control characters"
+    if problem is not None:
+        raise ShardReadError(
+            f"{manifest}: shard entry {entry!r} refused ({problem}). Commands (pipe:) and other locations belong on "
+            "the command line (docs/training.md, Scale-out)"
+        )
+    if manifest.startswith("pipe:"):
+        return manifest.replace("{}", shlex.quote(entry))
+    base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
+    return f"{base}/{urllib.parse.quote(entry) if manifest.startswith(_HTTP_SCHEMES) else entry}"
+
+
+def _read_manifest(location: str, options: ShardReadOptions) -> ShardManifest:
+    """Read one manifest and resolve its shard entries against the manifest's own folder, URL or command."""
     location = _manifest_location(location)
+    source = location.replace("{}", MANIFEST_NAME) if location.startswith("pipe:") else location
     try:
-        with wds.gopen(location, "rb") as stream:
-            text = stream.read().decode()
-    except Exception as error:  # gopen raises OSError locally, IOError/ValueError from curl for URLs
-        raise ValueError(f"shard manifest not readable: {location} ({error})") from error
-    manifest = ShardManifest.from_json(text, location)
-    base = location.rsplit("/", 1)[0] if "/" in location else "."
+        with _open_location(source, options) as stream:
+            raw = stream.read(_MAX_MANIFEST_BYTES + 1)
+    except ShardReadError as error:
+        raise ValueError(f"shard manifest not readable: {error}") from error
+    except (OSError, ValueError, http.client.HTTPException) as error:  # a failing pipe, a stalled server
+        raise ValueError(f"shard manifest not readable: {source} ({error})") from error
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ValueError(f"{source}: over {_MAX_MANIFEST_BYTES >> 20} MiB, not an avbert shard manifest")
+    manifest = ShardManifest.from_json(raw.decode(errors="replace"), source)
     for shard in manifest.shards:
-        if not (_is_url(shard.url) or shard.url.startswith("/")):
-            shard.url = f"{base}/{shard.url}"
+        shard.url, shard.name = _shard_location(location, shard.url), shard.url
+    names = manifest.class_names
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{source}: class_names is not a list of names")
     return manifest
 
 
-def load_manifests(locations: str | Sequence[str]) -> ShardManifest:
+def load_manifests(locations: str | Sequence[str], options: ShardReadOptions | None = None) -> ShardManifest:
     """One manifest for one or several corpora.
 
     ``locations``: manifest files, shard folders or URL prefixes; a string may list several, comma-separated, with
-    brace patterns (``data/part-{0..3}``) and, for local paths, globs (``data/*/manifest.json``). The class names of
-    labeled corpora must agree.
+    brace patterns (``data/part-{0..3}``) and, for local paths, globs (``data/*/manifest.json``). A ``pipe:``
+    command with ``{}`` for the file name reads from any object-store CLI. The class names of labeled corpora must
+    agree.
     """
+    options = options or ShardReadOptions()
     if isinstance(locations, str):
         locations = [part for part in locations.split(",") if part.strip()]
     expanded: list[str] = []
@@ -164,7 +301,7 @@ def load_manifests(locations: str | Sequence[str]) -> ShardManifest:
             expanded += matches or [item]
     if not expanded:
         raise ValueError("no shard manifest given")
-    manifests = [_read_manifest(location) for location in expanded]
+    manifests = [_read_manifest(location, options) for location in expanded]
     names = {tuple(m.class_names) if m.class_names is not None else None for m in manifests}
     if len(names) > 1:
         raise ValueError(f"the shard manifests {expanded} have different class names")
@@ -274,6 +411,151 @@ class ShardMember(io.BytesIO):
         return self.name
 
 
+class _VerifiedStream:
+    """A shard's byte stream that hashes and counts what passes through it, so that the one read the training does
+    also checks the shard against its manifest entry (size, SHA-256); a failing or stalled read names the shard."""
+
+    def __init__(self, raw: BinaryIO, shard: ShardSpec, options: ShardReadOptions) -> None:
+        self.raw, self.shard, self.options = raw, shard, options
+        self.digest = hashlib.sha256()
+        self.offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.raw.read(size)
+        except TimeoutError as error:
+            raise ShardReadError(
+                f"{self.shard.url}: no data for {self.options.timeout:g} s after {self.offset} bytes (stalled "
+                "server?); the run stops so that every rank keeps the same samples (--shard_timeout)"
+            ) from error
+        except (OSError, http.client.HTTPException) as error:  # e.g. IncompleteRead: the server closed early
+            raise ShardReadError(f"{self.shard.url}: the read failed after {self.offset} bytes ({error!r})") from error
+        self.digest.update(data)
+        self.offset += len(data)
+        return data
+
+    def check_size(self, size: int | None) -> None:
+        """Refuse a shard whose size (a local file's, an HTTP Content-Length) is not the manifest's, before reading."""
+        if size is not None and self.shard.num_bytes and size != self.shard.num_bytes:
+            raise ShardReadError(
+                f"{self.shard.url}: {size} bytes, the manifest says {self.shard.num_bytes} (replaced or truncated "
+                "shard?): restore it or write the shards and their manifest again"
+            )
+
+    def verify(self) -> None:
+        """Read what the tar reader left (its end blocks) and compare the whole shard with the manifest."""
+        while self.read(1 << 20):
+            pass
+        self.check_size(self.offset)
+        if self.shard.sha256 and self.digest.hexdigest() != self.shard.sha256:
+            raise ShardReadError(
+                f"{self.shard.url}: SHA-256 {self.digest.hexdigest()} is not the manifest's {self.shard.sha256} "
+                "(replaced or damaged shard): restore it or write the shards and their manifest again"
+            )
+
+
+def _open_shard(shard: ShardSpec, options: ShardReadOptions) -> _VerifiedStream:
+    stream = _VerifiedStream(_open_location(shard.url, options), shard, options)
+    if hasattr(stream.raw, "headers"):  # an HTTP response
+        length = stream.raw.headers.get("Content-Length")
+        declared = int(length) if length and length.isdigit() else None
+    else:
+        declared = os.fstat(stream.raw.fileno()).st_size if not _is_url(shard.url) else None
+    try:
+        stream.check_size(declared)
+    except ShardReadError:
+        stream.raw.close()
+        raise
+    return stream
+
+
+def _is_media_member(extension: str) -> bool:
+    return f".{extension.rsplit('.', 1)[-1]}" in MEDIA_SUFFIXES
+
+
+def _shard_samples(shard: ShardSpec, options: ShardReadOptions) -> Iterator[dict[str, Any]]:
+    """The samples of one shard in order: ``{"__key__", "__shard__", "members": {ext: bytes}, "problems": [...]}``.
+
+    Only a sample's ``json`` and media members (by extension, ``MEDIA_SUFFIXES``) are read, and only those within
+    the size limit (the tar header's size, checked before reading): anything else passes by unread, so a reader's
+    memory is bounded by the limit whatever the shard holds. This is WebDataset's tar grouping (``base_plus_ext``
+    keys) with those checks, which its ``tarfile_to_samples`` (every member read whole) cannot make. A shard that
+    cannot be read to its end as its manifest entry says raises ``ShardReadError``.
+    """
+    stream = _open_shard(shard, options)
+    count = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            sample: dict[str, Any] | None = None
+            for info in tar:
+                tar.members = []  # a streamed tar need not remember its members
+                key, extension = wds.tariterators.base_plus_ext(info.name)
+                if not info.isreg() or key is None:
+                    continue
+                extension = extension.lower()
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        count += 1
+                        yield sample
+                    sample = {"__key__": key, "__shard__": shard.display_name, "members": {}, "problems": []}
+                if extension != "json" and not _is_media_member(extension):
+                    continue  # e.g. a caption: not the sample's media, not read
+                limit, setting = (
+                    (_MAX_JSON_BYTES, "of a KEY.json")
+                    if extension == "json"
+                    else (options.max_member_bytes, "(--shard_max_member_size)")
+                )
+                if extension in sample["members"]:
+                    sample["problems"].append(f"{info.name} appears twice")
+                elif info.size > limit:
+                    sample["members"][extension] = None
+                    sample["problems"].append(
+                        f"{info.name} is {info.size} bytes, over the {limit}-byte limit {setting}; not read"
+                    )
+                else:
+                    sample["members"][extension] = tar.extractfile(info).read()
+            if sample is not None:
+                count += 1
+                yield sample
+        if count != shard.num_samples:
+            raise ShardReadError(
+                f"{shard.url}: {count} samples read, the manifest says {shard.num_samples} (replaced or truncated "
+                "shard?): restore it or write the shards and their manifest again"
+            )
+        stream.verify()
+    except (EOFError, tarfile.TarError, zlib.error) as error:
+        raise ShardReadError(
+            f"{shard.url}: not a readable tar after {stream.offset} bytes ({error}; truncated or damaged shard?): "
+            "restore it or write the shards and their manifest again"
+        ) from error
+    finally:
+        stream.raw.close()
+
+
+def _label(meta_bytes: bytes | None, key: str, class_names: Sequence[str] | None) -> tuple[int, str | None]:
+    """A sample's class index from its ``KEY.json`` (0 when it has none), with the reason it has none; without class
+    names (an unlabeled manifest) any index from 0."""
+    if meta_bytes is None:
+        return 0, f"no {key}.json (the sample's label)"
+    try:
+        meta = json.loads(meta_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return 0, f"{key}.json is not valid JSON ({error})"
+    if not isinstance(meta, dict) or "label" not in meta:
+        return 0, f"{key}.json has no label (an object with a 'label' class index)"
+    label = meta["label"]
+    if isinstance(label, bool) or not isinstance(label, int):
+        return 0, f"label {str(json.dumps(label))[:40]} is not a class index"
+    if class_names is None:
+        return (label, None) if label >= 0 else (0, f"label {label} is not a class index")
+    if not 0 <= label < len(class_names):
+        return 0, f"label {label} is not one of the manifest's {len(class_names)} classes (0-{len(class_names) - 1})"
+    name = meta.get("label_name")
+    if name is not None and name != class_names[label]:
+        return 0, f"label {label} is {class_names[label]!r} in the manifest but {str(name)[:40]!r} in {key}.json"
+    return label, None
+
+
 def _process_info() -> tuple[int, int]:
     """(rank, world size) of this process; torchrun's environment before the process group exists."""
     if dist.is_available() and dist.is_initialized():
@@ -312,6 +594,14 @@ class ShardedVideoDataset(IterableDataset):
         split_by_rank: False for evaluation: one reader list for every rank (``accelerate`` dispatches rank 0's
             batches), and every reader yields all its samples (no equal counts needed without an all-reduce).
         rank, world_size: this process's place (default: the process group's, or torchrun's environment).
+        options: timeouts, retries and the member size limit of the reading (``ShardReadOptions``).
+
+    What is checked as the shards are read: a sample without exactly one media member (by extension), with a member
+    over the size limit, or (labeled corpora) without a valid label of the manifest's classes in ``KEY.json`` is
+    skipped and reported as ``SHARD/KEY: reason`` (the collator drops it, as an undecodable file; its place in the
+    stream still counts, so every rank keeps the same number of steps). A shard that is unreachable, stalls, is
+    truncated, or whose size, sample count or SHA-256 is not its manifest entry's stops the run with a
+    ``ShardReadError`` naming it: skipping it would leave its reader short and the ranks out of step.
     """
 
     def __init__(
@@ -325,6 +615,7 @@ class ShardedVideoDataset(IterableDataset):
         split_by_rank: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
+        options: ShardReadOptions | None = None,
     ) -> None:
         super().__init__()
         if not manifest.shards:
@@ -335,6 +626,7 @@ class ShardedVideoDataset(IterableDataset):
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        self.options = options or ShardReadOptions()
         self.epoch = 0
         self.rank, self.world_size = _process_info() if split_by_rank else (0, 1)
         if rank is not None or world_size is not None:
@@ -418,18 +710,8 @@ class ShardedVideoDataset(IterableDataset):
         shard_ids = list(self.readers[self.rank * self.num_readers + reader])
         if self.shuffle_buffer > 1:
             self._rng(reader, "shards").shuffle(shard_ids)
-        shards = [self.manifest.shards[i] for i in shard_ids]
-        for shard in shards:
-            yielded = 0
-            for sample in wds.tarfile_to_samples()(iter([{"url": shard.url}])):
-                sample["__shard__"] = shard.url
-                yielded += 1
-                yield sample
-            if yielded != shard.num_samples:
-                raise RuntimeError(
-                    f"{shard.url}: {yielded} samples read, the manifest says {shard.num_samples} (truncated or "
-                    "replaced shard?)"
-                )
+        for index in shard_ids:
+            yield from _shard_samples(self.manifest.shards[index], self.options)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -450,16 +732,21 @@ class ShardedVideoDataset(IterableDataset):
             yield self._decode(sample)
 
     def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
-        key, shard = sample["__key__"], sample["__shard__"].rsplit("/", 1)[-1]
-        media_ext = next((k for k in sample if not k.startswith("__") and k != "json"), None)
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        label = int(meta.get("label", 0))
-        if media_ext is None:  # dropped and reported by the collator, as an undecodable file
-            return {"key": f"{shard}/{key}", "labels": label, "error": f"{shard}/{key}: no media member in the sample"}
-        name = f"{shard}/{key}.{media_ext}"
+        key, shard = sample["__key__"], sample["__shard__"]
+        members, problems = sample["members"], list(sample["problems"])
+        media = sorted(extension for extension in members if extension != "json")
+        name = f"{shard}/{key}.{media[0]}" if len(media) == 1 else f"{shard}/{key}"
+        if not problems and len(media) != 1:
+            found = ", ".join(f"{key}.{extension}" for extension in media)
+            problems.append(f"{len(media)} media members ({found}), one expected" if media else "no media member")
+        label, problem = _label(members.get("json"), key, self.manifest.class_names)
+        if problem is not None and self.manifest.class_names is not None:
+            problems.append(problem)  # an unlabeled corpus (pretraining) uses no label: 0 when it has none
+        if problems:  # dropped and reported by the collator, as an undecodable file
+            return {"key": name, "error": f"{name}: {'; '.join(problems)}"}
         if self.transform is None:
-            return {"key": name, "media": sample[media_ext], "label": label}
-        row = self.transform({"path": [ShardMember(sample[media_ext], name)], "label": [label]})
+            return {"key": name, "media": members[media[0]], "label": label}
+        row = self.transform({"path": [ShardMember(members[media[0]], name)], "label": [label]})
         return {"key": name, **{k: v[0] for k, v in row.items()}}
 
 
@@ -487,6 +774,20 @@ class _ReaderStateCallback(TrainerCallback):
                 (folder / READER_STATE_NAME).write_text(json.dumps(self.dataset.layout()) + "\n")
 
 
+class _ResumedEpochCallback(TrainerCallback):
+    """Corrects the epoch the ``Trainer`` logs in a resumed epoch: it counts the batches it has seen in the epoch
+    (``epoch + (step + 1) / batches_per_epoch``), and with the readers skipping the finished batches themselves it
+    never saw those, so after a resume at a quarter of an epoch it would log 0.125 where 0.375 is right."""
+
+    def __init__(self, dataset: ShardedVideoDataset) -> None:
+        self.dataset = dataset
+
+    def on_step_end(self, args, state, control, **kwargs):
+        resumed = self.dataset.resume_epoch
+        if resumed is not None and state.epoch is not None and math.floor(state.epoch) == resumed:
+            state.epoch += self.dataset.resume_batches / self.dataset.batches_per_epoch
+
+
 class ShardTrainerMixin:
     """For a ``Trainer`` subclass whose ``train_dataset`` is a ``ShardedVideoDataset``.
 
@@ -499,6 +800,7 @@ class ShardTrainerMixin:
         super().__init__(*args, **kwargs)
         if isinstance(self.train_dataset, ShardedVideoDataset):
             self.add_callback(_ReaderStateCallback(self.train_dataset))
+            self.add_callback(_ResumedEpochCallback(self.train_dataset))
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
@@ -570,19 +872,43 @@ def shard_trainer(trainer_class: type[Trainer]) -> type[Trainer]:
     return type(f"Shard{trainer_class.__name__}", (ShardTrainerMixin, trainer_class), {})
 
 
+SHARD_READ_HELP = {
+    "timeout": "Seconds an http(s) shard or manifest may send nothing (connect, headers, any read) before it fails.",
+    "retries": "Further attempts to open an http(s) shard that is unreachable, times out or answers 5xx.",
+    "max_member_size": "Largest shard member read (e.g. 1GiB, 500MB); a sample with a larger one is skipped, unread.",
+}
+
+
+def shard_read_options(args: Any) -> ShardReadOptions:
+    """``ShardReadOptions`` from a command line's ``shard_timeout``, ``shard_retries``, ``shard_max_member_size``."""
+    try:
+        max_member_bytes = _parse_size(args.shard_max_member_size)
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"--shard_max_member_size: {error}") from None
+    if args.shard_timeout <= 0 or args.shard_retries < 0:
+        raise ValueError("--shard_timeout must be positive and --shard_retries at least 0")
+    return ShardReadOptions(args.shard_timeout, args.shard_retries, max_member_bytes)
+
+
 def shard_dataset(
-    locations: str, transform: Any, args: TrainingArguments, shuffle_buffer: int = 1000, train: bool = True
+    locations: str,
+    transform: Any,
+    args: TrainingArguments,
+    shuffle_buffer: int = 1000,
+    train: bool = True,
+    options: ShardReadOptions | None = None,
 ) -> ShardedVideoDataset:
     """The ``ShardedVideoDataset`` of the manifests at ``locations`` for the ``Trainer`` run by ``args``: its batch
     size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched."""
     return ShardedVideoDataset(
-        load_manifests(locations),
+        load_manifests(locations, options),
         transform,
         batch_size=args.per_device_train_batch_size if train else args.per_device_eval_batch_size,
         num_workers=args.dataloader_num_workers,
         shuffle_buffer=shuffle_buffer if train else 0,
         seed=args.data_seed if args.data_seed is not None else args.seed,
         split_by_rank=train,
+        options=options,
     )
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +108,102 @@ class SaveProcessorCallback(TrainerCallback):
     Save the processor into every `checkpoint-N/`, so a checkpoint is a complete model folder (loadable with
     `AutoProcessor`) and `pipeline()` works on it. `Trainer(processing_class=...)` would do it, but in transformers 5.24
     `Trainer.train()` reads `processing_class.tokenizer`, which a processor without a tokenizer does not have.
+
+    The processor is written when a save is decided (`on_step_end` / `on_epoch_end` with `control.should_save`), before
+    the Trainer writes the checkpoint, whose last file is `trainer_state.json`: a checkpoint with a readable trainer
+    state therefore has its processor (`cli.is_complete_checkpoint`), even when the run was killed right after the
+    state. Saves decided later (`save_strategy="best"`, after the evaluation) get it in `on_save`, after the state.
     """
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
+        self._saved_for_step: int | None = None
+
+    def _save(self, args: TrainingArguments, state: TrainerState) -> None:
+        from .cli import CheckpointSaveError
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        try:
+            self.processor.save_pretrained(folder)
+        except OSError as error:
+            raise CheckpointSaveError.from_failed_write(folder, error) from error
+        self._saved_for_step = state.global_step
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if control.should_save and state.is_world_process_zero:
+            self._save(args, state)
+
+    on_epoch_end = on_step_end
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            self.processor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and self._saved_for_step != state.global_step:
+            self._save(args, state)
+
+
+class CheckpointOnSignalCallback(TrainerCallback):
+    """
+    Turn SIGTERM (what SLURM and Kubernetes send before SIGKILL) into a checkpoint at the next optimizer step and the
+    end of training, instead of the default immediate death with nothing saved.
+
+    `handling_signals()` installs the handler for the duration of `train()` and puts the previous one back (the AVBERT
+    trainers do both). With several processes the flag is all-reduced at each step, so every process saves the same
+    step and none waits in a collective for one that stopped. The evaluation due at that step is skipped (it could
+    outlast the grace period before SIGKILL); `received` then holds the signal number for the caller to report.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self.stopped = False
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+            logger.warning("train() is not running in the main thread: SIGTERM will not save a checkpoint.")
+            yield
+            return
+        self.received, self.stopped, self._pid = None, False, os.getpid()
+        previous = {number: signal.signal(number, self._handle) for number in self.signals}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        # Processes forked during train() inherit the handler (PyTorch's DataLoader workers replace it with their
+        # own, which dies: docs/training.md); only the training process says what it does.
+        if self.received is None and os.getpid() == self._pid:
+            logger.warning(
+                "Received %s: saving a checkpoint after the current optimizer step, then stopping.",
+                signal.Signals(number).name,
+            )
+        self.received = number
+
+    def _any_process_received(self, args: TrainingArguments) -> bool:
+        received = self.received is not None
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor(float(received), device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            received = bool(flag.item())
+            if received and self.received is None:
+                self.received = self.signals[0]  # another process got it
+        return received
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not self.stopped and self._any_process_received(args):
+            self.stopped = True
+            control.should_save = True
+            control.should_evaluate = False
+            control.should_training_stop = True
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.stopped:  # the step's checkpoint is written already; no epoch-end evaluation or second save
+            control.should_save = False
+            control.should_evaluate = False

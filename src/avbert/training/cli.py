@@ -1,15 +1,18 @@
-"""What the training command lines share: launcher detection and checkpoint resume.
+"""What the training command lines share: exit status, launcher detection and checkpoint resume.
 
 Kept free of heavy imports (no transformers, no datasets at module level) so that parsers stay quick to build.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cli import UsageError
@@ -19,6 +22,71 @@ logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What every checkpoint holds once `Trainer._save_checkpoint` got to its end: `trainer_state.json` is its last file.
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+# Less free space than this after a failed write: the disk is taken to be full. `torch.save` says so only as
+# "unexpected pos ..." or "basic_ios::clear: iostream error" (a RuntimeError without errno).
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint or model folder could not be written (most often a full disk); the message names the folder, the
+    file being written and what to do. Reported in one line."""
+
+    @classmethod
+    def from_failed_write(cls, folder: str | os.PathLike[str], error: BaseException) -> CheckpointSaveError:
+        folder = Path(folder)
+        files = [path for path in folder.iterdir() if path.is_file()] if folder.is_dir() else []
+        written = sorted(files, key=lambda path: path.stat().st_mtime)  # the newest is the one that failed
+        where = f"{folder} (writing {written[-1].name})" if written else str(folder)
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        free = shutil.disk_usage(existing).free
+        if (
+            getattr(error, "errno", None) == errno.ENOSPC
+            or "No space left on device" in str(error)
+            or free < _NEARLY_FULL_BYTES
+        ):
+            return cls(
+                errno.ENOSPC,
+                f"could not write {where}: the disk is full (errno ENOSPC, {free / 2**20:.1f} MiB left; "
+                f"{type(error).__name__}: {error}). Free space (or lower --save_total_limit, or give an --output_dir "
+                "on a larger disk), then run again with --resume_from_checkpoint true: the incomplete checkpoint is "
+                "removed and training continues from the newest complete one.",
+            )
+        return cls(
+            getattr(error, "errno", None) or errno.EIO,
+            f"could not write {where}: {type(error).__name__}: {error}. The incomplete checkpoint is not resumed "
+            "from (--resume_from_checkpoint true takes the newest complete one).",
+        )
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped early on a signal (SIGTERM from a scheduler) after saving a checkpoint to resume from."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+def exit_status(prog: str, run: Callable[[], object]) -> int:
+    """Run a command's work; 0 when it finished, 1 with a one-line ``prog: error: ...`` for a user error.
+
+    ``ValueError`` is what the loaders and configs raise for bad folders, files and values (the message names them),
+    ``CheckpointSaveError`` a checkpoint that could not be written; the traceback goes to the debug log. A run stopped
+    by a signal after saving its checkpoint (`TrainingInterrupted`) exits 128 + the signal number (143 for SIGTERM,
+    what a shell reports for a process killed by it), so that schedulers do not take it for a finished run. Anything
+    else propagates with its traceback (non-zero as well).
+    """
+    try:
+        run()
+    except (ValueError, CheckpointSaveError) as error:
+        logger.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as stop:
+        print(f"{prog}: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number
+    return 0
 
 
 def _has_accelerator() -> bool:
@@ -53,7 +121,8 @@ def refuse_single_process_accelerate_cpu() -> None:
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
-    """A checkpoint a crash did not cut short: weights and a readable ``trainer_state.json`` (written last)."""
+    """A checkpoint a crash did not cut short: weights and a readable ``trainer_state.json`` (written last; the
+    processor of ``SaveProcessorCallback`` and the weights' checksum file are written before it)."""
     state = folder / "trainer_state.json"
     if not state.is_file() or not any((folder / name).is_file() for name in _WEIGHTS):
         return False

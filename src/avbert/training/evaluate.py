@@ -33,8 +33,9 @@ from torch.utils.data import Dataset as TorchDataset
 
 import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes)
 
-from ..cli import UsageError, exit_status
+from ..cli import UsageError
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
+from .cli import exit_status
 from .recipes import RECIPES
 
 if TYPE_CHECKING:  # `evaluate`, `datasets` and the processors take seconds to import: not for `--help`

@@ -41,6 +41,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from ..cli import UsageError, exit_status
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
+from ..data.shards import SHARD_READ_HELP
 from .cli import (
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
@@ -80,6 +81,9 @@ class PretrainArguments:
         },
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
+    shard_timeout: float = field(default=60.0, metadata={"help": SHARD_READ_HELP["timeout"]})
+    shard_retries: int = field(default=2, metadata={"help": SHARD_READ_HELP["retries"]})
+    shard_max_member_size: str = field(default="1GiB", metadata={"help": SHARD_READ_HELP["max_member_size"]})
     dataset_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_name"]})
     dataset_config_name: str | None = field(default=None, metadata={"help": DATASET_HELP["dataset_config_name"]})
     video_column_name: str = field(default="video", metadata={"help": DATASET_HELP["video_column_name"]})
@@ -199,7 +203,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from transformers import set_seed  # after parse_args: not for --help
 
     from ..data.folders import MediaDataset, MediaTransform
-    from ..data.shards import shard_dataset, shard_trainer
+    from ..data.shards import shard_dataset, shard_read_options, shard_trainer
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
     from .distributed import release_process_group
     from .trainers import PreTrainer, PretrainingCollator
@@ -221,7 +225,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     processor = build_processor(model.config, args)
     transform = MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
     if args.shards is not None:
-        media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer)
+        options = shard_read_options(args)
+        media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer, options=options)
     else:
         media = MediaDataset(unlabeled_rows(args, dataset), transform)
     logger.info(
@@ -255,7 +260,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`avbert-pretrain`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    """`avbert-pretrain`: 0 when the run finished, 1 with a one-line error for a bad command line, data or a failed
+    save, 143 when SIGTERM stopped it (after saving a checkpoint)."""
     return exit_status("avbert-pretrain", lambda: run(argv))
 
 

@@ -16,7 +16,8 @@ docs/training.md, "Training from a `datasets` dataset").
 the recipe's head lr, head weight decay, schedule and Adam settings; the Trainer's optimizer and warmup options are
 refused (the recipe builds the original's optimizer). Multi-process: `torchrun --nproc_per_node N -m
 avbert.training.train ...` (the recipe's batch sizes are global and are split over the processes; without an
-accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error.
+accelerator the processes train data parallel on CPU). Exit status 0 on success, 1 with a one-line error, 143 after
+SIGTERM (a checkpoint saved to resume from; docs/training.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
 from ..cli import UsageError, exit_status
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
+from ..data.shards import SHARD_READ_HELP
 from .cli import (
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
@@ -81,6 +83,9 @@ class ModelDataArguments:
         default=None, metadata={"help": "Shard manifests to evaluate on instead of --data-dir's eval split."}
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Samples per shard reader's shuffle buffer."})
+    shard_timeout: float = field(default=60.0, metadata={"help": SHARD_READ_HELP["timeout"]})
+    shard_retries: int = field(default=2, metadata={"help": SHARD_READ_HELP["retries"]})
+    shard_max_member_size: str = field(default="1GiB", metadata={"help": SHARD_READ_HELP["max_member_size"]})
     layout: str | None = field(
         default=None,
         metadata={"help": "ucf101, esc50, kinetics-sounds, folder, csv or json (default: the recipe's own)."},
@@ -220,11 +225,13 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
 
 
 def load_config(model_dir: str) -> Any:
-    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub")."""
-    from transformers import AutoConfig
+    """The model folder's config, or an error that says the folder is missing (not "couldn't connect to the Hub") or
+    what is wrong with its config.json (AVBertConfig's own check: the Auto classes would ask to run the folder's code
+    when its `model_type` is not "avbert")."""
+    from ..configuration_avbert import AVBertConfig
 
     try:
-        return AutoConfig.from_pretrained(model_dir)
+        return AVBertConfig.from_pretrained(model_dir)
     except OSError as error:
         if not Path(model_dir).exists():
             raise UsageError(
@@ -292,7 +299,7 @@ def _layout_splits(
 ) -> tuple[dict[str, Any], list[str]]:
     """The rows of the ``--data_dir`` layout's splits, or None for a split read from shards, and the class names."""
     from ..data.folders import check_disjoint, load_media_dataset
-    from ..data.shards import load_manifests
+    from ..data.shards import load_manifests, shard_read_options
 
     if data_args.data_dir is None and None in shards.values():
         raise UsageError("give --data_dir, --dataset_name, or both --train_shards and --eval_shards")
@@ -303,7 +310,8 @@ def _layout_splits(
     rows, class_names = {}, {}
     for name, split in split_names.items():
         if shards[name] is not None:
-            rows[name], class_names[name] = None, load_manifests(shards[name]).class_names
+            manifest = load_manifests(shards[name], shard_read_options(data_args))
+            rows[name], class_names[name] = None, manifest.class_names
             if class_names[name] is None:
                 raise UsageError(f"the {name} shards {shards[name]} are unlabeled (written with --unlabeled)")
         else:
@@ -330,7 +338,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from transformers import set_seed  # after parse_args: not for --help
 
     from ..data.folders import AVBertDataCollator, MediaDataset, MediaTransform
-    from ..data.shards import shard_dataset, shard_trainer
+    from ..data.shards import shard_dataset, shard_read_options, shard_trainer
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
     from .distributed import release_process_group
     from .trainers import AVBertTrainer
@@ -357,7 +365,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         transform = MediaTransform(processor, recipe.modality, train=split == "train")
         if rows is None:
             train = split == "train"
-            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train)
+            options = shard_read_options(data_args)
+            datasets[split] = shard_dataset(shards, transform, training_args, data_args.shuffle_buffer, train, options)
         else:
             datasets[split] = MediaDataset(rows, transform)
 
@@ -389,7 +398,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line or data."""
+    """`avbert-train`: 0 when the run finished, 1 with a one-line error for a bad command line, data or a failed
+    save, 143 when SIGTERM stopped it (after saving a checkpoint)."""
     return exit_status("avbert-train", lambda: run(argv))
 
 

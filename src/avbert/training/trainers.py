@@ -6,13 +6,19 @@ the argument dataclasses) does not import `transformers.Trainer` and `datasets` 
 from __future__ import annotations
 
 import logging
+import signal
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.folders import AVBertDataCollator
+from ..weights_checksum import verify_weight_checksums
+from .callbacks import CheckpointOnSignalCallback
+from .cli import CheckpointSaveError, TrainingInterrupted
 from .recipes import Recipe, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -56,7 +62,55 @@ class SkippedFilesMixin:
         self.save_metrics(split, metrics)
 
 
-class AVBertTrainer(SkippedFilesMixin, Trainer):
+class SafeCheckpointMixin:
+    """
+    What the AVBERT trainers add to checkpointing: a failed save (a full disk above all) is a `CheckpointSaveError`
+    naming the folder and file instead of torch's "basic_ios::clear: iostream error", and SIGTERM during `train()`
+    saves a checkpoint at the next optimizer step, then ends `train()` with `TrainingInterrupted`
+    (`CheckpointOnSignalCallback`; the command lines exit 143). Resuming checks the checkpoint's weights against their
+    saved SHA-256 (`weights_checksum`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.signal_callback = CheckpointOnSignalCallback()
+        # First of the run's callbacks: the save it requests is seen by those after it (SaveProcessorCallback).
+        kwargs["callbacks"] = [self.signal_callback, *(kwargs.get("callbacks") or [])]
+        super().__init__(*args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        with self.signal_callback.handling_signals():
+            output = super().train(*args, **kwargs)
+        if self.signal_callback.received is not None:
+            name = signal.Signals(self.signal_callback.received).name
+            checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            raise TrainingInterrupted(
+                f"stopped by {name} at step {self.state.global_step} of {self.state.max_steps}; checkpoint saved to "
+                f"{checkpoint}. Continue with --resume_from_checkpoint true.",
+                self.signal_callback.received,
+            )
+        return output
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:  # torch.save on a full disk raises a RuntimeError without errno
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            raise CheckpointSaveError.from_failed_write(folder, error) from error
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        verify_weight_checksums(resume_from_checkpoint)  # the Trainer reads the weights without from_pretrained
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        try:
+            super().save_model(output_dir, _internal_call)
+        except (OSError, RuntimeError) as error:
+            if _internal_call:  # inside _save_checkpoint, which reports the checkpoint folder
+                raise
+            raise CheckpointSaveError.from_failed_write(output_dir or self.args.output_dir, error) from error
+
+
+class AVBertTrainer(SafeCheckpointMixin, SkippedFilesMixin, Trainer):
     """
     `Trainer` with the original optimizer and schedule of a `Recipe`.
 
@@ -96,7 +150,7 @@ class PretrainingCollator(AVBertDataCollator):
         return batch
 
 
-class PreTrainer(SkippedFilesMixin, Trainer):
+class PreTrainer(SafeCheckpointMixin, SkippedFilesMixin, Trainer):
     """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
