@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import os
 import shutil
@@ -32,7 +33,8 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from avbert.media_decoding import AudioTrack, MediaDecodeError, probe, read_video
+from ..cli import parse_size
+from ..media_decoding import AudioTrack, MediaDecodeError, probe, read_video
 
 __all__ = ["PrepareError", "arrange_esc50", "arrange_folder", "arrange_kinetics_sounds", "arrange_ucf101", "main"]
 
@@ -404,8 +406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``check``, 1 when bad files were found)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["shards"]:  # its own arguments: SOURCE OUTPUT_DIR --shard-size ...
-        from .shards import prepare_shards
-
         return prepare_shards(argv[1:])
     args = _parser().parse_args(argv)
     args.output_dir = args.output_dir.expanduser().absolute()
@@ -424,3 +424,89 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _shards_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avbert-prepare shards",
+        description="Write WebDataset tar shards of media files (bytes as they are) with their labels and a manifest.",
+    )
+    parser.add_argument("source", type=Path, help="a dataset folder (see --layout) or, with --unlabeled, any folder")
+    parser.add_argument("output_dir", type=Path, help="an empty folder for shard-NNNNNN.tar and manifest.json")
+    parser.add_argument("--shard-size", type=parse_size, default=parse_size("1GB"), help="bytes per shard (1GB)")
+    parser.add_argument("--shard-samples", type=int, help="also close a shard at this many samples")
+    parser.add_argument("--layout", default="folder", help="load_media_dataset layout of SOURCE (default: folder)")
+    parser.add_argument(
+        "--split",
+        help="split of the layout (default: train; for a folder without split folders, every file: a split would hold "
+        "back its test part)",
+    )
+    parser.add_argument("--split-id", type=int, default=1, help="UCF101 split / ESC-50 fold (default: 1)")
+    parser.add_argument("--unlabeled", action="store_true", help="every video file under SOURCE, no labels")
+    parser.add_argument(
+        "--recipe",
+        choices=("ucf101", "esc50", "kinetics-sounds"),
+        help="leave out the files without the streams this recipe reads, probed and decoded as `avbert-prepare check "
+        "--recipe` does (default: with --unlabeled, video and sound, what avbert-pretrain reads; else any readable "
+        "media)",
+    )
+    return parser
+
+
+def prepare_shards(argv: Sequence[str]) -> int:
+    """``avbert-prepare shards SOURCE OUT``: probe every file, write the usable ones, list the others with the reason.
+
+    Usable: readable media; with ``--recipe`` or ``--unlabeled`` (pretraining: video and sound), also holding the
+    streams the training reads (`decode_problem`), so that no shard carries a sample every epoch then skips."""
+    from .folders import _TABLE_SPLITS, _class_tree, find_media_files, load_media_dataset
+    from .shards import MANIFEST_NAME, write_shards  # webdataset and torch: only for this command
+
+    args = _shards_parser().parse_args(argv)
+    source = args.source.expanduser().absolute()
+    modality = RECIPE_MODALITIES[args.recipe] if args.recipe else "audio-visual" if args.unlabeled else None
+    problem_of = _media_problem if modality is None else functools.partial(decode_problem, modality=modality)
+    try:
+        if args.unlabeled:
+            files, labels, names, root = find_media_files(source), None, None, source
+        elif (
+            args.split is None
+            and args.layout == "folder"
+            and source.is_dir()
+            and not any((source / split).is_dir() for split in _TABLE_SPLITS)
+        ):
+            (files, labels, names), root = _class_tree(source), source
+        else:
+            rows = load_media_dataset(args.layout, source, args.split or "train", args.split_id)
+            files, labels, names = [Path(p) for p in rows["path"]], list(rows["label"]), rows.features["label"].names
+            root = source if source.is_dir() else source.parent
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            problems = list(pool.map(problem_of, files))
+        keep = [i for i, problem in enumerate(problems) if problem is None]
+        skipped = [(files[i], problem) for i, problem in enumerate(problems) if problem is not None]
+        if not keep:
+            needs = "readable media" if modality is None else f"usable for {modality} training"
+            reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped[:3])
+            raise ValueError(f"none of the {len(files)} files under {source} is {needs} (e.g. {reasons})")
+        manifest = write_shards(
+            [files[i] for i in keep],
+            [labels[i] for i in keep] if labels is not None else None,
+            args.output_dir.expanduser().absolute(),
+            class_names=names,
+            shard_size=args.shard_size,
+            shard_samples=args.shard_samples,
+            root=root if all(root in f.parents for f in files) else None,
+            skipped=skipped,
+        )
+    except ValueError as error:
+        print(f"avbert-prepare shards: error: {error}", file=sys.stderr)
+        return 1
+    total = sum(shard.num_bytes for shard in manifest.shards)
+    print(
+        f"{manifest.num_samples} samples in {len(manifest.shards)} shards ({total / 1e6:.1f} MB) -> {args.output_dir}"
+        f" (manifest: {args.output_dir / MANIFEST_NAME})"
+    )
+    if skipped:
+        print(f"skipped {len(skipped)} files (listed in the manifest with the reason):", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    return 0

@@ -24,9 +24,10 @@ readers check"):
 - Shuffling: the reader's shard order and a sample buffer (``shuffle_buffer``), both seeded by (seed, epoch, reader),
   so the stream of every reader is a function of the seed and the epoch only.
 - Resume: because the streams are reproducible and the DataLoader takes the workers' batches in turn, the number of
-  finished optimizer steps tells exactly which samples every reader has delivered. ``ShardTrainerMixin`` reads the
-  checkpoint's step count and makes each reader skip its delivered samples without decoding them (their bytes are
-  still read, to rebuild the shuffle buffer), instead of the ``Trainer`` decoding and discarding every finished batch.
+  finished optimizer steps tells exactly which samples every reader has delivered. The training side
+  (``avbert.training.shard_training.ShardTrainerMixin``) reads the checkpoint's step count and makes each reader skip
+  its delivered samples without decoding them (their bytes are still read, to rebuild the shuffle buffer), instead of
+  the ``Trainer`` decoding and discarding every finished batch.
   No finished sample is trained again, none is lost, provided the data layout (shards, ranks, workers, batch size,
   seed) is the checkpoint's; with another layout the resumed epoch starts over (epoch granularity) with a warning.
 - Decoding happens in the DataLoader workers through the same ``MediaTransform`` as the folder datasets; a sample
@@ -36,7 +37,6 @@ readers check"):
 from __future__ import annotations
 
 import argparse
-import functools
 import glob
 import hashlib
 import http.client
@@ -48,7 +48,6 @@ import os
 import random
 import re
 import shlex
-import sys
 import tarfile
 import time
 import urllib.error
@@ -56,17 +55,16 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import torch.distributed as dist
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from torch.utils.data import IterableDataset, get_worker_info
+from transformers import TrainingArguments
 
+from ..cli import parse_size
 from .folders import MEDIA_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -77,12 +75,9 @@ __all__ = [
     "ShardReadError",
     "ShardReadOptions",
     "ShardSpec",
-    "ShardTrainerMixin",
     "ShardedVideoDataset",
     "load_manifests",
-    "prepare_shards",
     "shard_dataset",
-    "shard_trainer",
     "write_shards",
 ]
 
@@ -750,139 +745,10 @@ class ShardedVideoDataset(IterableDataset):
         return {"key": name, **{k: v[0] for k, v in row.items()}}
 
 
-class ShardLoader(DataLoader):
-    """The DataLoader of a ``ShardedVideoDataset``: its length is the dataset's batches per epoch, and ``set_epoch``
-    reaches the dataset (the ``Trainer`` calls it at the start of every epoch)."""
-
-    def __len__(self) -> int:
-        return self.dataset.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-
-class _ReaderStateCallback(TrainerCallback):
-    """Writes the shard reader's layout into every checkpoint, to tell at resume whether it can continue exactly."""
-
-    def __init__(self, dataset: ShardedVideoDataset) -> None:
-        self.dataset = dataset
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                (folder / READER_STATE_NAME).write_text(json.dumps(self.dataset.layout()) + "\n")
-
-
-class _ResumedEpochCallback(TrainerCallback):
-    """Corrects the epoch the ``Trainer`` logs in a resumed epoch: it counts the batches it has seen in the epoch
-    (``epoch + (step + 1) / batches_per_epoch``), and with the readers skipping the finished batches themselves it
-    never saw those, so after a resume at a quarter of an epoch it would log 0.125 where 0.375 is right."""
-
-    def __init__(self, dataset: ShardedVideoDataset) -> None:
-        self.dataset = dataset
-
-    def on_step_end(self, args, state, control, **kwargs):
-        resumed = self.dataset.resume_epoch
-        if resumed is not None and state.epoch is not None and math.floor(state.epoch) == resumed:
-            state.epoch += self.dataset.resume_batches / self.dataset.batches_per_epoch
-
-
-class ShardTrainerMixin:
-    """For a ``Trainer`` subclass whose ``train_dataset`` is a ``ShardedVideoDataset``.
-
-    The training DataLoader is built here, not by ``accelerate`` (which would shard an iterable dataset a second time
-    or dispatch rank 0's batches to every rank): the dataset already splits by rank and worker. On resume, the
-    finished batches are skipped by the readers instead of being decoded and discarded (``ignore_data_skip``).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if isinstance(self.train_dataset, ShardedVideoDataset):
-            self.add_callback(_ReaderStateCallback(self.train_dataset))
-            self.add_callback(_ResumedEpochCallback(self.train_dataset))
-
-    def get_train_dataloader(self) -> DataLoader:
-        dataset = self.train_dataset
-        if not isinstance(dataset, ShardedVideoDataset):
-            return super().get_train_dataloader()
-        args = self.args
-        if (dataset.batch_size, dataset.num_workers) != (args.per_device_train_batch_size, args.dataloader_num_workers):
-            raise ValueError(
-                f"the shard dataset was built for batch size {dataset.batch_size} and {dataset.num_workers} workers, "
-                f"the Trainer uses {args.per_device_train_batch_size} and {args.dataloader_num_workers}"
-            )
-        if args.dataloader_persistent_workers:
-            raise ValueError("persistent DataLoader workers would not see the epoch change of a shard dataset")
-        workers = args.dataloader_num_workers
-        return ShardLoader(
-            dataset,
-            batch_size=args.per_device_train_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=workers,
-            pin_memory=args.dataloader_pin_memory,
-            prefetch_factor=args.dataloader_prefetch_factor if workers else None,
-            multiprocessing_context=args.dataloader_multiprocessing_context if workers else None,
-        )
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        dataset = self.train_dataset
-        if isinstance(dataset, ShardedVideoDataset) and resume_from_checkpoint:
-            checkpoint = (
-                get_last_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is True
-                else str(resume_from_checkpoint)
-            )
-            if checkpoint is not None:
-                self._resume_readers(dataset, Path(checkpoint))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _resume_readers(self, dataset: ShardedVideoDataset, checkpoint: Path) -> None:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        layout_file = checkpoint / READER_STATE_NAME
-        saved = json.loads(layout_file.read_text()) if layout_file.is_file() else None
-        accumulation = self.args.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(dataset.batches_per_epoch / accumulation)
-        epoch, steps = divmod(int(state["global_step"]), steps_per_epoch)
-        # The readers skip the finished batches themselves (or, with another layout, none): never the Trainer, which
-        # would decode and discard them.
-        self.args.ignore_data_skip = True
-        if saved != json.loads(json.dumps(dataset.layout())):
-            logger.warning(
-                "%s was written with another shard layout (%s, now %s): epoch %d starts over (epoch granularity)",
-                checkpoint,
-                saved,
-                dataset.layout(),
-                epoch,
-            )
-            return
-        dataset.resume_from(epoch, steps * accumulation)
-        logger.info("Resuming the shard readers in epoch %d after %d finished batches", epoch, steps * accumulation)
-
-
-class ShardTrainer(ShardTrainerMixin, Trainer):
-    """A plain ``Trainer`` that reads a ``ShardedVideoDataset``."""
-
-
-@functools.cache
-def shard_trainer(trainer_class: type[Trainer]) -> type[Trainer]:
-    """``trainer_class`` with ``ShardTrainerMixin`` (shard training and resume; anything else unchanged)."""
-    if issubclass(trainer_class, ShardTrainerMixin):
-        return trainer_class
-    return type(f"Shard{trainer_class.__name__}", (ShardTrainerMixin, trainer_class), {})
-
-
-SHARD_READ_HELP = {
-    "timeout": "Seconds an http(s) shard or manifest may send nothing (connect, headers, any read) before it fails.",
-    "retries": "Further attempts to open an http(s) shard that is unreachable, times out or answers 5xx.",
-    "max_member_size": "Largest shard member read (e.g. 1GiB, 500MB); a sample with a larger one is skipped, unread.",
-}
-
-
 def shard_read_options(args: Any) -> ShardReadOptions:
     """``ShardReadOptions`` from a command line's ``shard_timeout``, ``shard_retries``, ``shard_max_member_size``."""
     try:
-        max_member_bytes = _parse_size(args.shard_max_member_size)
+        max_member_bytes = parse_size(args.shard_max_member_size)
     except argparse.ArgumentTypeError as error:
         raise ValueError(f"--shard_max_member_size: {error}") from None
     if args.shard_timeout <= 0 or args.shard_retries < 0:
@@ -914,104 +780,3 @@ def shard_dataset(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # avbert-prepare shards
-
-
-def _parse_size(text: str) -> int:
-    """``"1GB"``, ``"500MB"``, ``"64KiB"`` or a plain byte count -> bytes."""
-    units = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-    number = text.strip().lower().removesuffix("b")
-    digits = number.rstrip("kmgti")
-    unit = number[len(digits) :]
-    try:
-        value = float(digits) * units[unit]
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GB, 500MB, 64KiB, 1000000)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"the shard size must be positive, not {text!r}")
-    return int(value)
-
-
-def _shards_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="avbert-prepare shards",
-        description="Write WebDataset tar shards of media files (bytes as they are) with their labels and a manifest.",
-    )
-    parser.add_argument("source", type=Path, help="a dataset folder (see --layout) or, with --unlabeled, any folder")
-    parser.add_argument("output_dir", type=Path, help="an empty folder for shard-NNNNNN.tar and manifest.json")
-    parser.add_argument("--shard-size", type=_parse_size, default=_parse_size("1GB"), help="bytes per shard (1GB)")
-    parser.add_argument("--shard-samples", type=int, help="also close a shard at this many samples")
-    parser.add_argument("--layout", default="folder", help="load_media_dataset layout of SOURCE (default: folder)")
-    parser.add_argument(
-        "--split",
-        help="split of the layout (default: train; for a folder without split folders, every file: a split would hold "
-        "back its test part)",
-    )
-    parser.add_argument("--split-id", type=int, default=1, help="UCF101 split / ESC-50 fold (default: 1)")
-    parser.add_argument("--unlabeled", action="store_true", help="every video file under SOURCE, no labels")
-    parser.add_argument(
-        "--recipe",
-        choices=("ucf101", "esc50", "kinetics-sounds"),
-        help="leave out the files without the streams this recipe reads, probed and decoded as `avbert-prepare check "
-        "--recipe` does (default: with --unlabeled, video and sound, what avbert-pretrain reads; else any readable "
-        "media)",
-    )
-    return parser
-
-
-def prepare_shards(argv: Sequence[str]) -> int:
-    """``avbert-prepare shards SOURCE OUT``: probe every file, write the usable ones, list the others with the reason.
-
-    Usable: readable media; with ``--recipe`` or ``--unlabeled`` (pretraining: video and sound), also holding the
-    streams the training reads (`decode_problem`), so that no shard carries a sample every epoch then skips."""
-    from .folders import _TABLE_SPLITS, _class_tree, find_media_files, load_media_dataset
-    from .prepare import RECIPE_MODALITIES, _media_problem, decode_problem
-
-    args = _shards_parser().parse_args(argv)
-    source = args.source.expanduser().absolute()
-    modality = RECIPE_MODALITIES[args.recipe] if args.recipe else "audio-visual" if args.unlabeled else None
-    problem_of = _media_problem if modality is None else functools.partial(decode_problem, modality=modality)
-    try:
-        if args.unlabeled:
-            files, labels, names, root = find_media_files(source), None, None, source
-        elif (
-            args.split is None
-            and args.layout == "folder"
-            and source.is_dir()
-            and not any((source / split).is_dir() for split in _TABLE_SPLITS)
-        ):
-            (files, labels, names), root = _class_tree(source), source
-        else:
-            rows = load_media_dataset(args.layout, source, args.split or "train", args.split_id)
-            files, labels, names = [Path(p) for p in rows["path"]], list(rows["label"]), rows.features["label"].names
-            root = source if source.is_dir() else source.parent
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            problems = list(pool.map(problem_of, files))
-        keep = [i for i, problem in enumerate(problems) if problem is None]
-        skipped = [(files[i], problem) for i, problem in enumerate(problems) if problem is not None]
-        if not keep:
-            needs = "readable media" if modality is None else f"usable for {modality} training"
-            reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped[:3])
-            raise ValueError(f"none of the {len(files)} files under {source} is {needs} (e.g. {reasons})")
-        manifest = write_shards(
-            [files[i] for i in keep],
-            [labels[i] for i in keep] if labels is not None else None,
-            args.output_dir.expanduser().absolute(),
-            class_names=names,
-            shard_size=args.shard_size,
-            shard_samples=args.shard_samples,
-            root=root if all(root in f.parents for f in files) else None,
-            skipped=skipped,
-        )
-    except ValueError as error:
-        print(f"avbert-prepare shards: error: {error}", file=sys.stderr)
-        return 1
-    total = sum(shard.num_bytes for shard in manifest.shards)
-    print(
-        f"{manifest.num_samples} samples in {len(manifest.shards)} shards ({total / 1e6:.1f} MB) -> {args.output_dir}"
-        f" (manifest: {args.output_dir / MANIFEST_NAME})"
-    )
-    if skipped:
-        print(f"skipped {len(skipped)} files (listed in the manifest with the reason):", file=sys.stderr)
-        for path, reason in skipped:
-            print(f"  {path}: {reason}", file=sys.stderr)
-    return 0

@@ -168,3 +168,10 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike[str],
     if not is_complete_checkpoint(Path(value)):
         raise UsageError(f"--resume_from_checkpoint {value}: an incomplete checkpoint (no weights or trainer_state)")
     return str(value)
+
+
+SHARD_READ_HELP = {
+    "timeout": "Seconds an http(s) shard or manifest may send nothing (connect, headers, any read) before it fails.",
+    "retries": "Further attempts to open an http(s) shard that is unreachable, times out or answers 5xx.",
+    "max_member_size": "Largest shard member read (e.g. 1GiB, 500MB); a sample with a larger one is skipped, unread.",
+}

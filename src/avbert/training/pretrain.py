@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Any
 # modules are imported where they are used (docs/performance.md, start-up).
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..cli import UsageError, exit_status
+from ..cli import UsageError
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows
-from ..data.shards import SHARD_READ_HELP
 from .cli import (
+    SHARD_READ_HELP,
+    exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
     resolve_resume,
@@ -203,9 +204,10 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from transformers import set_seed  # after parse_args: not for --help
 
     from ..data.folders import MediaDataset, MediaTransform
-    from ..data.shards import shard_dataset, shard_read_options, shard_trainer
+    from ..data.shards import shard_dataset, shard_read_options
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
     from .distributed import release_process_group
+    from .shard_training import shard_trainer
     from .trainers import PreTrainer, PretrainingCollator
 
     logging.basicConfig(

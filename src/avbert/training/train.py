@@ -39,10 +39,11 @@ from transformers import HfArgumentParser, TrainingArguments
 
 import avbert  # noqa: F401  (registers the AVBERT family with the Auto classes)
 
-from ..cli import UsageError, exit_status
+from ..cli import UsageError
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
-from ..data.shards import SHARD_READ_HELP
 from .cli import (
+    SHARD_READ_HELP,
+    exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
     resolve_resume,
@@ -338,9 +339,10 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     from transformers import set_seed  # after parse_args: not for --help
 
     from ..data.folders import AVBertDataCollator, MediaDataset, MediaTransform
-    from ..data.shards import shard_dataset, shard_read_options, shard_trainer
+    from ..data.shards import shard_dataset, shard_read_options
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
     from .distributed import release_process_group
+    from .shard_training import shard_trainer
     from .trainers import AVBertTrainer
 
     logging.basicConfig(
