@@ -1177,8 +1177,10 @@ class AVBertForVideoClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
             raise ValueError("This AVBERT video classifier needs pixel_values.")
         if self.config.use_audio and input_features is None:
             raise ValueError(
-                "This AVBERT video classifier has an audio branch and needs input_features (log-mel of the sound "
-                "track); the video has no usable audio or the processor was not asked to load it."
+                "This AVBERT video classifier has an audio branch (use_audio=True) and needs input_features, the "
+                "log-mel of the sound under each clip, which these inputs lack: read the sound with the processor "
+                "(AVBertProcessor, or the video processor with load_audio_in_video=True), or use a visual-only model "
+                "(use_audio=False) for videos without sound."
             )
         outputs = self.avbert(
             pixel_values=pixel_values,
