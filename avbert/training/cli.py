@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,14 @@ def exit_status(prog: str, run: Callable[[], object]) -> int:
     return 0
 
 
-def _has_accelerator() -> bool:
+def require_output_dir(argv: Sequence[str], error: Callable[[str], object]) -> None:
+    """Refuse a command line without ``--output_dir``: transformers' ``TrainingArguments`` would write hours of
+    checkpoints to ``./trainer_output`` in whatever folder the command happened to run in."""
+    if not any(token.split("=", 1)[0] in ("--output_dir", "--output-dir") for token in argv):
+        error("the following arguments are required: --output_dir (the folder for checkpoints, the model and metrics)")
+
+
+def has_accelerator() -> bool:
     import torch
 
     accelerator = getattr(torch, "accelerator", None)
@@ -55,7 +62,7 @@ def launched_on_cpu_without_flag() -> bool:
     The Trainer then needs ``use_cpu=True`` to join the launcher's process group (gloo): without it each process
     trains alone on its own copy of the data ("process group is initialized, but parallel_mode != DISTRIBUTED").
     """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator()
 
 
 def refuse_single_process_accelerate_cpu() -> None:

@@ -43,6 +43,7 @@ from .cli import (
     exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
+    require_output_dir,
     resolve_resume,
 )
 from .datasets_source import DATASET_HELP, Columns, as_splits, load_source, train_eval_rows
@@ -155,6 +156,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArgumen
             "(Adam, no warmup); change the recipe in Python (dataclasses.replace) to experiment"
         )
     data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    require_output_dir(argv, parser.error)
     recipe = RECIPES[data_args.recipe]
     changes: dict[str, Any] = {}
     if "learning_rate" in passed:
@@ -207,8 +209,8 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
     relabel = saved_names != class_names
     if relabel:
         logger.info("Dataset classes differ from the checkpoint's %d labels: new heads.", len(saved_names))
+        # id2label sets num_labels; passing both makes transformers warn that they disagree with the saved map.
         overrides.update(
-            num_labels=len(class_names),
             id2label=dict(enumerate(class_names)),
             label2id={name: i for i, name in enumerate(class_names)},
         )
