@@ -467,9 +467,7 @@ def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a non-checkpoint file
-        raise ConversionError(
-            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
-        ) from error
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}.")
     if "model_state_dict" in checkpoint:

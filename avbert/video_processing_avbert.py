@@ -41,6 +41,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -557,10 +558,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             from .configuration_avbert import AVBertConfig
 
             path, hub = self._pretrained_from
-            try:
+            with contextlib.suppress(OSError):  # no model in that folder: nothing to follow
                 self._model_uses_audio = bool(AVBertConfig.from_pretrained(path, **hub).use_audio)
-            except OSError:  # no model in that folder: nothing to follow
-                pass
         return default if self._model_uses_audio is None else self._model_uses_audio
 
     def audio_visual_processor(self) -> Any:
