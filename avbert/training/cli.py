@@ -5,13 +5,14 @@ Kept free of heavy imports (no transformers, no datasets at module level) so tha
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,13 @@ def exit_status(prog: str, run: Callable[[], object]) -> int:
     return 0
 
 
-def require_output_dir(argv: Sequence[str], error: Callable[[str], object]) -> None:
-    """Refuse a command line without ``--output_dir``: transformers' ``TrainingArguments`` would write hours of
-    checkpoints to ``./trainer_output`` in whatever folder the command happened to run in."""
-    if not any(token.split("=", 1)[0] in ("--output_dir", "--output-dir") for token in argv):
-        error("the following arguments are required: --output_dir (the folder for checkpoints, the model and metrics)")
+def require_output_dir(parser: argparse.ArgumentParser) -> None:
+    """Make ``--output_dir`` required (in the usage and the help too): transformers' ``TrainingArguments`` would write
+    hours of checkpoints to ``./trainer_output`` in whatever folder the command happened to run in."""
+    for action in parser._actions:
+        if action.dest == "output_dir":
+            action.required = True
+            action.help = "Required: the folder for checkpoints, the model and metrics."
 
 
 def has_accelerator() -> bool:

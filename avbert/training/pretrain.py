@@ -193,6 +193,7 @@ def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProc
 
 def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArguments]:
     parser = HfArgumentParser((PretrainArguments, TrainingArguments), prog="avbert-pretrain", description=__doc__)
+    require_output_dir(parser)
     # Pretraining defaults; explicit flags win (no labels: keep every column and pass no label_names).
     parser.set_defaults(
         save_strategy="epoch",
@@ -205,7 +206,6 @@ def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArgument
     if launched_on_cpu_without_flag() and not any(token.startswith(("--use_cpu", "--use-cpu")) for token in argv):
         parser.set_defaults(use_cpu=True)  # torchrun / accelerate on CPU: join the process group (gloo)
     pretrain_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
-    require_output_dir(argv, parser.error)
     training_args.remove_unused_columns = False
     training_args.label_names = []
     return pretrain_args, training_args

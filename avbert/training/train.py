@@ -141,6 +141,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArgumen
     pre.add_argument("--recipe", choices=list(RECIPES))
     recipe_name = pre.parse_known_args(argv)[0].recipe
     parser = HfArgumentParser((ModelDataArguments, TrainingArguments), prog="avbert-train")
+    require_output_dir(parser)
     passed = explicit_flags(argv)
     if recipe_name is not None:
         defaults = recipe_training_defaults(RECIPES[recipe_name])
@@ -156,7 +157,6 @@ def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArgumen
             "(Adam, no warmup); change the recipe in Python (dataclasses.replace) to experiment"
         )
     data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
-    require_output_dir(argv, parser.error)
     recipe = RECIPES[data_args.recipe]
     changes: dict[str, Any] = {}
     if "learning_rate" in passed:
