@@ -74,6 +74,8 @@ def test_media_dataset_of_a_videofolder_trains_with_default_trainer_arguments(vi
         data_collator=collator,
     )
     result = trainer.train()
+    with pytest.raises(ValueError, match=r"one split \(e\.g\. dataset\['train'\]\), not a DatasetDict"):
+        MediaDataset(load_dataset("videofolder", data_dir=str(video_folder)), trainer.train_dataset.transform)
     assert result.global_step == 2 and np.isfinite(result.training_loss) and result.training_loss > 0
     assert any(not torch.equal(before[name], value) for name, value in model.named_parameters())
     assert collator.skipped == []
@@ -108,3 +110,25 @@ def test_a_default_processor_saved_beside_a_model_reads_what_the_model_needs(
         assert len(classifier(str(silent), top_k=2)) == 2
         inputs = classifier.video_processor(str(sound), num_frames=4, do_sample_frames=True)
         assert set(inputs) == {"pixel_values"}
+
+
+@needs_ffmpeg
+def test_audio_classification_of_video_files_and_of_a_soundless_one(sound_and_silent_videos, tmp_path):
+    """docs/processing.md, System requirement: the pipeline reads the sound of a video file; a file without sound is
+    named by `read_audio` ("no audio stream"), and a waveform goes in as {"raw", "sampling_rate"}."""
+    from avbert import AVBertFeatureExtractor, AVBertForAudioClassification
+    from avbert.media_decoding import read_audio
+
+    sound, silent = sound_and_silent_videos
+    AVBertForAudioClassification(AVBertConfig(**TINY)).save_pretrained(tmp_path)
+    AVBertFeatureExtractor(feature_size=16, num_time_frames=16, num_clips=3, clip_samples=44100).save_pretrained(
+        tmp_path
+    )
+    classifier = pipeline("audio-classification", model=str(tmp_path))
+    from_file = classifier(str(sound), top_k=1)
+    waveform, rate = read_audio(sound)
+    from_waveform = classifier({"raw": waveform.mean(0), "sampling_rate": rate}, top_k=1)
+    labels = set(classifier.model.config.id2label.values())
+    assert {from_file[0]["label"], from_waveform[0]["label"]} <= labels
+    with pytest.raises(MediaDecodeError, match=r"silent\.mp4: no audio stream"):
+        read_audio(silent)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Audio, ClassLabel, Dataset, Features, Value, Video
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, Video
 
 from avbert.media_decoding import MediaDecodeError, as_media_source, probe, read_audio
 
@@ -513,6 +513,10 @@ class MediaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Dataset, transform: MediaTransform, max_replacements: int = 32) -> None:
+        if isinstance(rows, DatasetDict):
+            raise ValueError(
+                f"MediaDataset takes one split (e.g. dataset['train']), not a DatasetDict of splits {sorted(rows)}"
+            )
         if len(rows) == 0:
             raise ValueError("MediaDataset needs at least one row")
         self.column = _media_column(rows.column_names)

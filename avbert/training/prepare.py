@@ -361,7 +361,7 @@ def _check(args: argparse.Namespace) -> int:
     bad = [(path, reason) for path, reason in problems if path.suffix.lower() not in NOT_MEDIA_SUFFIXES]
     if not_media:
         names = ", ".join(path.name for path, _ in not_media[:3])
-        print(f"{len(not_media)} files that are not media are left out (e.g. {names})")
+        print(f"not media, left out as training leaves them out: {len(not_media)} file(s), e.g. {names}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     listing = args.output_dir / "bad_files.csv"
     with listing.open("w", newline="") as f:
