@@ -452,7 +452,7 @@ def _starts_like_a_pickle(path: str | Path) -> bool:
         with open(path, "rb") as file:
             return file.read(1) == b"\x80"
     except OSError as error:
-        raise ConversionError(f"{path}: {error.strerror or error}") from error
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({error.strerror or error})") from error
 
 
 def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:

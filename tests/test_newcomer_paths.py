@@ -12,7 +12,7 @@ from conftest import TINY_CONFIG
 from datasets import load_dataset
 from test_processing_datasets import tiny_processor, write_clip
 from test_training_recipes import TINY
-from transformers import Trainer, TrainingArguments, pipeline
+from transformers import AutoProcessor, Trainer, TrainingArguments, pipeline
 
 from avbert import AVBertConfig, AVBertForVideoClassification, AVBertProcessor, MediaDecodeError
 from avbert.training.data import AVBertDataCollator, MediaDataset, MediaTransform
@@ -103,6 +103,8 @@ def test_a_default_processor_saved_beside_a_model_reads_what_the_model_needs(
     AVBertProcessor().save_pretrained(tmp_path)
     classifier = pipeline("video-classification", model=str(tmp_path))
     assert len(classifier(str(sound), top_k=2)) == 2
+    # AutoProcessor of the same folder follows the model as well.
+    assert ("input_features" in AutoProcessor.from_pretrained(tmp_path)(videos=str(sound))) == use_audio
     if use_audio:
         with pytest.raises(MediaDecodeError, match=r"silent\.mp4: no audio stream.*use a visual-only model"):
             classifier(str(silent))
