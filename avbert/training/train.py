@@ -364,7 +364,9 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         else:
             datasets[split] = MediaDataset(rows, transform)
 
-    # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
+    # The callback saves the processor into every checkpoint. processing_class would too (AVBertProcessor answers
+    # Trainer's `tokenizer` read with NoTokenizer), but the audio recipe's processor is a feature extractor, from which
+    # the Trainer would derive a padding collator and input names; the callback saves it and changes nothing else.
     trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
