@@ -364,9 +364,9 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         else:
             datasets[split] = MediaDataset(rows, transform)
 
-    # The callback saves the processor into every checkpoint. processing_class would too (AVBertProcessor answers
-    # Trainer's `tokenizer` read with NoTokenizer), but the audio recipe's processor is a feature extractor, from which
-    # the Trainer would derive a padding collator and input names; the callback saves it and changes nothing else.
+    # The callback saves the processor into every checkpoint. processing_class would too (AVBertProcessor answers the
+    # Trainer's `tokenizer` read with NoTokenizer); the callback is kept because it saves the audio recipe's feature
+    # extractor the same way and leaves every other Trainer behaviour as it was.
     trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
