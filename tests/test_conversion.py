@@ -201,7 +201,7 @@ def test_wrong_generator_layout_fails_the_self_check(tmp_path):
 def test_bad_files_are_refused(tmp_path):
     not_a_checkpoint = tmp_path / "notes.pyth"
     not_a_checkpoint.write_text("hello")
-    with pytest.raises(ConversionError, match=r"notes\.pyth: not a readable PyTorch checkpoint"):
+    with pytest.raises(ConversionError, match=r"notes\.pyth: not a PyTorch checkpoint \(neither the zip archive"):
         convert_checkpoint(not_a_checkpoint, None, "ucf101")
     wrong_layout = tmp_path / "weights.pyth"
     torch.save({"weights": {}}, wrong_layout)

@@ -1,9 +1,11 @@
 """A plain `transformers.Trainer` whose checkpoints carry the AVBERT processor.
 
-`Trainer(processing_class=processor)` is how transformers saves a processor with each checkpoint, but in 5.24
+`Trainer(processing_class=processor)` is how transformers saves a processor with each checkpoint. In 5.24
 `Trainer.train()` calls `align_special_tokens`, which reads `processing_class.tokenizer` of every `ProcessorMixin`; a
-processor without a tokenizer (AVBERT's, and transformers' own SAM 2 ones) has none. Until transformers fixes that,
-`SaveProcessorCallback` saves the processor instead; the strict xfail below turns red the day transformers fixes it.
+processor without a tokenizer (transformers' own SAM 2 ones too) has none. `AVBertProcessor.tokenizer` answers with
+`NoTokenizer` (no special tokens), so the plain Trainer works; `test_the_limit_is_transformers_own` turns red the day
+transformers no longer needs it (then drop `NoTokenizer`). `SaveProcessorCallback` does the same for trainers built
+without `processing_class`.
 """
 
 from pathlib import Path
@@ -43,19 +45,23 @@ def test_plain_trainer_checkpoints_carry_the_processor(tmp_path: Path) -> None:
         assert isinstance(AutoModelForVideoClassification.from_pretrained(checkpoint), AVBertForVideoClassification)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="transformers 5.24 Trainer.train() reads processing_class.tokenizer of every ProcessorMixin",
-)
 def test_trainer_processing_class(tmp_path: Path) -> None:
     processor = tiny_processor()
     plain_trainer(tmp_path, processing_class=processor).train()
-    assert AutoProcessor.from_pretrained(tmp_path / "checkpoint-2").to_dict() == processor.to_dict()
+    for step in (1, 2):
+        assert AutoProcessor.from_pretrained(tmp_path / f"checkpoint-{step}").to_dict() == processor.to_dict()
+
+
+def test_the_stand_in_tokenizer_says_there_is_none() -> None:
+    with pytest.raises(AttributeError, match="has no tokenizer"):
+        tiny_processor().tokenizer.decode([1, 2])
+    with pytest.raises(ValueError, match="AVBertProcessor needs"):
+        tiny_processor()()  # the processor's own checks are unchanged
 
 
 def test_the_limit_is_transformers_own() -> None:
-    """transformers' own tokenizer-less processors fail the same way, so the limit is not in AVBERT's processor."""
+    """transformers' own tokenizer-less processors still fail, so `AVBertProcessor.tokenizer` is still needed; when this
+    fails, transformers handles tokenizer-less processors itself: remove `NoTokenizer`."""
     from transformers import Sam2ImageProcessor, Sam2Processor
 
     processor = Sam2Processor(image_processor=Sam2ImageProcessor())

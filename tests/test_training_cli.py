@@ -219,7 +219,7 @@ def test_folder_without_splits_gets_a_seeded_stratified_split(media_dir, tmp_pat
 
 
 def test_prepare_folder_output_splits_and_overlap_is_refused(media_dir, model_dir, tmp_path):
-    from avbert.training import prepare
+    from avbert.data import prepare
 
     out = tmp_path / "prepared"
     assert prepare.main(["folder", "--source", str(media_dir / "train"), "--output-dir", str(out)]) == 0

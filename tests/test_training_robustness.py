@@ -147,7 +147,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(media_dir, mod
         "--model", str(model_dir), "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "1",
         *TRAIN_FLAGS,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TOKENIZERS_PARALLELISM": "false"}
     # save_strategy "no" (TRAIN_FLAGS): the only checkpoint is the one SIGTERM asks for. The signal goes to the main
     # process, as Kubernetes sends it (2 DataLoader workers run beside it: docs/training.md says why not to them).
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -230,7 +230,7 @@ def test_a_checkpoint_killed_after_its_trainer_state_has_its_processor(tmp_path)
     script.write_text(KILLED_AFTER_STATE.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     victim = subprocess.Popen([str(BIN / "python"), str(script), str(out)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -327,7 +327,7 @@ def test_avbert_train_says_which_field_of_config_json_is_wrong(mislabeled_folder
     result = subprocess.run(
         [str(BIN / "avbert-train"), "--recipe", "esc50", "--data_dir", str(tmp_path), "--model", str(mislabeled_folder),
          "--output_dir", str(tmp_path / "run")],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
@@ -396,7 +396,7 @@ def test_sigterm_under_torchrun_saves_one_checkpoint_of_the_same_step_on_every_r
     out = tmp_path / "out"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "ACCELERATE_USE_CPU")}
-    env.update(PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(REPO / "src"), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     command = [str(BIN / "python"), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     launcher = subprocess.Popen([*command, str(script), str(out)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -446,14 +446,28 @@ def verify_archive(path: str | Path) -> None:
         raise ConversionError(f"{path}: corrupted checkpoint, the checksum of {corrupted} does not match its bytes")
 
 
+def _starts_like_a_pickle(path: str | Path) -> bool:
+    """Whether the file begins with a pickle's protocol opcode (PROTO, 0x80), as torch's legacy format does."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(1) == b"\x80"
+    except OSError as error:
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({error.strerror or error})") from error
+
+
 def load_original_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Read an original `.pyth`; returns the merged model (and linear-eval head) state dict and whether it is the
     pretrained (head-less) layout."""
     verify_archive(path)
+    if not zipfile.is_zipfile(path) and not _starts_like_a_pickle(path):
+        raise ConversionError(
+            f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save writes nor a legacy pickle); "
+            "give the original's .pyth file"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a non-checkpoint file
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}.")
     if "model_state_dict" in checkpoint:

@@ -114,7 +114,16 @@ def render_model_card(
             'inputs = processor(videos="clip.mp4", return_tensors="pt")',
             'video_embedding = model.get_video_features(inputs["pixel_values"]).pooler_output',
         ]
-    lines += ["```", "", "## Provenance", ""]
+    lines += [
+        "```",
+        "",
+        "Without the avbert package, `trust_remote_code=True` runs this folder's code, which imports torch, "
+        "transformers, numpy, torchvision (the video processor), torchaudio (the log-mels) and av (PyAV, decoding): "
+        "`pip install torch torchvision torchaudio transformers av`.",
+        "",
+        "## Provenance",
+        "",
+    ]
     lines += provenance or ["Saved by `save_pretrained` (trained or fine-tuned with this code, not converted)."]
     if parity:
         lines += ["", "Parity with the original checkpoint:", ""]

@@ -5,6 +5,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -720,6 +721,16 @@ class AVBertEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _weights_readable_as_other_files(folder: Path) -> None:
+    """safetensors 0.8 creates its files with mode 0600 (a private temporary file, renamed), while every other file of
+    the folder follows the umask (0644 by default): give the weights the umask's mode too, so that whoever may read the
+    folder may load the model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.glob("*.safetensors"):
+        os.chmod(path, 0o666 & ~umask)
+
+
 class AVBertPreTrainedModel(PreTrainedModel):
     config: AVBertConfig
     base_model_prefix = "avbert"
@@ -776,6 +787,7 @@ class AVBertPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {"AutoModel": f"{module}.AVBertModel", **saved_map}
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
+            _weights_readable_as_other_files(Path(save_directory))
             write_model_card(save_directory, self)
             write_weight_checksums(save_directory)
         return result
@@ -844,6 +856,12 @@ class AVBertModel(AVBertPreTrainedModel):
     runs the stages the fusion mode asks for (mid: visual, audio, then multimodal over
     `[summary_v, v_1..v_S, summary_a, a_1..a_S]` with positions restarting per modality and token types 0/1).
     """
+
+    # The backbone of a classifier or pretraining folder (`AutoModel.from_pretrained`): their heads are not the
+    # backbone's, and are left out without a load-report line each.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(clip_head|sequence_head|visual_prediction_head|audio_prediction_head|multimodal_prediction_head|pair_head)\.",
+    ]
 
     def __init__(self, config: AVBertConfig):
         super().__init__(config)
@@ -1189,8 +1207,10 @@ class AVBertForVideoClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
             raise ValueError("This AVBERT video classifier needs pixel_values.")
         if self.config.use_audio and input_features is None:
             raise ValueError(
-                "This AVBERT video classifier has an audio branch and needs input_features (log-mel of the sound "
-                "track); the video has no usable audio or the processor was not asked to load it."
+                "This AVBERT video classifier has an audio branch (use_audio=True) and needs input_features, the "
+                "log-mel of the sound under each clip, which these inputs lack: read the sound with the processor "
+                "(AVBertProcessor, or the video processor with load_audio_in_video=True), or use a visual-only model "
+                "(use_audio=False) for videos without sound."
             )
         outputs = self.avbert(
             pixel_values=pixel_values,

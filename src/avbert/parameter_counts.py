@@ -8,7 +8,10 @@ Models are built on the meta device, so counting the full-size configurations ta
 
 import argparse
 import itertools
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -63,13 +66,40 @@ def format_grid(counts: list[SharingCount]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_config(path: str) -> AVBertConfig:
+    """The AVBERT config of a ``config.json`` or a saved model folder; a ``ValueError`` saying what is wrong otherwise
+    (not a Hub lookup of a local path, nor the default architecture's counts for a folder without a config)."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "config.json"
+        if not file.is_file():
+            raise ValueError(f"{path} has no config.json (give a save_pretrained model folder or a config.json)")
+    elif not file.is_file():
+        raise ValueError(f"{path}: no such file or folder")
+    try:
+        values = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: not a readable JSON config ({error})") from error
+    if not isinstance(values, dict) or values.get("model_type") != AVBertConfig.model_type:
+        found = values.get("model_type") if isinstance(values, dict) else None
+        raise ValueError(f"{file}: not an AVBERT config (model_type {found!r}, expected {AVBertConfig.model_type!r})")
+    return AVBertConfig.from_dict(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`avbert-params`: 0 with the table; 2 with a one-line `avbert-params: error:` for a bad --config."""
+    parser = argparse.ArgumentParser(
+        prog="avbert-params", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="config.json or a saved model folder (default: the released architecture)")
     args = parser.parse_args(argv)
-    config = AVBertConfig.from_pretrained(args.config) if args.config else AVBertConfig()
+    try:
+        config = load_config(args.config) if args.config else AVBertConfig()
+    except ValueError as error:
+        parser.error(f"--config {error}")
     print(format_grid(sharing_grid(config)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

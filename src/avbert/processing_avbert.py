@@ -5,6 +5,8 @@ sound window of each sampled clip lies, reads only those windows (:class:`.media
 to the feature extractor.
 """
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ from transformers.processing_utils import AudioKwargs, ProcessingKwargs, Process
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .feature_extraction_avbert import _is_batch as _is_audio_batch
-from .media_decoding import AudioTrack, is_media_source, out_of_memory_names, reopenable
+from .media_decoding import AudioTrack, MediaDecodeError, is_media_source, out_of_memory_names, reopenable
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
 
 
@@ -39,6 +41,32 @@ class AVBertAudioKwargs(AudioKwargs, total=False):
 class AVBertProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: AVBertVideoProcessorKwargs
     audio_kwargs: AVBertAudioKwargs
+
+
+# What a file without sound gets when the sound was asked for, and what to do about it.
+NO_SOUND_PROBLEM = (
+    "no audio stream, but the sound track was asked for (an audio-visual model needs it). For videos without sound "
+    "use a visual-only model (use_audio=False), or pass load_audio_in_video=False for the frames alone"
+)
+
+
+class NoTokenizer:
+    """What :attr:`AVBertProcessor.tokenizer` answers: AVBERT reads no text, so there are no special tokens.
+
+    transformers 5.24's ``Trainer.train()`` reads ``processing_class.tokenizer`` of every ``ProcessorMixin``
+    (``align_special_tokens``) and takes its ``bos`` / ``eos`` / ``pad`` token ids, which are None here: nothing to
+    align, as for a tokenizer that defines none. So ``Trainer(processing_class=processor)`` trains and saves the
+    processor with every checkpoint. Anything else asked of it says there is no tokenizer.
+    (tests/test_trainer_processor.py::test_the_limit_is_transformers_own turns red when transformers stops needing it.)
+    """
+
+    bos_token_id = None
+    eos_token_id = None
+    pad_token_id = None
+    init_kwargs: Mapping[str, Any] = MappingProxyType({})  # ProcessorMixin._merge_kwargs reads it when present
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"AVBertProcessor has no tokenizer (AVBERT reads no text), so no {name!r}")
 
 
 class AVBertProcessor(ProcessorMixin):
@@ -86,9 +114,11 @@ class AVBertProcessor(ProcessorMixin):
             return BatchFeature(self.feature_extractor(audio, return_tensors="pt", **audio_kwargs), return_tensors)
 
         items = list(videos) if isinstance(videos, list | tuple) else [videos]
-        # Unlike the video processor alone, the processor reads the sound of files unless told not to.
-        from_files = audio is None and video_kwargs.pop("load_audio_in_video", True) is not False
-        from_files = from_files and all(map(is_media_source, items))
+        # Unlike the video processor alone, the processor reads the sound of files unless told not to (or the model
+        # saved beside it is visual-only: `AVBertVideoProcessor.reads_sound`).
+        load_audio = video_kwargs.pop("load_audio_in_video", None)
+        from_files = audio is None and all(map(is_media_source, items))
+        from_files = from_files and self.video_processor.reads_sound(load_audio, default=True)
         if from_files:
             items = [reopenable(item) for item in items]  # the sound is read after the frames
             videos = items if isinstance(videos, list | tuple) else items[0]
@@ -132,7 +162,12 @@ class AVBertProcessor(ProcessorMixin):
     ) -> torch.Tensor:
         """Log-mels ``(1, clips, 1, mel, time)`` of the sound under each clip of a file; only the windows are read and
         resampled, so memory follows the clips, not the length of the file."""
-        track = AudioTrack(source)
+        try:
+            track = AudioTrack(source)
+        except MediaDecodeError as error:
+            if error.problem != "no audio stream":
+                raise
+            raise MediaDecodeError(error.source_name, NO_SOUND_PROBLEM) from error
         if "clip_starts" in audio_kwargs:
             seconds = np.asarray(audio_kwargs["clip_starts"], dtype=np.float64).reshape(-1)
         else:
@@ -173,6 +208,11 @@ class AVBertProcessor(ProcessorMixin):
         finally:
             if not had_auto_map:
                 self.__dict__.pop("auto_map", None)
+
+    @property
+    def tokenizer(self) -> NoTokenizer:
+        """No tokenizer: special tokens None (see :class:`NoTokenizer`), for transformers' ``Trainer``."""
+        return NoTokenizer()
 
     @property
     def model_input_names(self) -> list[str]:

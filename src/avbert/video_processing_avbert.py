@@ -41,6 +41,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -94,6 +95,8 @@ class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
         ``adjust_contrast`` on pixels in [0, 1]. 0 (the default) turns it off.
     seed / generator: source of the training randomness.
     load_audio_in_video: route calls on files to the audio-visual processor (frames and the sound under each clip).
+        None (the default): as the model saved in the same folder needs (its config's ``use_audio``), so a default
+        processor saved beside a model reads the sound that model hears; see ``reads_sound``.
     """
 
     num_clips: int | None
@@ -258,7 +261,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     clip_contrast_jitter = 0.0
     seed = None
     generator = None
-    load_audio_in_video = False
+    load_audio_in_video = None
 
     def __init__(self, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> None:
         for name in sorted(set(kwargs) & set(_MOVED_SETTINGS)):  # saved by earlier versions: load, say where it went
@@ -272,6 +275,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         super().__init__(**kwargs)
         self._processor: Any = None  # the AVBertProcessor this belongs to (a weak reference), for load_audio_in_video
         self._pretrained_from: tuple[str, dict[str, Any]] | None = None
+        self._model_uses_audio: bool | None = None  # read from the folder's config.json on first need
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -285,7 +289,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        for name in ("_processor", "_pretrained_from"):
+        for name in ("_processor", "_pretrained_from", "_model_uses_audio"):
             output.pop(name, None)
         return output
 
@@ -528,18 +532,35 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> BatchFeature:
         """``pixel_values`` of one video or a batch; with ``load_audio_in_video``, files go to the audio-visual
         processor, which returns ``input_features`` too (the stock video-classification pipeline calls this)."""
-        load_audio = kwargs.get("load_audio_in_video")
-        load_audio = self.load_audio_in_video if load_audio is None else load_audio
         items = videos if isinstance(videos, list | tuple) else [videos]
         files = bool(items) and all(map(is_media_source, items))
-        if load_audio and files:
-            return self.audio_visual_processor()(videos=videos, **kwargs)
+        if files and self.reads_sound(kwargs.get("load_audio_in_video")):
+            return self.audio_visual_processor()(videos=videos, **{**kwargs, "load_audio_in_video": True})
         kwargs.pop("load_audio_in_video", None)
         if not files:
             return super().preprocess(videos, **kwargs)
         with out_of_memory_names(items):
             # Files are always sampled; this also has the base bind the call's settings into `sample_indices_fn`.
             return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
+
+    def reads_sound(self, load_audio_in_video: bool | None = None, default: bool = False) -> bool:
+        """Whether a call on files reads the sound: the call's ``load_audio_in_video``, else this processor's, else
+        what the model saved in the folder it was loaded from needs (``use_audio`` of its ``config.json``), else
+        ``default`` (frames only for the video processor; the ``AVBertProcessor`` reads the sound).
+
+        Why the model decides when nothing is set: a processor built with the defaults and saved beside a model
+        (``AVBertProcessor().save_pretrained(folder)``) must give that model the inputs it needs, the sound for an
+        audio-visual model, the frames alone for a visual-only one (whose videos may have no sound)."""
+        for value in (load_audio_in_video, self.load_audio_in_video):
+            if value is not None:
+                return bool(value)
+        if self._model_uses_audio is None and self._pretrained_from is not None:
+            from .configuration_avbert import AVBertConfig
+
+            path, hub = self._pretrained_from
+            with contextlib.suppress(OSError):  # no model in that folder: nothing to follow
+                self._model_uses_audio = bool(AVBertConfig.from_pretrained(path, **hub).use_audio)
+        return default if self._model_uses_audio is None else self._model_uses_audio
 
     def audio_visual_processor(self) -> Any:
         """The ``AVBertProcessor`` this belongs to: the one that holds it, else one with the feature extractor saved

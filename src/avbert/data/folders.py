@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value, Video
 
 from avbert.media_decoding import MediaDecodeError, as_media_source, probe, read_audio
 
@@ -47,6 +47,8 @@ MODALITIES = {
     "visual": ("pixel_values",),
     "audio": ("input_features",),
 }
+# The columns a row's media can be in: `load_media_dataset`'s paths, `datasets`' video and audio folders.
+MEDIA_COLUMNS = ("path", "video", "audio")
 _ESC50_NAME = re.compile(r"^(?P<fold>\d+)-(?P<source>[^-]+)-(?P<take>[^-]+)-(?P<target>\d+)$")
 _ESC50_SUFFIXES = (".wav", ".flac")
 _TABLE_SPLITS = ("train", "validation", "val", "test")
@@ -472,7 +474,7 @@ class MediaTransform:
         }
         # `path` rows (load_media_dataset) or the `video` / `audio` column of a `datasets` folder (load_dataset(
         # "videofolder", ...)): torchcodec decoders or {"bytes", "path"} dicts, decoded here from their file.
-        column = next(name for name in ("path", "video", "audio") if name in batch)
+        column = _media_column(batch)
         for value in batch[column]:
             path = _media_name(value)
             try:
@@ -500,7 +502,8 @@ class MediaTransform:
 
 
 class MediaDataset(torch.utils.data.Dataset):
-    """``path`` / ``label`` rows decoded by a ``MediaTransform`` on access, a file that fails replaced by the next.
+    """``path`` / ``label`` rows (or the ``video`` / ``audio`` and ``label`` rows of ``load_dataset("videofolder",
+    ...)``) decoded by a ``MediaTransform`` on access, a file that fails replaced by the next.
 
     A torch dataset (not ``with_transform``) so that the ``Trainer`` keeps the columns with default
     ``TrainingArguments`` (``remove_unused_columns`` would drop ``path`` before decoding). A file that cannot be decoded
@@ -510,8 +513,17 @@ class MediaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Dataset, transform: MediaTransform, max_replacements: int = 32) -> None:
+        if isinstance(rows, DatasetDict):
+            raise ValueError(
+                f"MediaDataset takes one split (e.g. dataset['train']), not a DatasetDict of splits {sorted(rows)}"
+            )
         if len(rows) == 0:
             raise ValueError("MediaDataset needs at least one row")
+        self.column = _media_column(rows.column_names)
+        feature = rows.features.get(self.column)
+        if isinstance(feature, Video | Audio) and feature.decode:
+            # The transform decodes the file itself: no torchcodec decoder per row, the {"bytes", "path"} value.
+            rows = rows.cast_column(self.column, type(feature)(decode=False))
         self.rows, self.transform, self.max_replacements = rows, transform, max_replacements
 
     def __len__(self) -> int:
@@ -521,7 +533,7 @@ class MediaDataset(torch.utils.data.Dataset):
         skipped: list[str] = []
         for attempt in range(min(self.max_replacements, len(self.rows) - 1) + 1):
             row = self.rows[(index + attempt) % len(self.rows)]
-            decoded = self.transform({"path": [row["path"]], "label": [row["label"]]})
+            decoded = self.transform({self.column: [row[self.column]], "label": [row["label"]]})
             item = {key: values[0] for key, values in decoded.items()}
             error = item.pop("error")
             if error is None:
@@ -530,6 +542,20 @@ class MediaDataset(torch.utils.data.Dataset):
             logger.warning("skipping unreadable file %s", error)
             skipped.append(error)
         raise RuntimeError(f"{len(skipped)} files in a row failed to decode (from row {index}): {'; '.join(skipped)}")
+
+
+def _media_column(columns: Iterable[str]) -> str:
+    """The column that holds the media of a row, or an error saying why there is none."""
+    columns = list(columns)
+    column = next((name for name in MEDIA_COLUMNS if name in columns), None)
+    if column is None:
+        raise ValueError(
+            f"no media column ({', '.join(MEDIA_COLUMNS)}) in rows with columns {sorted(columns)}. With "
+            "`dataset.with_transform(MediaTransform(...))`, the Trainer's `remove_unused_columns` (on by default) "
+            "removes every column its model's forward does not take before the transform runs: give the Trainer "
+            "`MediaDataset(dataset, MediaTransform(...))` instead, or `TrainingArguments(remove_unused_columns=False)`"
+        )
+    return column
 
 
 def _media_name(value: Any) -> str:

@@ -359,7 +359,16 @@ def _prepare_folder(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> int:
     if args.source is None:
         raise PrepareError("'check' needs --source FOLDER (the dataset to probe)")
-    good, bad = check_media(args.source, RECIPE_MODALITIES[args.recipe])
+    from .folders import NOT_MEDIA_SUFFIXES
+
+    good, problems = check_media(args.source, RECIPE_MODALITIES[args.recipe])
+    # A table, readme or image (e.g. the dataset.csv `avbert-prepare folder` writes) is not a bad media file:
+    # training leaves it out, as here.
+    not_media = [(path, reason) for path, reason in problems if path.suffix.lower() in NOT_MEDIA_SUFFIXES]
+    bad = [(path, reason) for path, reason in problems if path.suffix.lower() not in NOT_MEDIA_SUFFIXES]
+    if not_media:
+        names = ", ".join(path.name for path, _ in not_media[:3])
+        print(f"not media, left out as training leaves them out: {len(not_media)} file(s), e.g. {names}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     listing = args.output_dir / "bad_files.csv"
     with listing.open("w", newline="") as f:
@@ -388,7 +397,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", choices=sorted(_COMMANDS))
+    parser.add_argument(
+        "dataset",
+        choices=sorted([*_COMMANDS, "shards"]),
+        help="a dataset to download and arrange, 'folder' (any tree of media), 'check' (probe every file) or "
+        "'shards' (WebDataset shards; its own arguments: avbert-prepare shards --help)",
+    )
     parser.add_argument("--output-dir", type=Path, required=True, help="the dataset folder to create")
     parser.add_argument("--source", type=Path, help="an already downloaded archive or extracted folder (offline)")
     parser.add_argument("--copy", action="store_true", help="copy files from a --source folder instead of linking")

@@ -106,8 +106,9 @@ class ResumedScheduleCallback(TrainerCallback):
 class SaveProcessorCallback(TrainerCallback):
     """
     Save the processor into every `checkpoint-N/`, so a checkpoint is a complete model folder (loadable with
-    `AutoProcessor`) and `pipeline()` works on it. `Trainer(processing_class=...)` would do it, but in transformers 5.24
-    `Trainer.train()` reads `processing_class.tokenizer`, which a processor without a tokenizer does not have.
+    `AutoProcessor`) and `pipeline()` works on it, also for runs that do not pass the processor as the Trainer's
+    `processing_class` (the CLIs build their Trainer around this callback; `processing_class=processor` works as well,
+    see `AVBertProcessor.tokenizer`).
 
     The processor is written when a save is decided (`on_step_end` / `on_epoch_end` with `control.should_save`), before
     the Trainer writes the checkpoint, whose last file is `trainer_state.json`: a checkpoint with a readable trainer

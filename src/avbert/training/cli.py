@@ -5,6 +5,7 @@ Kept free of heavy imports (no transformers, no datasets at module level) so tha
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
@@ -89,7 +90,16 @@ def exit_status(prog: str, run: Callable[[], object]) -> int:
     return 0
 
 
-def _has_accelerator() -> bool:
+def require_output_dir(parser: argparse.ArgumentParser) -> None:
+    """Make ``--output_dir`` required (in the usage and the help too): transformers' ``TrainingArguments`` would write
+    hours of checkpoints to ``./trainer_output`` in whatever folder the command happened to run in."""
+    for action in parser._actions:
+        if action.dest == "output_dir":
+            action.required = True
+            action.help = "Required: the folder for checkpoints, the model and metrics."
+
+
+def has_accelerator() -> bool:
     import torch
 
     accelerator = getattr(torch, "accelerator", None)
@@ -104,7 +114,7 @@ def launched_on_cpu_without_flag() -> bool:
     The Trainer then needs ``use_cpu=True`` to join the launcher's process group (gloo): without it each process
     trains alone on its own copy of the data ("process group is initialized, but parallel_mode != DISTRIBUTED").
     """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator()
 
 
 def refuse_single_process_accelerate_cpu() -> None:

@@ -160,12 +160,27 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs") / "demo", help="where the run goes")
-    parser.add_argument("--videos-per-class", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="avbert-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs") / "demo",
+        help="where the dataset, checkpoints, model and metrics go (default: %(default)s, under the current folder)",
+    )
+    parser.add_argument(
+        "--videos-per-class",
+        type=int,
+        default=12,
+        help="synthetic videos written per class, of 4 classes; a quarter of them held out (default: %(default)s)",
+    )
+    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic data, the model and training (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
+    print(f"avbert-demo: writing into {args.output_dir.absolute()}")
     run_demo(args.output_dir, args.videos_per_class, args.epochs, args.seed)
     return 0
 

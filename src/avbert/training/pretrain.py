@@ -44,8 +44,10 @@ from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source
 from .cli import (
     SHARD_READ_HELP,
     exit_status,
+    has_accelerator,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
+    require_output_dir,
     resolve_resume,
 )
 
@@ -169,8 +171,16 @@ def build_processor(config: AVBertConfig, args: PretrainArguments) -> AVBertProc
 
 def parse_args(argv: Sequence[str]) -> tuple[PretrainArguments, TrainingArguments]:
     parser = HfArgumentParser((PretrainArguments, TrainingArguments), prog="avbert-pretrain", description=__doc__)
+    require_output_dir(parser)
     # Pretraining defaults; explicit flags win (no labels: keep every column and pass no label_names).
-    parser.set_defaults(save_strategy="epoch", logging_steps=10, remove_unused_columns=False, label_names=[])
+    parser.set_defaults(
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_steps=10,
+        remove_unused_columns=False,
+        label_names=[],
+        dataloader_pin_memory=has_accelerator(),  # torch warns each epoch about pinning without an accelerator
+    )
     if launched_on_cpu_without_flag() and not any(token.startswith(("--use_cpu", "--use-cpu")) for token in argv):
         parser.set_defaults(use_cpu=True)  # torchrun / accelerate on CPU: join the process group (gloo)
     pretrain_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .cli import has_accelerator
+
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
@@ -239,9 +241,14 @@ def recipe_training_defaults(recipe: Recipe, world_size: int | None = None) -> d
         "remove_unused_columns": False,  # the columns are decoded lazily by with_transform
         "eval_strategy": "epoch",  # the original tests every epoch (TRAIN.TEST_PERIOD = 1)
         "save_strategy": "epoch",
+        # The newest two checkpoints (optimizer state included): one to resume from if the newest was cut short,
+        # not one per epoch (300 for ESC-50). No load_best_model_at_end: the eval split is the test split.
+        "save_total_limit": 2,
         "logging_strategy": "steps",
         "report_to": ["tensorboard"] if has_tensorboard else "none",
         "dataloader_num_workers": min(4, os.cpu_count() or 1),
+        # Pinned memory only helps a copy to an accelerator; without one torch warns at every epoch's DataLoader.
+        "dataloader_pin_memory": has_accelerator(),
         "label_names": ["labels"],
     }
 

@@ -46,6 +46,7 @@ from .cli import (
     exit_status,
     launched_on_cpu_without_flag,
     refuse_single_process_accelerate_cpu,
+    require_output_dir,
     resolve_resume,
 )
 from .recipes import (
@@ -145,6 +146,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ModelDataArguments, TrainingArgumen
     pre.add_argument("--recipe", choices=list(RECIPES))
     recipe_name = pre.parse_known_args(argv)[0].recipe
     parser = HfArgumentParser((ModelDataArguments, TrainingArguments), prog="avbert-train")
+    require_output_dir(parser)
     passed = explicit_flags(argv)
     if recipe_name is not None:
         defaults = recipe_training_defaults(RECIPES[recipe_name])
@@ -212,8 +214,8 @@ def load_model(model_dir: str, recipe: Recipe, class_names: list[str]) -> PreTra
     relabel = saved_names != class_names
     if relabel:
         logger.info("Dataset classes differ from the checkpoint's %d labels: new heads.", len(saved_names))
+        # id2label sets num_labels; passing both makes transformers warn that they disagree with the saved map.
         overrides.update(
-            num_labels=len(class_names),
             id2label=dict(enumerate(class_names)),
             label2id={name: i for i, name in enumerate(class_names)},
         )
@@ -372,7 +374,9 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         else:
             datasets[split] = MediaDataset(rows, transform)
 
-    # No processing_class: Trainer.train() in 5.24 reads processing_class.tokenizer (saved by the callback instead).
+    # The callback saves the processor into every checkpoint. processing_class would too (AVBertProcessor answers the
+    # Trainer's `tokenizer` read with NoTokenizer); the callback is kept because it saves the audio recipe's feature
+    # extractor the same way and leaves every other Trainer behaviour as it was.
     trainer = shard_trainer(AVBertTrainer)(
         model=model,
         args=training_args,
