@@ -327,8 +327,8 @@ def test_avbert_train_says_which_field_of_config_json_is_wrong(mislabeled_folder
     result = subprocess.run(
         [str(BIN / "avbert-train"), "--recipe", "esc50", "--data_dir", str(tmp_path), "--model", str(mislabeled_folder),
          "--output_dir", str(tmp_path / "run")],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, cwd=REPO, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
     assert "avbert-train: error:" in result.stderr and "config.json has model_type 'bert'" in result.stderr
