@@ -427,7 +427,7 @@ def test_the_video_processor_alone_answers_with_the_processor_it_was_saved_with(
     assert expected["input_features"].shape == (1, 2, 1, 16, 16)
     # Held by its processor, loaded alone from the folder (what the pipeline does), or built alone (a default extractor
     # whose window is one clip): the video processor returns both modalities for files, frames alone for arrays.
-    assert processor.video_processor.audio_visual_processor() is processor
+    assert processor.video_processor.sound_feature_extractor() is processor.feature_extractor
     alone = AutoVideoProcessor.from_pretrained(tmp_path / "folder")
     for video_processor in (processor.video_processor, alone):
         out = video_processor(str(path), num_frames=4, do_sample_frames=True, return_tensors="pt")
@@ -435,7 +435,7 @@ def test_the_video_processor_alone_answers_with_the_processor_it_was_saved_with(
             torch.testing.assert_close(out[key], expected[key], rtol=0, atol=0)
     assert set(alone(frames)) == {"pixel_values"}
     built = AVBertVideoProcessor(load_audio_in_video=True, **video)
-    assert built.audio_visual_processor().feature_extractor.clip_samples == int(44100 * 4 * 2 / 30)
+    assert built.sound_feature_extractor().clip_samples == int(44100 * 4 * 2 / 30)
     assert built(str(path))["input_features"].shape == (1, 2, 1, 80, 128)
 
 

@@ -35,6 +35,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType, logging
 
 from .clip_sampling import AUDIO_ALIGNMENTS, uniform_starts
+from .media_decoding import AudioTrack, MediaDecodeError
 
 logger = logging.get_logger(__name__)
 
@@ -53,6 +54,13 @@ _MAX_RESAMPLE_KERNEL_SIZE = 2**27
 # Windows are transformed in chunks: a batched STFT amortizes per-call overhead, but one over hundreds of windows builds
 # a complex spectrogram of several hundred MB and runs 1.5-2x slower per window than chunks of a few dozen.
 _WINDOWS_PER_STFT = 32
+
+
+# What a file without sound gets when the sound was asked for, and what to do about it.
+NO_SOUND_PROBLEM = (
+    "no audio stream, but the sound track was asked for (an audio-visual model needs it). For videos without sound "
+    "use a visual-only model (use_audio=False), or pass load_audio_in_video=False for the frames alone"
+)
 
 
 @functools.lru_cache(maxsize=32)
@@ -384,6 +392,59 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
             return_tensors="pt",
         )["input_features"][:, 0]
         return (self._mask(features) if apply_masking else features)[None]
+
+    def log_mels_under_clips(
+        self,
+        source: Any,
+        metadata: Any,
+        sampling: Any,
+        alignment: str | None = None,
+        train: bool = False,
+        clip_starts: Any = None,
+        apply_masking: bool | None = None,
+        clip_gain_jitter_db: float | None = None,
+    ) -> torch.Tensor:
+        """Log-mels ``(1, clips, 1, mel, time)`` of the sound under each sampled clip of a media file, from the video's
+        ``metadata`` and ``sampling`` (a ``ClipSampling``); only the windows are read and resampled, so memory follows
+        the clips, not the length of the file. ``train`` turns on masking and the gain jitter unless they are given."""
+        try:
+            track = AudioTrack(source)
+        except MediaDecodeError as error:
+            if error.problem != "no audio stream":
+                raise
+            raise MediaDecodeError(error.source_name, NO_SOUND_PROBLEM) from error
+        alignment = alignment or self.audio_alignment
+        if clip_starts is not None:
+            seconds = np.asarray(clip_starts, dtype=np.float64).reshape(-1)
+        else:
+            seconds = self.window_starts(
+                sampling,
+                metadata,
+                alignment,
+                # The original's rule needs the whole track's length: one more decoding pass, no waveform kept.
+                audio_duration=track.num_samples / track.sample_rate if alignment == "fraction" else 0.0,
+                audio_start_time=track.start_time,
+                frame_times=metadata.frame_times,
+                video_start_time=metadata.start_time,
+            )
+        return self.log_mels_of_windows(
+            track.read_windows,
+            track.sample_rate,
+            seconds,
+            apply_masking=train if apply_masking is None else bool(apply_masking),
+            clip_gain_jitter_db=float(clip_gain_jitter_db or 0.0) if train else 0.0,
+        )
+
+    def window_starts(self, sampling: Any, metadata: Any, alignment: str, **timing: Any) -> np.ndarray:
+        """Start of the sound window under each sampled clip of a video (``ClipSampling.audio_window_starts``), for
+        windows of this extractor's length."""
+        return sampling.audio_window_starts(
+            metadata.total_num_frames,
+            metadata.fps,
+            alignment=alignment,
+            window_seconds=self.clip_samples / self.sampling_rate,
+            **timing,
+        )
 
     def _resample(self, waveform: torch.Tensor, sampling_rate: int) -> torch.Tensor:
         """Resample to `self.sampling_rate` with torchaudio's windowed-sinc resampler, the original's own method.

@@ -1,8 +1,9 @@
 """AVBERT processor: a media file (or frames and a waveform) -> ``pixel_values`` and ``input_features``.
 
-It owns the sound. The frames come from the video processor; the processor asks :mod:`.clip_sampling` where the
-sound window of each sampled clip lies, reads only those windows (:class:`.media_decoding.AudioTrack`) and hands them
-to the feature extractor.
+It composes the two processors and routes each modality's keyword arguments. For files the video processor gives
+the frames and, from the feature extractor, the log-mel of the sound under each sampled clip
+(``AVBertVideoProcessor.preprocess_with_sound``, which the stock pipeline reaches too); for frame and waveform arrays
+the processor places one window per clip on the waveform.
 """
 
 from collections.abc import Mapping
@@ -10,13 +11,12 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import AudioKwargs, ProcessingKwargs, ProcessorMixin, Unpack
 
 from .feature_extraction_avbert import AVBertFeatureExtractor
 from .feature_extraction_avbert import _is_batch as _is_audio_batch
-from .media_decoding import AudioTrack, MediaDecodeError, is_media_source, out_of_memory_names, reopenable
+from .media_decoding import is_media_source
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
 
 
@@ -41,13 +41,6 @@ class AVBertAudioKwargs(AudioKwargs, total=False):
 class AVBertProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: AVBertVideoProcessorKwargs
     audio_kwargs: AVBertAudioKwargs
-
-
-# What a file without sound gets when the sound was asked for, and what to do about it.
-NO_SOUND_PROBLEM = (
-    "no audio stream, but the sound track was asked for (an audio-visual model needs it). For videos without sound "
-    "use a visual-only model (use_audio=False), or pass load_audio_in_video=False for the frames alone"
-)
 
 
 class NoTokenizer:
@@ -117,24 +110,19 @@ class AVBertProcessor(ProcessorMixin):
         # Unlike the video processor alone, the processor reads the sound of files unless told not to (or the model
         # saved beside it is visual-only: `AVBertVideoProcessor.reads_sound`).
         load_audio = video_kwargs.pop("load_audio_in_video", None)
-        from_files = audio is None and all(map(is_media_source, items))
-        from_files = from_files and self.video_processor.reads_sound(load_audio, default=True)
-        if from_files:
-            items = [reopenable(item) for item in items]  # the sound is read after the frames
-            videos = items if isinstance(videos, list | tuple) else items[0]
         wants_metadata = bool(video_kwargs.pop("return_metadata", False))
+        if audio is None and all(map(is_media_source, items)) and self.video_processor.reads_sound(load_audio, True):
+            audio_kwargs["audio_alignment"] = alignment
+            data = self.video_processor.preprocess_with_sound(
+                videos, self.feature_extractor, video_kwargs, audio_kwargs, wants_metadata
+            )
+            return BatchFeature(data=data, tensor_type=return_tensors)
         video_kwargs["load_audio_in_video"] = False
         data = dict(self.video_processor(videos, return_metadata=True, return_tensors="pt", **video_kwargs))
         metadata = data["video_metadata"] if wants_metadata else data.pop("video_metadata")
         sampling = self.video_processor.clip_sampling(**video_kwargs)
         rows = data["pixel_values"].shape[0] // len(metadata)  # 3 with all_views: each crop hears the same sound
-        if from_files:
-            features = []
-            for item, meta in zip(items, metadata, strict=True):
-                with out_of_memory_names(item):
-                    features.append(self._file_log_mels(item, meta, sampling, alignment, video_kwargs, audio_kwargs))
-            data["input_features"] = torch.cat(features).repeat_interleave(rows, dim=0)
-        elif audio is not None:
+        if audio is not None:
             audio_kwargs["num_clips"] = len(sampling.selected_clips)
             sampled = video_kwargs.get("do_sample_frames", self.video_processor.do_sample_frames) is not False
             if "clip_starts" not in audio_kwargs and sampled:  # already-sampled frames carry no clip timing
@@ -144,60 +132,14 @@ class AVBertProcessor(ProcessorMixin):
                     raise ValueError(f"got {len(metadata)} videos but {len(waveforms)} waveforms")
                 rate = audio_kwargs.get("sampling_rate") or self.feature_extractor.sampling_rate
                 audio_kwargs["clip_starts"] = [
-                    self._window_starts(sampling, item, alignment, audio_duration=np.shape(waveform)[-1] / rate)
+                    self.feature_extractor.window_starts(
+                        sampling, item, alignment, audio_duration=np.shape(waveform)[-1] / rate
+                    )
                     for item, waveform in zip(metadata, waveforms, strict=True)
                 ]
             features = self.feature_extractor(audio, return_tensors="pt", **audio_kwargs)["input_features"]
             data["input_features"] = features.repeat_interleave(rows, dim=0)
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _file_log_mels(
-        self,
-        source: Any,
-        metadata: Any,
-        sampling: Any,
-        alignment: str,
-        video_kwargs: dict[str, Any],
-        audio_kwargs: dict[str, Any],
-    ) -> torch.Tensor:
-        """Log-mels ``(1, clips, 1, mel, time)`` of the sound under each clip of a file; only the windows are read and
-        resampled, so memory follows the clips, not the length of the file."""
-        try:
-            track = AudioTrack(source)
-        except MediaDecodeError as error:
-            if error.problem != "no audio stream":
-                raise
-            raise MediaDecodeError(error.source_name, NO_SOUND_PROBLEM) from error
-        if "clip_starts" in audio_kwargs:
-            seconds = np.asarray(audio_kwargs["clip_starts"], dtype=np.float64).reshape(-1)
-        else:
-            seconds = self._window_starts(
-                sampling,
-                metadata,
-                alignment,
-                # The original's rule needs the whole track's length: one more decoding pass, no waveform kept.
-                audio_duration=track.num_samples / track.sample_rate if alignment == "fraction" else 0.0,
-                audio_start_time=track.start_time,
-                frame_times=metadata.frame_times,
-                video_start_time=metadata.start_time,
-            )
-        train = bool(video_kwargs.get("do_train_augmentation", self.video_processor.do_train_augmentation))
-        masking = audio_kwargs.get("apply_masking")
-        return self.feature_extractor.log_mels_of_windows(
-            track.read_windows,
-            track.sample_rate,
-            seconds,
-            apply_masking=train if masking is None else bool(masking),
-            clip_gain_jitter_db=float(audio_kwargs.get("clip_gain_jitter_db") or 0.0) if train else 0.0,
-        )
-
-    def _window_starts(self, sampling: Any, metadata: Any, alignment: str, **timing: Any) -> np.ndarray:
-        """Start of the sound window under each sampled clip of a video (``ClipSampling.audio_window_starts``), for
-        windows of the feature extractor's length."""
-        window_seconds = self.feature_extractor.clip_samples / self.feature_extractor.sampling_rate
-        return sampling.audio_window_starts(
-            metadata.total_num_frames, metadata.fps, alignment=alignment, window_seconds=window_seconds, **timing
-        )
 
     def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> Any:
         """As the base; the ``auto_map`` it sets on the instance to write the remote-code entry is removed again (as

@@ -13,10 +13,11 @@ The base class merges and validates the keyword arguments and calls, in order,
    jitter and ``(x - 0.45) / 0.225``.
 
 This reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
-fixtures). Frames only: the sound belongs to :class:`~.processing_avbert.AVBertProcessor`. ``load_audio_in_video``
-(transformers' name) only routes: with it, a call on files is answered by the processor this video processor belongs to
-(its own, or one built from the folder it was loaded from), so that ``pipeline("video-classification")``, which calls
-the video processor alone, gets the sound of an audio-visual model too.
+fixtures). The sound belongs to :class:`~.feature_extraction_avbert.AVBertFeatureExtractor`; with
+``load_audio_in_video`` (transformers' name) a call on files also returns the log-mel of the sound under each clip
+(``preprocess_with_sound``, with the feature extractor of the processor this belongs to, or the one saved in the folder
+it was loaded from), so that ``pipeline("video-classification")``, which calls the video processor alone, gets the
+sound of an audio-visual model too.
 
 Decisions worth knowing:
 
@@ -61,7 +62,8 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .clip_sampling import DEFAULT_FPS, ClipSampling, as_clip_selection
-from .media_decoding import is_media_source, out_of_memory_names, read_video
+from .feature_extraction_avbert import AVBertFeatureExtractor
+from .media_decoding import is_media_source, out_of_memory_names, read_video, reopenable
 
 __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
 
@@ -534,9 +536,11 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         processor, which returns ``input_features`` too (the stock video-classification pipeline calls this)."""
         items = videos if isinstance(videos, list | tuple) else [videos]
         files = bool(items) and all(map(is_media_source, items))
-        if files and self.reads_sound(kwargs.get("load_audio_in_video")):
-            return self.audio_visual_processor()(videos=videos, **{**kwargs, "load_audio_in_video": True})
-        kwargs.pop("load_audio_in_video", None)
+        if files and self.reads_sound(kwargs.pop("load_audio_in_video", None)):
+            return_tensors = kwargs.pop("return_tensors", None)
+            return_metadata = bool(kwargs.pop("return_metadata", False))
+            data = self.preprocess_with_sound(videos, self.sound_feature_extractor(), kwargs, {}, return_metadata)
+            return BatchFeature(data=data, tensor_type=return_tensors)
         if not files:
             return super().preprocess(videos, **kwargs)
         with out_of_memory_names(items):
@@ -562,15 +566,51 @@ class AVBertVideoProcessor(BaseVideoProcessor):
                 self._model_uses_audio = bool(AVBertConfig.from_pretrained(path, **hub).use_audio)
         return default if self._model_uses_audio is None else self._model_uses_audio
 
-    def audio_visual_processor(self) -> Any:
-        """The ``AVBertProcessor`` this belongs to: the one that holds it, else one with the feature extractor saved
-        beside it (the folder it was loaded from), else one with a default extractor whose window is one clip."""
+    def preprocess_with_sound(
+        self,
+        videos: Any,
+        feature_extractor: Any,
+        video_kwargs: dict[str, Any],
+        audio_kwargs: dict[str, Any],
+        return_metadata: bool = False,
+    ) -> dict[str, Any]:
+        """``pixel_values`` of media files and, from ``feature_extractor``, the ``input_features`` of the sound under
+        each sampled clip, its window placed by the clip's presentation time; with ``all_views`` every crop row hears
+        its video's sound. What both the processor and a video processor that reads the sound answer for files."""
+        items = [reopenable(item) for item in (videos if isinstance(videos, list | tuple) else [videos])]
+        videos = items if isinstance(videos, list | tuple) else items[0]  # the sound is read after the frames
+        audio_kwargs = dict(audio_kwargs)
+        alignment = audio_kwargs.pop("audio_alignment", None)
+        video_kwargs = {**video_kwargs, "load_audio_in_video": False}
+        data = dict(self(videos, return_metadata=True, return_tensors="pt", **video_kwargs))
+        metadata = data["video_metadata"] if return_metadata else data.pop("video_metadata")
+        sampling = self.clip_sampling(**video_kwargs)
+        train = bool(video_kwargs.get("do_train_augmentation", self.do_train_augmentation))
+        features = []
+        for item, meta in zip(items, metadata, strict=True):
+            with out_of_memory_names(item):
+                features.append(
+                    feature_extractor.log_mels_under_clips(
+                        item,
+                        meta,
+                        sampling,
+                        alignment,
+                        train=train,
+                        clip_starts=audio_kwargs.get("clip_starts"),
+                        apply_masking=audio_kwargs.get("apply_masking"),
+                        clip_gain_jitter_db=audio_kwargs.get("clip_gain_jitter_db"),
+                    )
+                )
+        rows = data["pixel_values"].shape[0] // len(metadata)  # 3 with all_views
+        data["input_features"] = torch.cat(features).repeat_interleave(rows, dim=0)
+        return data
+
+    def sound_feature_extractor(self) -> AVBertFeatureExtractor:
+        """The feature extractor for the sound of a call on files: that of the ``AVBertProcessor`` holding this, else
+        the one saved beside it (the folder it was loaded from), else a default one whose window is one clip."""
         processor = self._processor() if self._processor is not None else None
         if processor is not None:
-            return processor
-        from .feature_extraction_avbert import AVBertFeatureExtractor
-        from .processing_avbert import AVBertProcessor
-
+            return processor.feature_extractor
         try:
             path, hub = self._pretrained_from or (None, {})
             feature_extractor = AVBertFeatureExtractor.from_pretrained(path, **hub) if path else None
@@ -579,10 +619,11 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         if feature_extractor is None:
             rate = AVBertFeatureExtractor().sampling_rate
             feature_extractor = AVBertFeatureExtractor(clip_samples=int(rate * self.clip_sampling().clip_seconds))
-        return AVBertProcessor(feature_extractor=feature_extractor, video_processor=self)
+        return feature_extractor
 
     def belong_to(self, processor: Any) -> None:
-        """Called by ``AVBertProcessor``: calls that need the sound are answered by it (a weak reference, no cycle)."""
+        """Called by ``AVBertProcessor``: calls on files that need the sound use its feature extractor (a weak
+        reference, no cycle)."""
         self._processor = weakref.ref(processor)
 
 
