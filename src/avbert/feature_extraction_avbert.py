@@ -32,6 +32,7 @@ import torch
 import torchaudio
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import AudioKwargs
 from transformers.utils import TensorType, logging
 
 from .clip_sampling import AUDIO_ALIGNMENTS, uniform_starts
@@ -199,6 +200,24 @@ def _to_mono_float32(audio: AudioInput, index: int) -> torch.Tensor:
     if not torch.isfinite(waveform).all():
         raise ValueError(f"Waveform {index} contains NaN or infinite samples.")
     return waveform
+
+
+class AVBertAudioKwargs(AudioKwargs, total=False):
+    """Arguments of the sound on top of transformers' ``AudioKwargs``.
+
+    clip_starts: start time in seconds of every window (default: under each clip, or spread uniformly for audio alone).
+    num_clips: windows per waveform; with frames it is the video's clip count.
+    audio_alignment: ``"timestamp"`` (a clip's window starts at the clip's time) or ``"fraction"`` (the original: the
+        same fraction of the sound as of the video); default: the feature extractor's ``audio_alignment``.
+    apply_masking: training-time frequency and time masks (default for a file: ``do_train_augmentation``).
+    clip_gain_jitter_db: training-time per-window gain, uniform in +-this many dB.
+    """
+
+    clip_starts: Any
+    num_clips: int | None
+    audio_alignment: str | None
+    apply_masking: bool | None
+    clip_gain_jitter_db: int | float | None
 
 
 class AVBertFeatureExtractor(SequenceFeatureExtractor):
@@ -509,4 +528,4 @@ class AVBertFeatureExtractor(SequenceFeatureExtractor):
         return torchaudio.functional.mask_along_axis(features, self.time_mask_param, 0.0, axis=3)
 
 
-__all__ = ["AVBertFeatureExtractor", "log_mel_spectrogram"]
+__all__ = ["AVBertAudioKwargs", "AVBertFeatureExtractor", "log_mel_spectrogram"]

@@ -12,30 +12,12 @@ from typing import Any
 
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import AudioKwargs, ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from .feature_extraction_avbert import AVBertFeatureExtractor
+from .feature_extraction_avbert import AVBertAudioKwargs, AVBertFeatureExtractor
 from .feature_extraction_avbert import _is_batch as _is_audio_batch
 from .media_decoding import is_media_source
 from .video_processing_avbert import AVBertVideoProcessor, AVBertVideoProcessorKwargs
-
-
-class AVBertAudioKwargs(AudioKwargs, total=False):
-    """Arguments of the sound on top of transformers' ``AudioKwargs``.
-
-    clip_starts: start time in seconds of every window (default: under each clip, or spread uniformly for audio alone).
-    num_clips: windows per waveform; with frames it is the video's clip count.
-    audio_alignment: ``"timestamp"`` (a clip's window starts at the clip's time) or ``"fraction"`` (the original: the
-        same fraction of the sound as of the video); default: the feature extractor's ``audio_alignment``.
-    apply_masking: training-time frequency and time masks (default for a file: ``do_train_augmentation``).
-    clip_gain_jitter_db: training-time per-window gain, uniform in +-this many dB.
-    """
-
-    clip_starts: Any
-    num_clips: int | None
-    audio_alignment: str | None
-    apply_masking: bool | None
-    clip_gain_jitter_db: int | float | None
 
 
 class AVBertProcessorKwargs(ProcessingKwargs, total=False):
@@ -161,4 +143,4 @@ class AVBertProcessor(ProcessorMixin):
         return ["pixel_values", "input_features"]
 
 
-__all__ = ["AVBertAudioKwargs", "AVBertProcessor", "AVBertProcessorKwargs"]
+__all__ = ["AVBertProcessor", "AVBertProcessorKwargs"]

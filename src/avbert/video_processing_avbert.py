@@ -62,7 +62,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .clip_sampling import DEFAULT_FPS, ClipSampling, as_clip_selection
-from .feature_extraction_avbert import AVBertFeatureExtractor
+from .feature_extraction_avbert import AVBertAudioKwargs, AVBertFeatureExtractor
 from .media_decoding import is_media_source, out_of_memory_names, read_video, reopenable
 
 __all__ = ["AVBertVideoMetadata", "AVBertVideoProcessor", "AVBertVideoProcessorKwargs"]
@@ -539,7 +539,11 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         if files and self.reads_sound(kwargs.pop("load_audio_in_video", None)):
             return_tensors = kwargs.pop("return_tensors", None)
             return_metadata = bool(kwargs.pop("return_metadata", False))
-            data = self.preprocess_with_sound(videos, self.sound_feature_extractor(), kwargs, {}, return_metadata)
+            # The sound's own settings (e.g. `clip_gain_jitter_db`) go to the feature extractor, as a processor routes.
+            audio_kwargs = {name: kwargs.pop(name) for name in _SOUND_ONLY_KWARGS & kwargs.keys()}
+            data = self.preprocess_with_sound(
+                videos, self.sound_feature_extractor(), kwargs, audio_kwargs, return_metadata
+            )
             return BatchFeature(data=data, tensor_type=return_tensors)
         if not files:
             return super().preprocess(videos, **kwargs)
@@ -625,6 +629,12 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         """Called by ``AVBertProcessor``: calls on files that need the sound use its feature extractor (a weak
         reference, no cycle)."""
         self._processor = weakref.ref(processor)
+
+
+# Keyword arguments of the sound that no video setting shares: routed to the feature extractor of a call on files.
+_SOUND_ONLY_KWARGS = frozenset(AVBertAudioKwargs.__annotations__) - frozenset(
+    AVBertVideoProcessorKwargs.__annotations__
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
