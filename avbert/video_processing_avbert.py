@@ -5,12 +5,13 @@ The base class merges and validates the keyword arguments and calls, in order,
 
 1. ``sample_frames``: the clip frame indices ``(clips, num_frames)``, from :mod:`.clip_sampling`;
 2. ``_decode_and_sample_videos``: files are decoded with :mod:`.media_decoding` (PyAV), only the sampled frames, each
-   once, and resized to the output size as they are decoded (in training after the video's draw, see below); frame
-   arrays are indexed the same way;
+   once, and cut to their crop window (resized, cropped and flipped by one gather) as they are decoded (in training
+   after the video's draw, see below); frame arrays are indexed the same way;
 3. ``_preprocess``: on those unique frames, the training draw (scale, crop and flip shared by the clips of a video,
    per-clip brightness / contrast factors) where decoding did not make it, the nearest short-side resize (one
-   gather) where decoding did not do it, the crops (slices), ``x / 255``, the clips gathered from the frames, the
-   jitter and ``(x - 0.45) / 0.225``.
+   gather), crops (slices) and flip where decoding did not do them, the uint8 clips gathered from the frames, then
+   ``normalize_clips``: ``x / 255``, the jitter and ``(x - 0.45) / 0.225`` (``defer_normalization`` leaves that to
+   the caller, e.g. on the GPU).
 
 This reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
 fixtures). Frames only: the sound belongs to :class:`~.processing_avbert.AVBertProcessor`. ``load_audio_in_video``
@@ -31,11 +32,11 @@ Decisions worth knowing:
   ``np.random.randint(0, dim - crop)`` never picks. Randomness comes from ``generator`` or ``seed``.
 - ``all_views=True`` returns the three evaluation crops as batch rows, video-major: row ``3 * b + c`` is video ``b``,
   crop ``c`` (average the model's scores over each group of three, as the original's test ensemble does).
-- Files are resized while they are decoded (each kept frame, by the same nearest gather, so bit for bit as resizing
-  after): a call never holds a video's frames at source size (up to ``clips * num_frames`` frames, about 2 GB at
-  1080p). The output size must be known first, so in training each video's draw is made before it is decoded, in the
-  order ``_preprocess`` draws for frame arrays: a seed gives the same crops for a file and for its frames. Frame
-  arrays are resized in ``_preprocess`` (transformers' order).
+- Files are resized and cropped while they are decoded (each kept frame, by the same nearest gather, so bit for bit
+  as resizing and cropping after): a call never holds a video's frames at source size (up to ``clips * num_frames``
+  frames, about 2 GB at 1080p). The crop must be known first, so in training each video's draw is made before it is
+  decoded, in the order ``_preprocess`` draws for frame arrays: a seed gives the same crops for a file and for its
+  frames. Frame arrays are resized and cropped in ``_preprocess`` (transformers' order).
 - Only nearest-neighbour resizing is implemented (what the original used).
 """
 
