@@ -453,6 +453,8 @@ def test_uint8_clips_normalized_later_are_the_float_path(tmp_path, tiny_processo
     normalized = video_processor.normalize_clips(pixels, deferred.get("clip_jitter"), device="cpu")
     assert normalized.dtype == torch.float32 and torch.equal(normalized, expected["pixel_values"])
     assert torch.equal(pixels, deferred["pixel_values"])  # the uint8 input is left as it was
+    on_device = tiny_processor(videos=str(path), device="cpu", **settings)  # transformers' `device=`: all of it there
+    assert torch.equal(on_device["pixel_values"], expected["pixel_values"])
 
 
 def test_clip_jitter_is_torchvisions_brightness_and_contrast():
