@@ -1,6 +1,7 @@
-"""The CNNs' fast paths (BatchNorm folding, channels-last) and their activation checkpointing."""
+"""The CNNs' default fast path (BatchNorm folding in eval, channels-last) and their activation checkpointing."""
 
 import copy
+import json
 
 import pytest
 import test_conversion
@@ -9,7 +10,7 @@ from conftest import NO_DROPOUT
 from safetensors.torch import load_file
 
 from avbert import AVBertForAudioClassification, AVBertForVideoClassification
-from avbert.modeling_avbert import AVBertBottleneck2d, AVBertBottleneck3d, AVBertCNNFastPath
+from avbert.modeling_avbert import AVBertBottleneck
 
 
 @pytest.fixture
@@ -36,36 +37,96 @@ def randomize_batch_norms(model, seed=0):
     return model
 
 
-def test_fuse_for_inference_gives_the_same_outputs_and_is_reversible(make_config, make_inputs):
+def plain_copy(model):
+    """The same model (same weights and statistics) on the plain path."""
+    plain = copy.deepcopy(model)
+    plain.config.cnn_fast_path = False
+    return plain
+
+
+def batch_norm_calls(model, inputs):
+    """How many BatchNorm modules ran in one forward (a folded one never runs)."""
+    calls = []
+    handles = [
+        module.register_forward_hook(lambda *args: calls.append(1))
+        for module in model.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    with torch.no_grad():
+        output = model(**inputs)
+    for handle in handles:
+        handle.remove()
+    return len(calls), output
+
+
+def test_the_fast_path_is_the_default_and_matches_the_plain_path(make_config, make_inputs):
     model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).eval()
+    assert model.config.cnn_fast_path
     inputs = make_inputs()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    fast_calls, fast = batch_norm_calls(model, inputs)
     with torch.no_grad():
-        plain = model(**inputs)
-        fused = model.fuse_for_inference()(**inputs)
         visual_map = model.avbert.visual_encoder(inputs["pixel_values"].flatten(0, 1))
         audio_map = model.avbert.audio_encoder(inputs["input_features"].flatten(0, 1))
+    assert fast_calls == 0  # every BatchNorm folded into its convolution
     assert visual_map.is_contiguous(memory_format=torch.channels_last_3d)
     assert audio_map.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fused.clip_logits, plain.clip_logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused.logits, plain.logits, rtol=1e-4, atol=1e-5)
-    # Nothing is stored: the state dict is the same, so a fused model saves and loads as before.
+
+    model.config.cnn_fast_path = False  # the one switch, read on every forward
+    plain_calls, plain = batch_norm_calls(model, inputs)
+    assert plain_calls == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with torch.no_grad():
+        assert model.avbert.visual_encoder(inputs["pixel_values"].flatten(0, 1)).is_contiguous()
+    torch.testing.assert_close(fast.clip_logits, plain.clip_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-5)
+    # Nothing is stored: the state dict is the same, so the model saves and loads the same on either path.
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
 
-    with torch.no_grad():
-        unfused = model.fuse_for_inference(False)(**inputs)
-    torch.testing.assert_close(unfused.logits, plain.logits, rtol=0, atol=0)
-    assert not any(m.fold_batch_norm or m.channels_last for m in model.modules() if isinstance(m, AVBertCNNFastPath))
+
+def test_a_loaded_model_runs_the_fast_path_and_the_switch_is_saved(make_config, make_inputs, tmp_path):
+    """What `pipeline(...)` and `avbert-evaluate` load: `from_pretrained` then eval, folded with no call. A config.json
+    saved before the switch existed loads with the default; a saved `False` stays off."""
+    model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT)))
+    model.save_pretrained(tmp_path / "fast")
+    saved = json.loads((tmp_path / "fast" / "config.json").read_text())
+    assert saved["cnn_fast_path"] is True
+    del saved["cnn_fast_path"]
+    (tmp_path / "fast" / "config.json").write_text(json.dumps(saved))
+    inputs = make_inputs()
+    loaded = AVBertForVideoClassification.from_pretrained(tmp_path / "fast").eval()
+    assert loaded.config.cnn_fast_path
+    calls, fast = batch_norm_calls(loaded, inputs)
+    assert calls == 0
+
+    model.config.cnn_fast_path = False
+    model.save_pretrained(tmp_path / "plain")
+    plain_model = AVBertForVideoClassification.from_pretrained(tmp_path / "plain").eval()
+    assert not plain_model.config.cnn_fast_path
+    calls, plain = batch_norm_calls(plain_model, inputs)
+    assert calls > 0
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_for_inference_and_set_channels_last_are_deprecated_aliases_of_the_switch(make_config):
+    model = build(AVBertForVideoClassification, make_config())
+    with pytest.warns(FutureWarning, match="cnn_fast_path"):
+        assert model.fuse_for_inference(False) is model
+    assert not model.config.cnn_fast_path
+    with pytest.warns(FutureWarning, match="cnn_fast_path"):
+        model.set_channels_last()
+    assert model.config.cnn_fast_path
 
 
 def test_folding_follows_later_weight_changes(make_config, make_inputs):
-    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).fuse_for_inference().eval()
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).eval()
     inputs = make_inputs()
-    randomize_batch_norms(model, seed=1)  # after fusing: a folded copy would now be stale
     with torch.no_grad():
-        fused = model(**inputs).logits
-        plain = model.fuse_for_inference(False)(**inputs).logits
-    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+        model(**inputs)
+    randomize_batch_norms(model, seed=1)  # after a folded forward: a folded copy kept from it would now be stale
+    with torch.no_grad():
+        fast = model(**inputs).logits
+        plain = plain_copy(model)(**inputs).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
 def assert_same_training_state(actual, expected, gradient_tolerance, buffer_tolerance):
@@ -81,8 +142,8 @@ def assert_same_training_state(actual, expected, gradient_tolerance, buffer_tole
 
 def test_fast_path_trains_like_the_plain_path(make_config, make_inputs, labels):
     """In training BatchNorm is never folded (it needs batch statistics); channels-last gives the same gradients."""
-    model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).train()
-    fast = copy.deepcopy(model).fuse_for_inference()
+    fast = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).train()
+    model = plain_copy(fast)
     inputs = make_inputs()
     model(**inputs, labels=labels).loss.backward()
     fast(**inputs, labels=labels).loss.backward()
@@ -98,11 +159,12 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
     """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem.
     On the fast path the stems' channels-last input copies are made inside the checkpoint."""
     config = make_config(use_visual=model_class is AVBertForVideoClassification, use_transformer=False, **NO_DROPOUT)
-    model = randomize_batch_norms(build(model_class, config)).train().fuse_for_inference(fast)
+    config.cnn_fast_path = fast
+    model = randomize_batch_norms(build(model_class, config)).train()
     checkpointed = copy.deepcopy(model)
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     assert checkpointed.is_activation_checkpointing
-    blocks = [m for m in checkpointed.modules() if isinstance(m, AVBertBottleneck2d)]
+    blocks = [m for m in checkpointed.modules() if isinstance(m, AVBertBottleneck)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
     assert checkpointed.avbert.audio_encoder.gradient_checkpointing  # the stem
 
@@ -116,22 +178,27 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
 def test_gradient_checkpointing_enable_checkpoints_the_visual_cnn(make_config):
     model = build(AVBertForVideoClassification, make_config())
     model.activation_checkpointing_enable()
-    blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck3d)]
+    blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
     assert model.avbert.visual_encoder.gradient_checkpointing  # the stem
     model.activation_checkpointing_disable()
     assert not any(module.gradient_checkpointing for module in [*blocks, model.avbert.visual_encoder])
 
 
-# The parity tests of test_conversion.py, rerun unchanged on the fast path: same fixtures, same tolerances.
+# The parity tests of test_conversion.py run on the default, fast path; here they run again, unchanged, on the plain
+# path: same fixtures, same tolerances.
 
 
 @pytest.fixture
-def fast_conversion(monkeypatch):
+def plain_conversion(monkeypatch):
     convert = test_conversion.convert
-    monkeypatch.setattr(
-        test_conversion, "convert", lambda *args, **kwargs: convert(*args, **kwargs).fuse_for_inference()
-    )
+
+    def convert_to_plain(*args, **kwargs):
+        model = convert(*args, **kwargs)
+        model.config.cnn_fast_path = False
+        return model
+
+    monkeypatch.setattr(test_conversion, "convert", convert_to_plain)
 
 
 @pytest.mark.skipif(not test_conversion.FIXTURES.is_dir(), reason="parity fixtures not found")
@@ -145,7 +212,7 @@ def fast_conversion(monkeypatch):
         ("test_esc50_linear_eval_parity", {}),
     ],
 )
-def test_parity_on_the_fast_path(fast_conversion, test, arguments):
+def test_parity_on_the_plain_path(plain_conversion, test, arguments):
     test_function = getattr(test_conversion, test)
     if "ks_tensors" in test_function.__code__.co_varnames[: test_function.__code__.co_argcount]:
         folder = test_conversion.FIXTURES / "tiny_ks"
@@ -159,7 +226,7 @@ def test_parity_on_the_fast_path(fast_conversion, test, arguments):
 @pytest.mark.parametrize("training", [False, True])
 def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, training):
     """Dynamo only (backend="eager"): the folded eval forward and the training forward trace without graph breaks."""
-    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).fuse_for_inference().train(training)
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).train(training)
     inputs = make_inputs()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
