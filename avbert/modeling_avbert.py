@@ -122,9 +122,11 @@ def conv_norm(
     stem takes its weight as an argument). In eval with `fold`, one convolution with the BatchNorm folded into its
     weight and bias, computed from the current parameters and statistics on every call, so it can never go stale.
     """
-    weight = conv.weight if conv_weight is None else conv_weight
     if not fold or norm.training:
-        return batch_norm(norm, conv._conv_forward(hidden_states, weight, conv.bias))
+        if conv_weight is None:
+            return batch_norm(norm, conv(hidden_states))
+        return batch_norm(norm, conv._conv_forward(hidden_states, conv_weight, conv.bias))
+    weight = conv.weight if conv_weight is None else conv_weight
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
     bias = norm.bias - norm.running_mean * scale
@@ -276,7 +278,7 @@ class AVBertCNNEncoder(nn.Module):
                 self.stem, inputs, self.first_conv.weight, channels_last, False
             )
         else:
-            hidden_states = self.stem(inputs, self.first_conv.weight, channels_last, fold_batch_norm)
+            hidden_states = self.stem(inputs, None, channels_last, fold_batch_norm)
         for stage in self.stages:
             for block in stage:
                 hidden_states = block(hidden_states, fold_batch_norm)
@@ -284,11 +286,13 @@ class AVBertCNNEncoder(nn.Module):
 
     @property
     def first_conv(self) -> nn.Conv2d | nn.Conv3d:
+        """The stem's first convolution (the one that sees the input)."""
         raise NotImplementedError
 
     def stem(
-        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor, channels_last: bool, fold_batch_norm: bool
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
     ) -> torch.Tensor:
+        """The stem; `first_conv_weight`, where given, stands in for `first_conv.weight` (the checkpointed stem's)."""
         raise NotImplementedError
 
 
@@ -329,7 +333,7 @@ class AVBertVisualEncoder(AVBertCNNEncoder):
         return self.stem_conv
 
     def stem(
-        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor, channels_last: bool, fold_batch_norm: bool
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
     ) -> torch.Tensor:
         if channels_last:
             inputs = inputs.contiguous(memory_format=self.memory_format)
@@ -365,7 +369,7 @@ class AVBertAudioEncoder(AVBertCNNEncoder):
         return self.stem_conv_freq
 
     def stem(
-        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor, channels_last: bool, fold_batch_norm: bool
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
     ) -> torch.Tensor:
         hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, inputs, fold_batch_norm, first_conv_weight)
         hidden_states = self.stem_act(hidden_states)
