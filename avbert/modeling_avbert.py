@@ -254,10 +254,11 @@ def make_stages(config: AVBertConfig, dims: int, stem_width: int, layouts: list[
 
 class AVBertCNNEncoder(nn.Module):
     """
-    What the two CNN encoders share: a stem, then the bottleneck stages. The fast path (`config.cnn_fast_path`,
-    docs/performance.md) is decided here and nowhere else: on channels-last activations (the subclass's
-    `memory_format`; the stem converts, the convolutions keep the layout) in training and eval, and in eval with
-    every BatchNorm folded into its convolution. Neither changes a parameter or the state dict.
+    What the two CNN encoders share: a stem, then the bottleneck stages. The fast path is decided here and nowhere
+    else, from the config on every forward (docs/performance.md): eval forwards (`cnn_fast_inference`, the default)
+    run on channels-last activations (the subclass's `memory_format`; the stem converts, the convolutions keep the
+    layout) with every BatchNorm folded into its convolution; training forwards run channels-last only with
+    `cnn_channels_last_training`. Neither changes a parameter or the state dict.
     """
 
     memory_format: torch.memory_format
@@ -268,8 +269,10 @@ class AVBertCNNEncoder(nn.Module):
         self.config = config
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        channels_last = self.config.cnn_fast_path
-        fold_batch_norm = channels_last and not self.training  # training normalizes with the batch statistics
+        if self.training:  # BatchNorm normalizes with the batch statistics: nothing to fold
+            channels_last, fold_batch_norm = self.config.cnn_channels_last_training, False
+        else:
+            channels_last = fold_batch_norm = self.config.cnn_fast_inference
         if checkpoints_stem(self):
             # The whole stem, the input's channels-last copy included, is recomputed: of the stem only the caller's
             # input is kept (the copy and the first convolution's output are the largest activations of the model).
@@ -758,30 +761,30 @@ class AVBertPreTrainedModel(PreTrainedModel):
 
     def fuse_for_inference(self, fuse: bool = True) -> "AVBertPreTrainedModel":
         """
-        Deprecated: the CNN fast path is the default; `fuse_for_inference(fuse)` sets `config.cnn_fast_path = fuse`
-        (see docs/performance.md) and returns the model.
+        Deprecated: the inference fast path is the default. `fuse_for_inference(fuse)` sets what it used to switch,
+        `config.cnn_fast_inference` and `config.cnn_channels_last_training`, to `fuse` and returns the model.
         """
         warnings.warn(
-            "fuse_for_inference() is deprecated: the CNN fast path (folded BatchNorm, channels-last) is on by default; "
-            "set model.config.cnn_fast_path = False for the plain path.",
+            "fuse_for_inference() is deprecated: eval forwards fold BatchNorm and run channels-last by default; set "
+            "model.config.cnn_fast_inference = False for the plain path (docs/performance.md).",
             FutureWarning,
             stacklevel=2,
         )
-        self.config.cnn_fast_path = fuse
+        self.config.cnn_fast_inference = self.config.cnn_channels_last_training = fuse
         return self
 
     def set_channels_last(self, enabled: bool = True) -> "AVBertPreTrainedModel":
         """
-        Deprecated: channels-last is part of the default CNN fast path; `set_channels_last(enabled)` sets
-        `config.cnn_fast_path = enabled`, which also decides the BatchNorm folding in eval.
+        Deprecated: `set_channels_last(enabled)` sets `config.cnn_channels_last_training = enabled` (eval forwards
+        are channels-last by default, with `config.cnn_fast_inference`) and returns the model.
         """
         warnings.warn(
-            "set_channels_last() is deprecated: channels-last CNNs are part of the default fast path; set "
-            "model.config.cnn_fast_path (True by default) instead.",
+            "set_channels_last() is deprecated: set model.config.cnn_channels_last_training for training forwards; "
+            "eval forwards run channels-last by default (model.config.cnn_fast_inference).",
             FutureWarning,
             stacklevel=2,
         )
-        self.config.cnn_fast_path = enabled
+        self.config.cnn_channels_last_training = enabled
         return self
 
 

@@ -40,7 +40,7 @@ def randomize_batch_norms(model, seed=0):
 def plain_copy(model):
     """The same model (same weights and statistics) on the plain path."""
     plain = copy.deepcopy(model)
-    plain.config.cnn_fast_path = False
+    plain.config.cnn_fast_inference = plain.config.cnn_channels_last_training = False
     return plain
 
 
@@ -61,7 +61,7 @@ def batch_norm_calls(model, inputs):
 
 def test_the_fast_path_is_the_default_and_matches_the_plain_path(make_config, make_inputs):
     model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).eval()
-    assert model.config.cnn_fast_path
+    assert model.config.cnn_fast_inference
     inputs = make_inputs()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     fast_calls, fast = batch_norm_calls(model, inputs)
@@ -72,7 +72,7 @@ def test_the_fast_path_is_the_default_and_matches_the_plain_path(make_config, ma
     assert visual_map.is_contiguous(memory_format=torch.channels_last_3d)
     assert audio_map.is_contiguous(memory_format=torch.channels_last)
 
-    model.config.cnn_fast_path = False  # the one switch, read on every forward
+    model.config.cnn_fast_inference = False  # the one switch, read on every forward
     plain_calls, plain = batch_norm_calls(model, inputs)
     assert plain_calls == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     with torch.no_grad():
@@ -89,32 +89,35 @@ def test_a_loaded_model_runs_the_fast_path_and_the_switch_is_saved(make_config, 
     model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT)))
     model.save_pretrained(tmp_path / "fast")
     saved = json.loads((tmp_path / "fast" / "config.json").read_text())
-    assert saved["cnn_fast_path"] is True
-    del saved["cnn_fast_path"]
+    assert saved["cnn_fast_inference"] is True
+    del saved["cnn_fast_inference"]
     (tmp_path / "fast" / "config.json").write_text(json.dumps(saved))
     inputs = make_inputs()
     loaded = AVBertForVideoClassification.from_pretrained(tmp_path / "fast").eval()
-    assert loaded.config.cnn_fast_path
+    assert loaded.config.cnn_fast_inference
     calls, fast = batch_norm_calls(loaded, inputs)
     assert calls == 0
 
-    model.config.cnn_fast_path = False
+    model.config.cnn_fast_inference = False
     model.save_pretrained(tmp_path / "plain")
     plain_model = AVBertForVideoClassification.from_pretrained(tmp_path / "plain").eval()
-    assert not plain_model.config.cnn_fast_path
+    assert not plain_model.config.cnn_fast_inference
     calls, plain = batch_norm_calls(plain_model, inputs)
     assert calls > 0
     torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-5)
 
 
-def test_fuse_for_inference_and_set_channels_last_are_deprecated_aliases_of_the_switch(make_config):
+def test_fuse_for_inference_and_set_channels_last_are_deprecated_aliases_of_the_switches(make_config):
     model = build(AVBertForVideoClassification, make_config())
-    with pytest.warns(FutureWarning, match="cnn_fast_path"):
+    with pytest.warns(FutureWarning, match="cnn_fast_inference = False"):
         assert model.fuse_for_inference(False) is model
-    assert not model.config.cnn_fast_path
-    with pytest.warns(FutureWarning, match="cnn_fast_path"):
-        model.set_channels_last()
-    assert model.config.cnn_fast_path
+    assert not model.config.cnn_fast_inference and not model.config.cnn_channels_last_training
+    with pytest.warns(FutureWarning, match="cnn_channels_last_training"):
+        assert model.set_channels_last() is model
+    assert model.config.cnn_channels_last_training and not model.config.cnn_fast_inference
+    with pytest.warns(FutureWarning):
+        model.fuse_for_inference()
+    assert model.config.cnn_fast_inference and model.config.cnn_channels_last_training
 
 
 def test_folding_follows_later_weight_changes(make_config, make_inputs):
@@ -141,10 +144,17 @@ def assert_same_training_state(actual, expected, gradient_tolerance, buffer_tole
 
 
 def test_fast_path_trains_like_the_plain_path(make_config, make_inputs, labels):
-    """In training BatchNorm is never folded (it needs batch statistics); channels-last gives the same gradients."""
-    fast = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).train()
-    model = plain_copy(fast)
+    """Training runs the plain path by default; channels-last (`cnn_channels_last_training`) gives the same gradients
+    and running statistics. BatchNorm is never folded in training (it needs the batch statistics)."""
+    model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).train()
+    fast = copy.deepcopy(model)
+    fast.config.cnn_channels_last_training = True
     inputs = make_inputs()
+    clips = inputs["pixel_values"].flatten(0, 1)
+    with torch.no_grad():  # on copies: a training forward moves the running statistics
+        assert copy.deepcopy(model).avbert.visual_encoder(clips).is_contiguous()
+        fast_map = copy.deepcopy(fast).avbert.visual_encoder(clips)
+    assert fast_map.is_contiguous(memory_format=torch.channels_last_3d)
     model(**inputs, labels=labels).loss.backward()
     fast(**inputs, labels=labels).loss.backward()
     assert_same_training_state(fast, model, gradient_tolerance=1e-4, buffer_tolerance=1e-5)
@@ -159,7 +169,7 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
     """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem.
     On the fast path the stems' channels-last input copies are made inside the checkpoint."""
     config = make_config(use_visual=model_class is AVBertForVideoClassification, use_transformer=False, **NO_DROPOUT)
-    config.cnn_fast_path = fast
+    config.cnn_channels_last_training = fast
     model = randomize_batch_norms(build(model_class, config)).train()
     checkpointed = copy.deepcopy(model)
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
@@ -195,7 +205,7 @@ def plain_conversion(monkeypatch):
 
     def convert_to_plain(*args, **kwargs):
         model = convert(*args, **kwargs)
-        model.config.cnn_fast_path = False
+        model.config.cnn_fast_inference = model.config.cnn_channels_last_training = False
         return model
 
     monkeypatch.setattr(test_conversion, "convert", convert_to_plain)
@@ -226,7 +236,8 @@ def test_parity_on_the_plain_path(plain_conversion, test, arguments):
 @pytest.mark.parametrize("training", [False, True])
 def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, training):
     """Dynamo only (backend="eager"): the folded eval forward and the training forward trace without graph breaks."""
-    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).train(training)
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT, cnn_channels_last_training=True))
+    model.train(training)
     inputs = make_inputs()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
