@@ -8,8 +8,10 @@ import test_conversion
 import torch
 from conftest import NO_DROPOUT
 from safetensors.torch import load_file
+from transformers import pipeline
 
 from avbert import AVBertForAudioClassification, AVBertForVideoClassification
+from avbert.convert_original_checkpoint import convert_checkpoint
 from avbert.modeling_avbert import AVBertBottleneck
 
 
@@ -246,3 +248,25 @@ def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, train
         actual = compiled(**inputs, labels=labels)
     torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not test_conversion.FIXTURES.is_dir(), reason="parity fixtures not found")
+def test_pipeline_runs_the_fast_path_with_no_flag(tmp_path):
+    """`pipeline(...)` loads a saved folder and runs the folded forward as it is; the switch gives the plain scores."""
+    tiny = test_conversion.FIXTURES / "tiny_audio"
+    convert_checkpoint(tiny / "finetuned_checkpoint.pyth", tmp_path, "esc50", tiny / "config.yaml")
+    classifier = pipeline("audio-classification", model=str(tmp_path))
+    norms = [m for m in classifier.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    calls = []
+    for norm in norms:
+        norm.register_forward_hook(lambda *args: calls.append(1))
+    seconds = torch.arange(5 * classifier.feature_extractor.sampling_rate) / classifier.feature_extractor.sampling_rate
+    waveform = (0.1 * torch.sin(2 * torch.pi * 440 * seconds)).numpy()
+    fast = classifier(waveform, top_k=3)
+    assert not calls and norms
+    classifier.model.config.cnn_fast_inference = False
+    plain = classifier(waveform, top_k=3)
+    assert calls
+    assert [p["label"] for p in fast] == [p["label"] for p in plain]
+    for a, b in zip(fast, plain, strict=True):
+        assert abs(a["score"] - b["score"]) < 1e-5
