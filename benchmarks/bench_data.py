@@ -18,6 +18,16 @@ The videos are the shared real videos with sound (`../shared/data/videos`), repe
   over the same files, locally and from an HTTP server on 127.0.0.1; litdata and mosaicml-streaming are measured
   when installed (mosaicml-streaming 0.13.0 requires numpy<2.2 and cannot be installed beside numpy 2.4.6).
 
+- recipes (`--recipes`, or alone with `--recipes-only`): one worker (main process, 1 torch thread) per fine-tuning
+  recipe (Kinetics-Sounds audio-visual, UCF101 visual, ESC-50 audio) on shared source files: samples/s of
+  `MediaTransform` with float32 frames (what `AVBertProcessor` returns) and with uint8 frames
+  (`defer_normalization=True`, what `avbert-train` sends; the trainer normalizes on the GPU), the floor of the same
+  files (`ffmpeg -threads 1` decoding them and converting to RGB, or to float samples for sound), the bytes per
+  sample that cross the worker boundary, and the workers one GPU needs at the issue's step rate (one H100 trains
+  about 280 Kinetics-Sounds videos/s at 40% of bf16 peak, ~1.4 TFLOP per video step). `--baseline DIR` runs the
+  same table with the avbert of another checkout (a subprocess per round, interleaved), for a before/after in one
+  run.
+
 The ratio to the model: clips/s of one worker (samples/s x 10 clips) over the model's training clips/s read from
 bench_model's tables in BENCHMARKS.md; on a GPU node that ratio is the number of workers a GPU needs. The script owns
 the part of BENCHMARKS.md between `<!-- bench_data:start -->` and `<!-- bench_data:end -->`.
@@ -26,9 +36,13 @@ the part of BENCHMARKS.md between `<!-- bench_data:start -->` and `<!-- bench_da
 import argparse
 import functools
 import http.server
+import inspect
+import json
 import os
 import re
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +76,24 @@ DEFAULT_VIDEOS = (
 SECTION = "bench_data"
 NUM_CLIPS = 10
 READER_SAMPLES = 256
+# (modality, files under ../shared/data) of each fine-tuning recipe's source files.
+RECIPE_FILES = {
+    "kinetics-sounds": (
+        "audio-visual",
+        (
+            "videos/kinetics400/R6llTwEh07w.mp4",
+            "videos/kinetics400/SOX5yA1l24A.mp4",
+            "videos/kinetics400/WUzgd7C1pWA.mp4",
+        ),
+    ),
+    "ucf101": (
+        "visual",
+        ("videos/ucf101/v_ApplyEyeMakeup_g01_c01.avi", "videos/ucf101/v_SoccerJuggling_g23_c01.avi"),
+    ),
+    "esc50": ("audio", ("esc50/audio/2-103426-A-3.flac", "esc50/audio/2-103427-A-3.flac")),
+}
+# The issue's step rate: one H100 at 40% of bf16 peak, ~1.4 TFLOP per Kinetics-Sounds video train step.
+GPU_SAMPLES_PER_SECOND = 280
 
 
 def kinetics_sounds_processor() -> AVBertProcessor:
@@ -84,6 +116,132 @@ class _PathRows(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.transform({"path": [str(self.files[index])], "label": [0]})
         return {key: value[0] for key, value in row.items()}
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _floor_seconds(path: Path, modality: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``ffmpeg -threads 1`` decoding the whole file and converting it to RGB (sound: float
+    samples)."""
+    out = ["-an", "-f", "rawvideo", "-pix_fmt", "rgb24"] if modality != "audio" else ["-vn", "-f", "f32le", "-ac", "1"]
+    start, cpu = time.perf_counter(), _children_cpu_seconds()
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-threads", "1", "-i", str(path), *out, "-"], stdout=subprocess.DEVNULL, check=True
+    )
+    return time.perf_counter() - start, _children_cpu_seconds() - cpu
+
+
+def _sample_bytes(item: dict) -> int:
+    """Bytes of the tensors of one sample: what a DataLoader worker hands to the main process."""
+    return sum(value.numel() * value.element_size() for value in item.values() if isinstance(value, torch.Tensor))
+
+
+def recipe_rates(rounds: int) -> dict[str, dict]:
+    """Per recipe: samples/s of one worker (float frames, uint8 frames), the ffmpeg floor's samples/s on the same
+    files and the bytes per sample, each rate the median over ``rounds`` passes (and all passes); ``cpu_rates``: the
+    same per CPU second of the process (ffmpeg's: of the child), which a shared machine disturbs much less."""
+    deferrable = "defer_normalization" in inspect.signature(MediaTransform).parameters  # absent before uint8 frames
+    results = {}
+    for recipe, (modality, names) in RECIPE_FILES.items():
+        files = [SHARED_DIR / "data" / name for name in names]
+        if not all(file.is_file() for file in files):
+            continue
+        processor = AVBertFeatureExtractor(num_clips=NUM_CLIPS) if modality == "audio" else kinetics_sounds_processor()
+        variants = {"float": MediaTransform(processor, modality, train=True)}
+        if deferrable and modality != "audio":
+            variants["uint8"] = MediaTransform(processor, modality, train=True, defer_normalization=True)
+        passes: dict[str, list[float]] = {name: [] for name in [*variants, "floor"]}
+        cpu_passes: dict[str, list[float]] = {name: [] for name in [*variants, "floor"]}
+        sizes = {}
+        for name, transform in variants.items():  # warm up (imports, caches) and measure the sample size
+            row = transform({"path": [str(files[0])], "label": [0]})
+            assert row["error"] == [None], row["error"]
+            sizes[name] = _sample_bytes({key: values[0] for key, values in row.items()})
+        for _ in range(rounds):
+            for name, transform in variants.items():
+                start, cpu = time.perf_counter(), time.process_time()
+                for file in files:
+                    transform({"path": [str(file)], "label": [0]})
+                passes[name].append(len(files) / (time.perf_counter() - start))
+                cpu_passes[name].append(len(files) / (time.process_time() - cpu))
+            wall, cpu = zip(*[_floor_seconds(file, modality) for file in files], strict=True)
+            passes["floor"].append(len(files) / sum(wall))
+            cpu_passes["floor"].append(len(files) / sum(cpu))
+        results[recipe] = {
+            "modality": modality,
+            "files": len(files),
+            "rates": passes,
+            "cpu_rates": cpu_passes,
+            "bytes": sizes,
+        }
+    return results
+
+
+def baseline_recipe_rates(checkout: Path, rounds: int) -> dict[str, dict]:
+    """``recipe_rates`` with the avbert of another checkout, in a subprocess (its own imports)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    command = [sys.executable, __file__, "--recipes-only", "--json", "--rounds", str(rounds)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _rate(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, rounds: int) -> list[str]:
+    lines = [
+        f"### One worker per recipe, source files ({rounds} pass(es) over each recipe's files, interleaved)",
+        "",
+        "samples/s: median (range). Floor: `ffmpeg -threads 1` decoding the same files and converting them to RGB "
+        "(sound: float samples), as samples/s; x floor = the floor's samples/s over ours (per-sample CPU cost over "
+        f"the floor's). Workers/GPU: {GPU_SAMPLES_PER_SECOND} samples/s (one H100 on the Kinetics-Sounds step, the "
+        "issue's estimate) over one worker's rate.",
+        "",
+        "samples/CPU-s: the same per CPU second of the process (ffmpeg: of the child process); a shared machine "
+        "slows the wall clock but hardly the CPU time, so these are the figures to compare.",
+        "",
+        "| recipe | frames out | samples/s | samples/CPU-s | x floor (CPU) | MB/sample | workers/GPU (CPU) | "
+        "floor samples/CPU-s |"
+        + (" baseline samples/CPU-s | baseline x floor (CPU) | speed-up (CPU) |" if baseline else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""),
+    ]
+    for recipe, result in results.items():
+        floor = statistics.median(result["cpu_rates"]["floor"])
+        old = (baseline or {}).get(recipe)
+        for name, size in result["bytes"].items():
+            rate = statistics.median(result["cpu_rates"][name])
+            cells = [
+                recipe,
+                name if result["modality"] != "audio" else "(sound only)",
+                _rate(result["rates"][name]),
+                _rate(result["cpu_rates"][name]),
+                f"{floor / rate:.2f}x",
+                f"{size / 1e6:.1f}",
+                f"{GPU_SAMPLES_PER_SECOND / rate:.0f}",
+                f"{floor:.2f}",
+            ]
+            if baseline:
+                if old is not None and "float" in old.get("cpu_rates", {}):
+                    old_rate = statistics.median(old["cpu_rates"]["float"])
+                    old_floor = statistics.median(old["cpu_rates"]["floor"])
+                    cells += [
+                        _rate(old["cpu_rates"]["float"]),
+                        f"{old_floor / old_rate:.2f}x",
+                        f"{rate / old_rate:.2f}x",
+                    ]
+                else:
+                    cells += ["", "", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    if baseline:
+        lines += [
+            "",
+            "Baseline: the float frames of the other checkout (`--baseline`), the same files, in the same run.",
+        ]
+    return lines
 
 
 def _drain(loader: DataLoader) -> int:
@@ -256,15 +414,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes per variant (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print without updating BENCHMARKS.md")
+    parser.add_argument("--recipes", action="store_true", help="add the per-recipe table (one worker, source files)")
+    parser.add_argument("--recipes-only", action="store_true", help="only the per-recipe table; never writes")
+    parser.add_argument("--baseline", type=Path, help="a checkout whose avbert gives the table's baseline columns")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --recipes-only for --baseline
     args = parser.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",")]
     return args
 
 
+def _add_passes(into: dict[str, dict], results: dict[str, dict]) -> None:
+    for recipe, result in results.items():
+        if recipe not in into:
+            into[recipe] = result
+            continue
+        for kind in ("rates", "cpu_rates"):
+            for name, values in result[kind].items():
+                into[recipe][kind][name] += values
+
+
+def recipes_section(args: argparse.Namespace) -> list[str]:
+    """The per-recipe table; with ``--baseline``, the baseline's passes interleaved with ours, one per round."""
+    results: dict[str, dict] = {}
+    baseline: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        _add_passes(results, recipe_rates(1))
+        if args.baseline:
+            _add_passes(baseline, baseline_recipe_rates(args.baseline, 1))
+    return recipe_report(results, baseline or None, args.rounds)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.json:
+        print(json.dumps(recipe_rates(args.rounds)))
+        return
     load_start = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    if args.recipes_only:
+        lines = recipes_section(args)
+        load_end = "/".join(f"{x:.1f}" for x in os.getloadavg())
+        print(
+            f"CPU: {cpu_model()}, {available_cores()} cores available; load average {load_start} at the start, "
+            f"{load_end} at the end (shared machine: compare within the table).\n"
+        )
+        print("\n".join(lines))
+        return
     missing = [v for v in args.videos if not (VIDEOS_DIR / v).is_file()]
     if missing:
         sys.exit(f"videos not found under {VIDEOS_DIR}: {missing}")
@@ -275,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         rates = pipeline_rates(files, folder / "shards", args.workers, args.rounds)
         # After the pipeline: litdata's optimize switches multiprocessing to spawn for the rest of the process.
         readers, writes, reader_bytes = reader_rates(folder / "readers", args.rounds)
+    recipe_lines = recipes_section(args) if args.recipes else []
     load_end = "/".join(f"{x:.1f}" for x in os.getloadavg())
     body = report(
         args,
@@ -286,6 +482,8 @@ def main(argv: list[str] | None = None) -> None:
         len(files),
         (load_start, load_end),
     )
+    if recipe_lines:
+        body += "\n\n" + "\n".join(recipe_lines)
     print(body)
     if not args.no_write:
         replace_section(REPO_ROOT / "BENCHMARKS.md", SECTION, body)

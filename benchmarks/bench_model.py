@@ -258,7 +258,7 @@ class Variant:
     phase: str  # "eval" or "train"
     name: str
     dtype: str = "fp32"
-    fast_path: bool = False  # model.fuse_for_inference(): channels-last CNNs, BatchNorm folded in eval forwards
+    fast_path: bool = False  # eval: cnn_fast_inference (the default); train: cnn_channels_last_training
     fused_optimizer: bool = False  # torch.optim.Adam(fused=True): one fused kernel for the whole update
     checkpointing: bool = False  # model.activation_checkpointing_enable(): CNN blocks and transformer layer
     compile: bool = False  # torch.compile(model)
@@ -274,6 +274,7 @@ def build_variants(dtypes: list[str], compile_model: bool) -> list[Variant]:
     for dtype in dtypes:
         variants += [
             Variant("train", "plain", dtype),
+            Variant("train", "channels-last", dtype, fast_path=True),
             Variant("train", "fast", dtype, fast_path=True, fused_optimizer=True),
             Variant("train", "fast + checkpointing", dtype, fast_path=True, fused_optimizer=True, checkpointing=True),
         ]
@@ -320,7 +321,7 @@ class Runner:
     def _prepare(self, variant: Variant) -> Callable[..., object]:
         model = self.workload.model
         model.train(variant.phase == "train")
-        model.fuse_for_inference(variant.fast_path)
+        model.config.cnn_fast_inference = model.config.cnn_channels_last_training = variant.fast_path
         if variant.checkpointing:
             model.activation_checkpointing_enable()
         elif model.is_activation_checkpointing:
@@ -416,7 +417,7 @@ def count_flops(workload: Workload, phase: str) -> float:
     video (the CNNs, over 99.9% of the FLOPs, are per clip; the transformer's share is slightly undercounted).
     """
     model = workload.model
-    model.fuse_for_inference(False)
+    model.config.cnn_fast_inference = model.config.cnn_channels_last_training = False
     if model.is_activation_checkpointing:
         model.activation_checkpointing_disable()
     inputs = {name: tensor[:, :1] for name, tensor in workload.inputs[phase].items()}
@@ -667,10 +668,12 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         f"(interleaved, so contention hits all alike; {threads}); medians. One model and one set of inputs for all "
         "variants (weights random, BatchNorm statistics from one training-mode pass). Eval: `model.eval()` under "
         "`torch.inference_mode()`. Train step: `model.train()`, forward with labels, backward, Adam step, "
-        "`zero_grad`. Variants: *plain* = the port as it loads (contiguous NCDHW, BatchNorm after each "
-        "convolution, `torch.optim.Adam` default implementation); *fast* = `model.fuse_for_inference()` "
-        "(channels-last CNNs; BatchNorm folded into the convolutions in eval) and, in training, "
-        "`Adam(fused=True)`; *checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
+        "`zero_grad`. Variants: *plain* = `config.cnn_fast_inference = False` in eval, the default "
+        "`cnn_channels_last_training = False` in training (contiguous NCDHW, BatchNorm after each convolution, "
+        "`torch.optim.Adam` default implementation); *fast* = in eval the default `cnn_fast_inference = True` "
+        "(channels-last CNNs, BatchNorm folded into the convolutions), in training `cnn_channels_last_training = "
+        "True` and `Adam(fused=True)`; *channels-last* = that training forward with the default Adam; "
+        "*checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
         "block, both CNN stems and the transformer layer recomputed in the backward pass); *compile* = "
         "`torch.compile(model)`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 "
         "weights.",

@@ -1,15 +1,18 @@
-"""The CNNs' fast paths (BatchNorm folding, channels-last) and their activation checkpointing."""
+"""The CNNs' default fast path (BatchNorm folding in eval, channels-last) and their activation checkpointing."""
 
 import copy
+import json
 
 import pytest
 import test_conversion
 import torch
 from conftest import NO_DROPOUT
 from safetensors.torch import load_file
+from transformers import pipeline
 
 from avbert import AVBertForAudioClassification, AVBertForVideoClassification
-from avbert.modeling_avbert import AVBertBottleneck2d, AVBertBottleneck3d, AVBertCNNFastPath
+from avbert.convert_original_checkpoint import convert_checkpoint
+from avbert.modeling_avbert import AVBertBottleneck
 
 
 @pytest.fixture
@@ -36,36 +39,99 @@ def randomize_batch_norms(model, seed=0):
     return model
 
 
-def test_fuse_for_inference_gives_the_same_outputs_and_is_reversible(make_config, make_inputs):
+def plain_copy(model):
+    """The same model (same weights and statistics) on the plain path."""
+    plain = copy.deepcopy(model)
+    plain.config.cnn_fast_inference = plain.config.cnn_channels_last_training = False
+    return plain
+
+
+def batch_norm_calls(model, inputs):
+    """How many BatchNorm modules ran in one forward (a folded one never runs)."""
+    calls = []
+    handles = [
+        module.register_forward_hook(lambda *args: calls.append(1))
+        for module in model.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    with torch.no_grad():
+        output = model(**inputs)
+    for handle in handles:
+        handle.remove()
+    return len(calls), output
+
+
+def test_the_fast_path_is_the_default_and_matches_the_plain_path(make_config, make_inputs):
     model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).eval()
+    assert model.config.cnn_fast_inference
     inputs = make_inputs()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    fast_calls, fast = batch_norm_calls(model, inputs)
     with torch.no_grad():
-        plain = model(**inputs)
-        fused = model.fuse_for_inference()(**inputs)
         visual_map = model.avbert.visual_encoder(inputs["pixel_values"].flatten(0, 1))
         audio_map = model.avbert.audio_encoder(inputs["input_features"].flatten(0, 1))
+    assert fast_calls == 0  # every BatchNorm folded into its convolution
     assert visual_map.is_contiguous(memory_format=torch.channels_last_3d)
     assert audio_map.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fused.clip_logits, plain.clip_logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused.logits, plain.logits, rtol=1e-4, atol=1e-5)
-    # Nothing is stored: the state dict is the same, so a fused model saves and loads as before.
+
+    model.config.cnn_fast_inference = False  # the one switch, read on every forward
+    plain_calls, plain = batch_norm_calls(model, inputs)
+    assert plain_calls == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with torch.no_grad():
+        assert model.avbert.visual_encoder(inputs["pixel_values"].flatten(0, 1)).is_contiguous()
+    torch.testing.assert_close(fast.clip_logits, plain.clip_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-5)
+    # Nothing is stored: the state dict is the same, so the model saves and loads the same on either path.
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
 
-    with torch.no_grad():
-        unfused = model.fuse_for_inference(False)(**inputs)
-    torch.testing.assert_close(unfused.logits, plain.logits, rtol=0, atol=0)
-    assert not any(m.fold_batch_norm or m.channels_last for m in model.modules() if isinstance(m, AVBertCNNFastPath))
+
+def test_a_loaded_model_runs_the_fast_path_and_the_switch_is_saved(make_config, make_inputs, tmp_path):
+    """What `pipeline(...)` and `avbert-evaluate` load: `from_pretrained` then eval, folded with no call. A config.json
+    saved before the switch existed loads with the default; a saved `False` stays off."""
+    model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT)))
+    model.save_pretrained(tmp_path / "fast")
+    saved = json.loads((tmp_path / "fast" / "config.json").read_text())
+    assert saved["cnn_fast_inference"] is True
+    del saved["cnn_fast_inference"]
+    (tmp_path / "fast" / "config.json").write_text(json.dumps(saved))
+    inputs = make_inputs()
+    loaded = AVBertForVideoClassification.from_pretrained(tmp_path / "fast").eval()
+    assert loaded.config.cnn_fast_inference
+    calls, fast = batch_norm_calls(loaded, inputs)
+    assert calls == 0
+
+    model.config.cnn_fast_inference = False
+    model.save_pretrained(tmp_path / "plain")
+    plain_model = AVBertForVideoClassification.from_pretrained(tmp_path / "plain").eval()
+    assert not plain_model.config.cnn_fast_inference
+    calls, plain = batch_norm_calls(plain_model, inputs)
+    assert calls > 0
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_for_inference_and_set_channels_last_are_deprecated_aliases_of_the_switches(make_config):
+    model = build(AVBertForVideoClassification, make_config())
+    with pytest.warns(FutureWarning, match="cnn_fast_inference = False"):
+        assert model.fuse_for_inference(False) is model
+    assert not model.config.cnn_fast_inference and not model.config.cnn_channels_last_training
+    with pytest.warns(FutureWarning, match="cnn_channels_last_training"):
+        assert model.set_channels_last() is model
+    assert model.config.cnn_channels_last_training and not model.config.cnn_fast_inference
+    with pytest.warns(FutureWarning):
+        model.fuse_for_inference()
+    assert model.config.cnn_fast_inference and model.config.cnn_channels_last_training
 
 
 def test_folding_follows_later_weight_changes(make_config, make_inputs):
-    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).fuse_for_inference().eval()
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).eval()
     inputs = make_inputs()
-    randomize_batch_norms(model, seed=1)  # after fusing: a folded copy would now be stale
     with torch.no_grad():
-        fused = model(**inputs).logits
-        plain = model.fuse_for_inference(False)(**inputs).logits
-    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+        model(**inputs)
+    randomize_batch_norms(model, seed=1)  # after a folded forward: a folded copy kept from it would now be stale
+    with torch.no_grad():
+        fast = model(**inputs).logits
+        plain = plain_copy(model)(**inputs).logits
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
 def assert_same_training_state(actual, expected, gradient_tolerance, buffer_tolerance):
@@ -80,10 +146,17 @@ def assert_same_training_state(actual, expected, gradient_tolerance, buffer_tole
 
 
 def test_fast_path_trains_like_the_plain_path(make_config, make_inputs, labels):
-    """In training BatchNorm is never folded (it needs batch statistics); channels-last gives the same gradients."""
+    """Training runs the plain path by default; channels-last (`cnn_channels_last_training`) gives the same gradients
+    and running statistics. BatchNorm is never folded in training (it needs the batch statistics)."""
     model = randomize_batch_norms(build(AVBertForVideoClassification, make_config(**NO_DROPOUT))).train()
-    fast = copy.deepcopy(model).fuse_for_inference()
+    fast = copy.deepcopy(model)
+    fast.config.cnn_channels_last_training = True
     inputs = make_inputs()
+    clips = inputs["pixel_values"].flatten(0, 1)
+    with torch.no_grad():  # on copies: a training forward moves the running statistics
+        assert copy.deepcopy(model).avbert.visual_encoder(clips).is_contiguous()
+        fast_map = copy.deepcopy(fast).avbert.visual_encoder(clips)
+    assert fast_map.is_contiguous(memory_format=torch.channels_last_3d)
     model(**inputs, labels=labels).loss.backward()
     fast(**inputs, labels=labels).loss.backward()
     assert_same_training_state(fast, model, gradient_tolerance=1e-4, buffer_tolerance=1e-5)
@@ -98,11 +171,12 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
     """The audio classifier has no transformer layer: its checkpointable layers are the CNN blocks and stem.
     On the fast path the stems' channels-last input copies are made inside the checkpoint."""
     config = make_config(use_visual=model_class is AVBertForVideoClassification, use_transformer=False, **NO_DROPOUT)
-    model = randomize_batch_norms(build(model_class, config)).train().fuse_for_inference(fast)
+    config.cnn_channels_last_training = fast
+    model = randomize_batch_norms(build(model_class, config)).train()
     checkpointed = copy.deepcopy(model)
     checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     assert checkpointed.is_activation_checkpointing
-    blocks = [m for m in checkpointed.modules() if isinstance(m, AVBertBottleneck2d)]
+    blocks = [m for m in checkpointed.modules() if isinstance(m, AVBertBottleneck)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
     assert checkpointed.avbert.audio_encoder.gradient_checkpointing  # the stem
 
@@ -116,22 +190,27 @@ def test_cnn_checkpointing_matches_and_updates_running_statistics_once(
 def test_gradient_checkpointing_enable_checkpoints_the_visual_cnn(make_config):
     model = build(AVBertForVideoClassification, make_config())
     model.activation_checkpointing_enable()
-    blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck3d)]
+    blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck)]
     assert blocks and all(block.gradient_checkpointing for block in blocks)
     assert model.avbert.visual_encoder.gradient_checkpointing  # the stem
     model.activation_checkpointing_disable()
     assert not any(module.gradient_checkpointing for module in [*blocks, model.avbert.visual_encoder])
 
 
-# The parity tests of test_conversion.py, rerun unchanged on the fast path: same fixtures, same tolerances.
+# The parity tests of test_conversion.py run on the default, fast path; here they run again, unchanged, on the plain
+# path: same fixtures, same tolerances.
 
 
 @pytest.fixture
-def fast_conversion(monkeypatch):
+def plain_conversion(monkeypatch):
     convert = test_conversion.convert
-    monkeypatch.setattr(
-        test_conversion, "convert", lambda *args, **kwargs: convert(*args, **kwargs).fuse_for_inference()
-    )
+
+    def convert_to_plain(*args, **kwargs):
+        model = convert(*args, **kwargs)
+        model.config.cnn_fast_inference = model.config.cnn_channels_last_training = False
+        return model
+
+    monkeypatch.setattr(test_conversion, "convert", convert_to_plain)
 
 
 @pytest.mark.skipif(not test_conversion.FIXTURES.is_dir(), reason="parity fixtures not found")
@@ -145,7 +224,7 @@ def fast_conversion(monkeypatch):
         ("test_esc50_linear_eval_parity", {}),
     ],
 )
-def test_parity_on_the_fast_path(fast_conversion, test, arguments):
+def test_parity_on_the_plain_path(plain_conversion, test, arguments):
     test_function = getattr(test_conversion, test)
     if "ks_tensors" in test_function.__code__.co_varnames[: test_function.__code__.co_argcount]:
         folder = test_conversion.FIXTURES / "tiny_ks"
@@ -159,7 +238,8 @@ def test_parity_on_the_fast_path(fast_conversion, test, arguments):
 @pytest.mark.parametrize("training", [False, True])
 def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, training):
     """Dynamo only (backend="eager"): the folded eval forward and the training forward trace without graph breaks."""
-    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT)).fuse_for_inference().train(training)
+    model = build(AVBertForVideoClassification, make_config(**NO_DROPOUT, cnn_channels_last_training=True))
+    model.train(training)
     inputs = make_inputs()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
@@ -168,3 +248,25 @@ def test_fast_path_compiles_in_one_graph(make_config, make_inputs, labels, train
         actual = compiled(**inputs, labels=labels)
     torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not test_conversion.FIXTURES.is_dir(), reason="parity fixtures not found")
+def test_pipeline_runs_the_fast_path_with_no_flag(tmp_path):
+    """`pipeline(...)` loads a saved folder and runs the folded forward as it is; the switch gives the plain scores."""
+    tiny = test_conversion.FIXTURES / "tiny_audio"
+    convert_checkpoint(tiny / "finetuned_checkpoint.pyth", tmp_path, "esc50", tiny / "config.yaml")
+    classifier = pipeline("audio-classification", model=str(tmp_path))
+    norms = [m for m in classifier.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    calls = []
+    for norm in norms:
+        norm.register_forward_hook(lambda *args: calls.append(1))
+    seconds = torch.arange(5 * classifier.feature_extractor.sampling_rate) / classifier.feature_extractor.sampling_rate
+    waveform = (0.1 * torch.sin(2 * torch.pi * 440 * seconds)).numpy()
+    fast = classifier(waveform, top_k=3)
+    assert not calls and norms
+    classifier.model.config.cnn_fast_inference = False
+    plain = classifier(waveform, top_k=3)
+    assert calls
+    assert [p["label"] for p in fast] == [p["label"] for p in plain]
+    for a, b in zip(fast, plain, strict=True):
+        assert abs(a["score"] - b["score"]) < 1e-5

@@ -467,8 +467,9 @@ def test_a_memory_limit_gives_a_named_error(tmp_path):
         used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (used + 100 * 2**20, hard))
         try:
-            # At source size (do_resize=False) the 60 frames need 166 MB; resized as decoded they take 5 MB and fit.
-            AVBertVideoProcessor(num_clips=10, num_frames=32, do_resize=False)(path)
+            # Whole frames at source size (no resize, no crop) the 60 frames need 166 MB; resized and cropped as
+            # decoded they take 3 MB and fit.
+            AVBertVideoProcessor(num_clips=10, num_frames=32, do_resize=False, do_center_crop=False)(path)
         except MediaDecodeError as error:
             print("NAMED", error)
         """

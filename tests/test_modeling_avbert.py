@@ -31,7 +31,7 @@ from avbert import (
     AVBertModel,
     AVBertModelOutput,
 )
-from avbert.modeling_avbert import AVBertBottleneck2d, AVBertBottleneck3d, AVBertOrthogonal
+from avbert.modeling_avbert import AVBertBottleneck, AVBertOrthogonal
 
 MODEL_CLASSES = (AVBertModel, AVBertForVideoClassification, AVBertForAudioClassification)
 AUDIO_ONLY = {"use_visual": False, "use_transformer": False}  # the ESC-50 audio classifier
@@ -534,7 +534,7 @@ def test_zero_init_final_batch_norm(make_config, path):
         model = build(AVBertForVideoClassification, config)
     else:
         model = AVBertForVideoClassification.from_pretrained(None, config=config, state_dict={})
-    blocks = [m for m in model.modules() if isinstance(m, (AVBertBottleneck3d, AVBertBottleneck2d))]
+    blocks = [m for m in model.modules() if isinstance(m, AVBertBottleneck)]
     assert len(blocks) == 6
     for block in blocks:
         assert torch.equal(block.bn3.weight, torch.zeros_like(block.bn3.weight))

@@ -426,3 +426,117 @@ def test_prepare_kinetics_sounds_from_folder(tmp_path):
     assert prepare.main(["kinetics-sounds", "--source", str(tmp_path / "src"), "--output-dir", str(out), "--copy"]) == 0
     assert not (out / "train").is_symlink()
     assert load_media_dataset("kinetics-sounds", out, "test").features["label"].names == ["dog barking"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# uint8 frames out of the workers, normalized on the model's device
+
+
+@pytest.mark.parametrize(
+    "jitter", [{}, {"clip_brightness_jitter": 0.3, "clip_contrast_jitter": 0.3}], ids=["", "jitter"]
+)
+def test_uint8_clips_normalized_later_are_the_float_path(tmp_path, tiny_processor, jitter):
+    """``defer_normalization``: uint8 clips (a quarter of the bytes) and the jitter factors; ``normalize_clips`` on
+    them gives exactly the float call's values (the same code, on the same device)."""
+    path = write_mp4(tmp_path / "v.mp4", size=48)
+    settings = {"do_train_augmentation": True, "seed": 5, **jitter}
+    expected = tiny_processor(videos=str(path), **settings)
+    deferred = tiny_processor(videos=str(path), defer_normalization=True, **settings)
+    pixels = deferred["pixel_values"]
+    assert pixels.dtype == torch.uint8 and pixels.shape == expected["pixel_values"].shape
+    assert pixels.element_size() * 4 == expected["pixel_values"].element_size()
+    assert deferred["input_features"].dtype == torch.float32  # the sound is not deferred
+    assert ("clip_jitter" in deferred) == bool(jitter)
+    if jitter:
+        assert deferred["clip_jitter"].shape == (1, 2, 2) and not torch.all(deferred["clip_jitter"] == 1)
+    video_processor = tiny_processor.video_processor
+    normalized = video_processor.normalize_clips(pixels, deferred.get("clip_jitter"), device="cpu")
+    assert normalized.dtype == torch.float32 and torch.equal(normalized, expected["pixel_values"])
+    assert torch.equal(pixels, deferred["pixel_values"])  # the uint8 input is left as it was
+    on_device = tiny_processor(videos=str(path), device="cpu", **settings)  # transformers' `device=`: all of it there
+    assert torch.equal(on_device["pixel_values"], expected["pixel_values"])
+
+
+def test_clip_jitter_is_torchvisions_brightness_and_contrast():
+    """The jitter of all clips at once gives torchvision's per-clip ``adjust_brightness`` / ``adjust_contrast``
+    within float32 rounding (1e-6 on pixels in [0, 1])."""
+    import torchvision.transforms.v2.functional as TF
+
+    from avbert.video_processing_avbert import _jitter_clips
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(2, 3, 3, 4, 8, 8, generator=generator)  # (rows, clips, C, T, H, W)
+    factors = 0.6 + 0.8 * torch.rand(2, 3, 2, generator=generator, dtype=torch.float64)
+    expected = values.clone()
+    for row in range(2):
+        for clip in range(3):
+            frames = expected[row, clip].transpose(0, 1)  # (T, C, H, W)
+            frames = TF.adjust_brightness(frames, float(factors[row, clip, 0]))
+            frames = TF.adjust_contrast(frames, float(factors[row, clip, 1]))
+            expected[row, clip] = frames.transpose(0, 1)
+    _jitter_clips(values, factors)
+    torch.testing.assert_close(values, expected, atol=1e-6, rtol=0)
+
+
+class _Uint8Clips(torch.utils.data.Dataset):
+    """Rows as ``MediaTransform(defer_normalization=True)`` gives them, at the tiny model's clip size."""
+
+    def __init__(self, size: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.rows = [
+            {
+                "pixel_values": torch.randint(0, 256, (3, 3, 4, 16, 16), dtype=torch.uint8, generator=generator),
+                "input_features": torch.randn(3, 1, 16, 16, generator=generator),
+                "clip_jitter": 0.8 + 0.4 * torch.rand(3, 2, generator=generator, dtype=torch.float64),
+                "labels": index % 3,
+                "error": None,
+            }
+            for index in range(size)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def test_trainer_normalizes_uint8_batches_on_the_model_device(tmp_path, tiny_processor):
+    """Real decoded rows: MediaTransform(defer_normalization=True) -> collator -> the trainer's input preparation
+    gives the float rows' batch; the trainer trains on uint8 rows; without a video processor it says what to pass."""
+    from test_training_recipes import args_for, finetune_recipe, tiny_config
+
+    from avbert import AVBertForVideoClassification
+    from avbert.training.trainers import AVBertTrainer
+
+    paths = [str(write_mp4(tmp_path / f"{index}.mp4", size=40)) for index in range(2)]
+    rows = {"path": paths, "label": [0, 1]}
+    collator = AVBertDataCollator()
+    batches = {}
+    for defer in (False, True):
+        torch.manual_seed(11)  # the training draw comes from torch's global generator, as in the workers
+        transform = MediaTransform(tiny_processor, "audio-visual", train=True, defer_normalization=defer)
+        decoded = transform(rows)
+        batches[defer] = collator([{key: values[i] for key, values in decoded.items()} for i in range(2)])
+    assert batches[True]["pixel_values"].dtype == torch.uint8
+
+    recipe = finetune_recipe(train_batch_size=2)
+    model = AVBertForVideoClassification(tiny_config())
+    trainer = AVBertTrainer(
+        model=model,
+        args=args_for(recipe, tmp_path / "run", max_steps=2),
+        recipe=recipe,
+        train_dataset=_Uint8Clips(4),
+        data_collator=collator,
+        video_processor=tiny_processor.video_processor,
+    )
+    prepared = trainer._prepare_inputs(dict(batches[True]))
+    assert prepared["pixel_values"].device == trainer.args.device
+    assert torch.equal(prepared["pixel_values"], batches[False]["pixel_values"].to(trainer.args.device))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+    trainer.video_processor = None
+    with pytest.raises(ValueError, match=r"video_processor=processor\.video_processor"):
+        trainer._prepare_inputs(dict(batches[True]))

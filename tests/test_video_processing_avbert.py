@@ -152,8 +152,9 @@ def high_resolution_video(tmp_path_factory):
     ids=["eval", "eval-height-width", "train"],
 )
 def test_files_are_resized_while_they_are_decoded(high_resolution_video, monkeypatch, settings):
-    """A 1280x720 file: the decoder hands over frames already at the output size (the training draw's scale in
-    training), and the result is bit for bit the frame-array path's, which resizes after decoding (the order before)."""
+    """A 1280x720 file: the decoder hands over only the part of the resized frames that the crop takes (the training
+    draw's crop, flipped, in training), and the result is bit for bit the frame-array path's, which resizes, crops and
+    flips after decoding (the order before)."""
     from avbert import video_processing_avbert
 
     decoded_shapes = []
@@ -172,12 +173,10 @@ def test_files_are_resized_while_they_are_decoded(high_resolution_video, monkeyp
     assert torch.equal(from_files, from_arrays)
     if settings.get("do_train_augmentation"):
         assert not torch.equal(from_files[0], from_files[1])  # two draws, in the frame-array path's order
-        short_sides = [shape[1] for shape in decoded_shapes]
-        assert all(128 <= side <= 160 for side in short_sides)
-        assert [shape[2] for shape in decoded_shapes] == [short_side_size(720, 1280, s)[1] for s in short_sides]
+        expected = (112, 112)
     else:
-        expected = (90, 160) if "size" in settings else short_side_size(720, 1280, 128)
-        assert [shape[1:3] for shape in decoded_shapes] == [expected, expected]
+        expected = (90, 160) if "size" in settings else (128, 128)
+    assert [shape[1:3] for shape in decoded_shapes] == [expected, expected]
 
 
 @needs_videos

@@ -72,6 +72,13 @@ class AVBertConfig(PreTrainedConfig):
         batch_norm_eps (`float`, defaults to 1e-5), batch_norm_momentum (`float`, defaults to 0.1).
         zero_init_final_batch_norm (`bool`, defaults to `True`): initialise the last BatchNorm of every residual
             block with a zero scale.
+        cnn_fast_inference (`bool`, defaults to `True`): in eval forwards, run both CNNs on channels-last activations
+            with every BatchNorm folded into its convolution (recomputed from the current weights on every forward).
+            It changes the order of floating-point operations only, no parameter; `False` gives the plain path
+            (docs/performance.md). Configs saved without it load with the default.
+        cnn_channels_last_training (`bool`, defaults to `False`): run both CNNs on channels-last activations in
+            training forwards too (BatchNorm unfolded, on batch statistics); off by default, as it was not clearly
+            faster on the CPUs measured (docs/performance.md).
 
     Transformer:
         hidden_size, num_attention_heads, intermediate_size, num_hidden_layers, hidden_act, hidden_dropout_prob
@@ -137,6 +144,8 @@ class AVBertConfig(PreTrainedConfig):
     batch_norm_eps: float = 1e-5
     batch_norm_momentum: float = 0.1
     zero_init_final_batch_norm: bool = True
+    cnn_fast_inference: bool = True
+    cnn_channels_last_training: bool = False
 
     hidden_size: int = 768
     num_attention_heads: int = 12

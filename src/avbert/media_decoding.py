@@ -648,6 +648,9 @@ class _FrameReader:
         self.last: tuple[int, av.VideoFrame] | None = None
         self.sought: int | None = None  # rank of the keyframe of the last seek, until a frame reaches it
         self.frames_decoded = 0
+        # One swscale context for the whole video (``to_ndarray(format=...)`` sets one up per frame), on one thread:
+        # a DataLoader worker has one core.
+        self.reformatter = av.video.reformatter.VideoReformatter()
 
     def convert(self, frame: av.VideoFrame) -> np.ndarray:
         """RGB uint8, display-rotated, transformed. Mid-stream size changes are scaled to the first frame's size."""
@@ -655,10 +658,7 @@ class _FrameReader:
             self.shape = (frame.width, frame.height)
             self.rotation = _rotation_degrees(frame)
         width, height = self.shape
-        if (frame.width, frame.height) == self.shape:
-            rgb = frame.to_ndarray(format="rgb24")
-        else:
-            rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+        rgb = self.reformatter.reformat(frame, width, height, "rgb24", threads=1).to_ndarray()
         quarters = _rotation_quarters(_rotation_degrees(frame))
         if quarters:
             rgb = np.ascontiguousarray(np.rot90(rgb, quarters))

@@ -3,6 +3,7 @@
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,16 +114,24 @@ def batch_norm(norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tenso
 
 
 def conv_norm(
-    conv: nn.Conv2d | nn.Conv3d, norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tensor, fold: bool
+    conv: nn.Conv2d | nn.Conv3d,
+    norm: nn.BatchNorm2d | nn.BatchNorm3d,
+    hidden_states: torch.Tensor,
+    fold: bool,
+    conv_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
-    `batch_norm(norm, conv(hidden_states))`. In eval with `fold`, one convolution with the BatchNorm folded into its
-    weight and bias (computed from the current parameters on every call, so it can never go stale).
+    `batch_norm(norm, conv(hidden_states))` (with `conv_weight` in place of `conv.weight` where given: a checkpointed
+    stem takes its weight as an argument). In eval with `fold`, one convolution with the BatchNorm folded into its
+    weight and bias, computed from the current parameters and statistics on every call, so it can never go stale.
     """
     if not fold or norm.training:
-        return batch_norm(norm, conv(hidden_states))
+        if conv_weight is None:
+            return batch_norm(norm, conv(hidden_states))
+        return batch_norm(norm, conv._conv_forward(hidden_states, conv_weight, conv.bias))
+    weight = conv.weight if conv_weight is None else conv_weight
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
     bias = norm.bias - norm.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
@@ -135,208 +144,67 @@ def checkpoints_stem(encoder: nn.Module) -> bool:
     return encoder.gradient_checkpointing and encoder.training and torch.is_grad_enabled()
 
 
-class AVBertCNNFastPath:
+class AVBertBottleneck(GradientCheckpointingLayer):
     """
-    The inference and training switches shared by the CNN encoders and their blocks: `channels_last` runs the
-    convolutions on channels-last activations (`torch.channels_last_3d` for the visual CNN, `torch.channels_last` for
-    the audio CNN; the encoder converts its input and the blocks keep the layout), `fold_batch_norm` folds every
-    BatchNorm into its convolution in eval forwards. Neither changes a parameter or the state dict; see
-    docs/performance.md.
-    """
-
-    channels_last: bool = False
-    fold_batch_norm: bool = False
-
-
-class AVBertBottleneck3d(AVBertCNNFastPath, GradientCheckpointingLayer):
-    """
-    3D bottleneck block: (tk x 1 x 1) -> (1 x 3 x 3, spatial stride) -> 1 x 1 x 1, with a projection shortcut.
-    Checkpointable: `activation_checkpointing_enable()` recomputes its activations in the backward pass.
+    The bottleneck residual block of both CNNs, on 2D `(frequency, time)` maps (audio, `dims=2`) or 3D
+    `(time, height, width)` maps (video, `dims=3`): a 1x1 convolution (`temporal_kernel_size` x 1 x 1 in 3D), a 3x3
+    convolution over the last two axes that carries the block's `stride`, a 1x1 convolution, and a projection
+    shortcut where the width or the size changes; a BatchNorm after every convolution. In a `separable` block the
+    3x3 convolution is split into a 3x1 and a 1x3 one, each with its own norm and activation and each striding the
+    axis it runs along. Checkpointable: `activation_checkpointing_enable()` recomputes its activations in the
+    backward pass.
     """
 
     def __init__(
         self,
         config: AVBertConfig,
-        in_channels: int,
-        bottleneck_channels: int,
-        out_channels: int,
-        temporal_kernel_size: int,
-        spatial_stride: int,
-    ):
-        super().__init__()
-        norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
-        self.conv1 = nn.Conv3d(
-            in_channels,
-            bottleneck_channels,
-            kernel_size=(temporal_kernel_size, 1, 1),
-            padding=(temporal_kernel_size // 2, 0, 0),
-            bias=False,
-        )
-        self.bn1 = nn.BatchNorm3d(bottleneck_channels, **norm_kwargs)
-        self.conv2 = nn.Conv3d(
-            bottleneck_channels,
-            bottleneck_channels,
-            kernel_size=(1, 3, 3),
-            stride=(1, spatial_stride, spatial_stride),
-            padding=(0, 1, 1),
-            bias=False,
-        )
-        self.bn2 = nn.BatchNorm3d(bottleneck_channels, **norm_kwargs)
-        self.conv3 = nn.Conv3d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm3d(out_channels, **norm_kwargs)
-        self.bn3.is_final_block_norm = True
-        self.act = nn.ReLU(inplace=True)
-        self.downsample = None
-        if in_channels != out_channels or spatial_stride != 1:
-            self.downsample = nn.Sequential(
-                nn.Conv3d(
-                    in_channels, out_channels, kernel_size=1, stride=(1, spatial_stride, spatial_stride), bias=False
-                ),
-                nn.BatchNorm3d(out_channels, **norm_kwargs),
-            )
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        fold = self.fold_batch_norm
-        shortcut = hidden_states
-        if self.downsample is not None:
-            shortcut = conv_norm(self.downsample[0], self.downsample[1], hidden_states, fold)
-        hidden_states = self.act(conv_norm(self.conv1, self.bn1, hidden_states, fold))
-        hidden_states = self.act(conv_norm(self.conv2, self.bn2, hidden_states, fold))
-        hidden_states = conv_norm(self.conv3, self.bn3, hidden_states, fold)
-        return self.act(hidden_states + shortcut)
-
-
-class AVBertVisualEncoder(AVBertCNNFastPath, nn.Module):
-    """
-    3D ResNet (PySlowFast slow-only layout): a (5 x 7 x 7) stem with temporal stride 2 and a spatial max-pool, then
-    bottleneck stages with temporal kernels only where `visual_temporal_kernel_sizes` asks for them.
-    `(N, 3, T, H, W)` clips -> `(N, 4 * base * 2**(stages-1), T/2, H/32, W/32)` feature maps.
-    """
-
-    memory_format = torch.channels_last_3d
-    gradient_checkpointing = False
-
-    def __init__(self, config: AVBertConfig):
-        super().__init__()
-        width = config.visual_base_width
-        stem_kernel = config.visual_stem_temporal_kernel_size
-        self.stem_conv = nn.Conv3d(
-            config.num_channels,
-            width,
-            kernel_size=(stem_kernel, 7, 7),
-            stride=(2, 2, 2),
-            padding=(stem_kernel // 2, 3, 3),
-            bias=False,
-        )
-        self.stem_bn = nn.BatchNorm3d(width, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
-        self.stem_act = nn.ReLU(inplace=True)
-        self.stem_pool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-
-        stages = []
-        in_channels = width
-        for index, (depth, temporal_kernel) in enumerate(
-            zip(config.visual_depths, config.visual_temporal_kernel_sizes, strict=True)
-        ):
-            bottleneck = width * 2**index
-            out_channels = 4 * bottleneck
-            stride = 1 if index == 0 else 2
-            blocks = [
-                AVBertBottleneck3d(
-                    config,
-                    in_channels if block == 0 else out_channels,
-                    bottleneck,
-                    out_channels,
-                    temporal_kernel,
-                    stride if block == 0 else 1,
-                )
-                for block in range(depth)
-            ]
-            stages.append(nn.Sequential(*blocks))
-            in_channels = out_channels
-        self.stages = nn.ModuleList(stages)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if checkpoints_stem(self):
-            hidden_states = self._gradient_checkpointing_func(
-                self._checkpointed_stem, pixel_values, self.stem_conv.weight
-            )
-        else:
-            if self.channels_last:
-                pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
-            hidden_states = conv_norm(self.stem_conv, self.stem_bn, pixel_values, self.fold_batch_norm)
-            hidden_states = self.stem_pool(self.stem_act(hidden_states))
-        for stage in self.stages:
-            hidden_states = stage(hidden_states)
-        return hidden_states
-
-    def _checkpointed_stem(self, pixel_values: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
-        # The whole stem, the input's channels-last copy included, is recomputed: of the stem only the caller's input
-        # is kept (the copy and the convolution's output are the largest activations of the model). The weight comes
-        # in as an argument because reentrant checkpointing needs an input that requires grad.
-        if self.channels_last:
-            pixel_values = pixel_values.contiguous(memory_format=self.memory_format)
-        hidden_states = batch_norm(self.stem_bn, self.stem_conv._conv_forward(pixel_values, conv_weight, None))
-        return self.stem_pool(self.stem_act(hidden_states))
-
-
-class AVBertBottleneck2d(AVBertCNNFastPath, GradientCheckpointingLayer):
-    """
-    2D bottleneck block on (frequency, time) maps. In a separable block the 3x3 convolution is split into a
-    frequency (3x1) and a time (1x3) convolution, each with its own norm and activation; the stride goes on the
-    axis the convolution runs along. Checkpointable like [`AVBertBottleneck3d`].
-    """
-
-    def __init__(
-        self,
-        config: AVBertConfig,
+        dims: int,
         in_channels: int,
         bottleneck_channels: int,
         out_channels: int,
         stride: int,
-        separable: bool,
+        temporal_kernel_size: int = 1,
+        separable: bool = False,
     ):
         super().__init__()
-        norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
+        if dims not in (2, 3) or (dims == 2 and temporal_kernel_size != 1):
+            raise ValueError(f"A bottleneck block is 2D or 3D (with a temporal kernel only in 3D), got dims={dims}.")
+        conv_class, norm_class = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        leading = (1,) * (dims - 2)  # the time axis of 3D maps: only conv1 convolves along it, nothing strides it
+
+        def conv(in_size: int, out_size: int, kernel: tuple[int, ...], strides: tuple[int, ...]) -> nn.Module:
+            padding = tuple(size // 2 for size in kernel)
+            return conv_class(in_size, out_size, kernel, stride=strides, padding=padding, bias=False)
+
+        def norm(size: int) -> nn.Module:
+            return norm_class(size, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+
+        ones = (1,) * dims
         self.separable = separable
-        self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+        self.conv1 = conv(in_channels, bottleneck_channels, (temporal_kernel_size,) * (dims - 2) + (1, 1), ones)
+        self.bn1 = norm(bottleneck_channels)
         if separable:
-            self.conv2_freq = nn.Conv2d(
-                bottleneck_channels,
-                bottleneck_channels,
-                kernel_size=(3, 1),
-                stride=(stride, 1),
-                padding=(1, 0),
-                bias=False,
-            )
-            self.bn2_freq = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
-            self.conv2_time = nn.Conv2d(
-                bottleneck_channels,
-                bottleneck_channels,
-                kernel_size=(1, 3),
-                stride=(1, stride),
-                padding=(0, 1),
-                bias=False,
-            )
-            self.bn2_time = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
+            self.conv2_freq = conv(bottleneck_channels, bottleneck_channels, (*leading, 3, 1), (*leading, stride, 1))
+            self.bn2_freq = norm(bottleneck_channels)
+            self.conv2_time = conv(bottleneck_channels, bottleneck_channels, (*leading, 1, 3), (*leading, 1, stride))
+            self.bn2_time = norm(bottleneck_channels)
         else:
-            self.conv2 = nn.Conv2d(
-                bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride, padding=1, bias=False
-            )
-            self.bn2 = nn.BatchNorm2d(bottleneck_channels, **norm_kwargs)
-        self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels, **norm_kwargs)
-        self.bn3.is_final_block_norm = True
+            self.conv2 = conv(bottleneck_channels, bottleneck_channels, (*leading, 3, 3), (*leading, stride, stride))
+            self.bn2 = norm(bottleneck_channels)
+        self.conv3 = conv(bottleneck_channels, out_channels, ones, ones)
+        self.bn3 = norm(out_channels)
+        # The original's init: the last norm starts at zero scale (`zero_init_final_batch_norm`), so that the block
+        # starts as an identity. `_init_weights` applies it (transformers initializes the norm itself, not the block).
+        self.bn3.initial_scale = 0.0 if config.zero_init_final_batch_norm else 1.0
         self.act = nn.ReLU(inplace=True)
         self.downsample = None
         if in_channels != out_channels or stride != 1:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels, **norm_kwargs),
+                conv(in_channels, out_channels, ones, (*leading, stride, stride)), norm(out_channels)
             )
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        fold = self.fold_batch_norm
+    def forward(self, hidden_states: torch.Tensor, fold_batch_norm: bool = False) -> torch.Tensor:
+        fold = fold_batch_norm
         shortcut = hidden_states
         if self.downsample is not None:
             shortcut = conv_norm(self.downsample[0], self.downsample[1], hidden_states, fold)
@@ -350,17 +218,145 @@ class AVBertBottleneck2d(AVBertCNNFastPath, GradientCheckpointingLayer):
         return self.act(hidden_states + shortcut)
 
 
-class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
+class AVBertStageLayout(NamedTuple):
+    """One CNN stage: its number of blocks, the stride of its first block, and the shape of its blocks."""
+
+    depth: int
+    stride: int
+    temporal_kernel_size: int = 1
+    separable: bool = False
+
+
+def make_stages(config: AVBertConfig, dims: int, stem_width: int, layouts: list[AVBertStageLayout]) -> nn.ModuleList:
+    """
+    The bottleneck stages of a CNN: stage k has bottleneck width `stem_width * 2**k` and output width four times
+    that. Its first block takes the previous stage's width (the stem's for stage 0) and the stage's stride.
+    """
+    stages = []
+    in_channels = stem_width
+    for index, layout in enumerate(layouts):
+        bottleneck_channels = stem_width * 2**index
+        out_channels = 4 * bottleneck_channels
+        blocks = [
+            AVBertBottleneck(
+                config,
+                dims,
+                in_channels if block == 0 else out_channels,
+                bottleneck_channels,
+                out_channels,
+                layout.stride if block == 0 else 1,
+                layout.temporal_kernel_size,
+                layout.separable,
+            )
+            for block in range(layout.depth)
+        ]
+        stages.append(nn.Sequential(*blocks))
+        in_channels = out_channels
+    return nn.ModuleList(stages)
+
+
+class AVBertCNNEncoder(nn.Module):
+    """
+    What the two CNN encoders share: a stem, then the bottleneck stages. The fast path is decided here and nowhere
+    else, from the config on every forward (docs/performance.md): eval forwards (`cnn_fast_inference`, the default)
+    run on channels-last activations (the subclass's `memory_format`; the stem converts, the convolutions keep the
+    layout) with every BatchNorm folded into its convolution; training forwards run channels-last only with
+    `cnn_channels_last_training`. Neither changes a parameter or the state dict.
+    """
+
+    memory_format: torch.memory_format
+    gradient_checkpointing = False
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:  # BatchNorm normalizes with the batch statistics: nothing to fold
+            channels_last, fold_batch_norm = self.config.cnn_channels_last_training, False
+        else:
+            channels_last = fold_batch_norm = self.config.cnn_fast_inference
+        if checkpoints_stem(self):
+            # The whole stem, the input's channels-last copy included, is recomputed: of the stem only the caller's
+            # input is kept (the copy and the first convolution's output are the largest activations of the model).
+            # The weight goes in as an argument because reentrant checkpointing needs an input that requires grad.
+            hidden_states = self._gradient_checkpointing_func(
+                self.stem, inputs, self.first_conv.weight, channels_last, False
+            )
+        else:
+            hidden_states = self.stem(inputs, None, channels_last, fold_batch_norm)
+        for stage in self.stages:
+            for block in stage:
+                hidden_states = block(hidden_states, fold_batch_norm)
+        return hidden_states
+
+    @property
+    def first_conv(self) -> nn.Conv2d | nn.Conv3d:
+        """The stem's first convolution (the one that sees the input)."""
+        raise NotImplementedError
+
+    def stem(
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
+    ) -> torch.Tensor:
+        """The stem; `first_conv_weight`, where given, stands in for `first_conv.weight` (the checkpointed stem's)."""
+        raise NotImplementedError
+
+
+class AVBertVisualEncoder(AVBertCNNEncoder):
+    """
+    3D ResNet (PySlowFast slow-only layout): a (5 x 7 x 7) stem with temporal stride 2 and a spatial max-pool, then
+    bottleneck stages with temporal kernels only where `visual_temporal_kernel_sizes` asks for them.
+    `(N, 3, T, H, W)` clips -> `(N, 4 * base * 2**(stages-1), T/2, H/32, W/32)` feature maps.
+    """
+
+    memory_format = torch.channels_last_3d
+
+    def __init__(self, config: AVBertConfig):
+        super().__init__(config)
+        width = config.visual_base_width
+        stem_kernel = config.visual_stem_temporal_kernel_size
+        self.stem_conv = nn.Conv3d(
+            config.num_channels,
+            width,
+            kernel_size=(stem_kernel, 7, 7),
+            stride=(2, 2, 2),
+            padding=(stem_kernel // 2, 3, 3),
+            bias=False,
+        )
+        self.stem_bn = nn.BatchNorm3d(width, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+        self.stem_act = nn.ReLU(inplace=True)
+        self.stem_pool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        layouts = [
+            AVBertStageLayout(depth, stride=1 if index == 0 else 2, temporal_kernel_size=temporal_kernel)
+            for index, (depth, temporal_kernel) in enumerate(
+                zip(config.visual_depths, config.visual_temporal_kernel_sizes, strict=True)
+            )
+        ]
+        self.stages = make_stages(config, 3, width, layouts)
+
+    @property
+    def first_conv(self) -> nn.Conv3d:
+        return self.stem_conv
+
+    def stem(
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
+    ) -> torch.Tensor:
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=self.memory_format)
+        hidden_states = conv_norm(self.stem_conv, self.stem_bn, inputs, fold_batch_norm, first_conv_weight)
+        return self.stem_pool(self.stem_act(hidden_states))
+
+
+class AVBertAudioEncoder(AVBertCNNEncoder):
     """
     2D ResNet on log-mel spectrograms: a separable (9x1 then 1x9) stem without stride, then bottleneck stages that all
     halve both axes. `(N, 1, mel, time)` -> `(N, 4 * base * 2**(stages-1), mel/16, time/16)` feature maps.
     """
 
     memory_format = torch.channels_last
-    gradient_checkpointing = False
 
     def __init__(self, config: AVBertConfig):
-        super().__init__()
+        super().__init__(config)
         width = config.audio_base_width
         norm_kwargs = {"eps": config.batch_norm_eps, "momentum": config.batch_norm_momentum}
         self.stem_conv_freq = nn.Conv2d(1, width, kernel_size=(9, 1), padding=(4, 0), bias=False)
@@ -368,60 +364,25 @@ class AVBertAudioEncoder(AVBertCNNFastPath, nn.Module):
         self.stem_conv_time = nn.Conv2d(width, width, kernel_size=(1, 9), padding=(0, 4), bias=False)
         self.stem_bn_time = nn.BatchNorm2d(width, **norm_kwargs)
         self.stem_act = nn.ReLU(inplace=True)
+        layouts = [
+            AVBertStageLayout(depth, stride=2, separable=index < config.audio_num_separable_stages)
+            for index, depth in enumerate(config.audio_depths)
+        ]
+        self.stages = make_stages(config, 2, width, layouts)
 
-        stages = []
-        in_channels = width
-        for index, depth in enumerate(config.audio_depths):
-            bottleneck = width * 2**index
-            out_channels = 4 * bottleneck
-            separable = index < config.audio_num_separable_stages
-            blocks = [
-                AVBertBottleneck2d(
-                    config,
-                    in_channels if block == 0 else out_channels,
-                    bottleneck,
-                    out_channels,
-                    2 if block == 0 else 1,
-                    separable,
-                )
-                for block in range(depth)
-            ]
-            stages.append(nn.Sequential(*blocks))
-            in_channels = out_channels
-        self.stages = nn.ModuleList(stages)
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.stem_conv_freq
 
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        if checkpoints_stem(self):  # as in the visual encoder
-            hidden_states = self._gradient_checkpointing_func(
-                self._checkpointed_stem, input_features, self.stem_conv_freq.weight
-            )
-        else:
-            hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, input_features, self.fold_batch_norm)
-            hidden_states = self._stem_after_norm(hidden_states)
-        for stage in self.stages:
-            hidden_states = stage(hidden_states)
-        return hidden_states
-
-    def _checkpointed_stem(self, input_features: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.stem_conv_freq._conv_forward(input_features, conv_weight, None)
-        return self._stem_after_norm(batch_norm(self.stem_bn_freq, hidden_states))
-
-    def _stem_after_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def stem(
+        self, inputs: torch.Tensor, first_conv_weight: torch.Tensor | None, channels_last: bool, fold_batch_norm: bool
+    ) -> torch.Tensor:
+        hidden_states = conv_norm(self.stem_conv_freq, self.stem_bn_freq, inputs, fold_batch_norm, first_conv_weight)
         hidden_states = self.stem_act(hidden_states)
-        if self.channels_last:  # after the first convolution: a one-channel input has no distinct channels-last form
+        if channels_last:  # after the first convolution: a one-channel input has no distinct channels-last form
             hidden_states = hidden_states.contiguous(memory_format=self.memory_format)
-        hidden_states = conv_norm(self.stem_conv_time, self.stem_bn_time, hidden_states, self.fold_batch_norm)
+        hidden_states = conv_norm(self.stem_conv_time, self.stem_bn_time, hidden_states, fold_batch_norm)
         return self.stem_act(hidden_states)
-
-
-def set_cnn_fast_path(model: nn.Module, channels_last: bool | None = None, fold_batch_norm: bool | None = None) -> None:
-    """Set the [`AVBertCNNFastPath`] switches of every CNN encoder and block in `model` (None leaves one as it is)."""
-    for module in model.modules():
-        if isinstance(module, AVBertCNNFastPath):
-            if channels_last is not None:
-                module.channels_last = channels_last
-            if fold_batch_norm is not None:
-                module.fold_batch_norm = fold_batch_norm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -737,7 +698,7 @@ class AVBertPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("video", "audio")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["AVBertLayer", "AVBertBottleneck3d", "AVBertBottleneck2d"]
+    _no_split_modules = ["AVBertLayer", "AVBertBottleneck"]
     _supports_sdpa = True
 
     @torch.no_grad()
@@ -751,11 +712,8 @@ class AVBertPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            # The last norm of a residual block starts at zero scale, so every block starts as an identity.
-            if getattr(module, "is_final_block_norm", False) and self.config.zero_init_final_batch_norm:
-                init.zeros_(module.weight)
-            else:
-                init.ones_(module.weight)
+            # A block's last norm carries the scale its block starts it at (see `AVBertBottleneck`).
+            init.constant_(module.weight, getattr(module, "initial_scale", 1.0))
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
@@ -814,18 +772,45 @@ class AVBertPreTrainedModel(PreTrainedModel):
         self.base_model.requires_grad_(False)
         self.train(self.training)
 
+    def _check_head_inputs(self, pixel_values: torch.Tensor | None, input_features: torch.Tensor | None) -> None:
+        """The heads' one input check: every modality this model has an encoder for must be given."""
+        name = type(self).__name__
+        if self.config.use_visual and pixel_values is None:
+            raise ValueError(f"{name} needs pixel_values (the video clips, e.g. from AVBertVideoProcessor).")
+        if self.config.use_audio and input_features is None:
+            raise ValueError(
+                f"{name} has an audio branch (use_audio=True) and needs input_features, the log-mel of the sound "
+                "under each clip, which these inputs lack: read the sound with the processor (AVBertProcessor, or the "
+                "video processor with load_audio_in_video=True), or use a visual-only model (use_audio=False) for "
+                "videos without sound."
+            )
+
     def fuse_for_inference(self, fuse: bool = True) -> "AVBertPreTrainedModel":
         """
-        The CNNs' inference fast path: BatchNorm folded into the convolutions in eval forwards and channels-last
-        activations (see docs/performance.md). Parameters, the state dict and training forwards are unchanged;
-        `fuse_for_inference(False)` switches both back.
+        Deprecated: the inference fast path is the default. `fuse_for_inference(fuse)` sets what it used to switch,
+        `config.cnn_fast_inference` and `config.cnn_channels_last_training`, to `fuse` and returns the model.
         """
-        set_cnn_fast_path(self, channels_last=fuse, fold_batch_norm=fuse)
+        warnings.warn(
+            "fuse_for_inference() is deprecated: eval forwards fold BatchNorm and run channels-last by default; set "
+            "model.config.cnn_fast_inference = False for the plain path (docs/performance.md).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        self.config.cnn_fast_inference = self.config.cnn_channels_last_training = fuse
         return self
 
     def set_channels_last(self, enabled: bool = True) -> "AVBertPreTrainedModel":
-        """Run the CNNs on channels-last activations (training and eval), leaving BatchNorm folding as it is."""
-        set_cnn_fast_path(self, channels_last=enabled)
+        """
+        Deprecated: `set_channels_last(enabled)` sets `config.cnn_channels_last_training = enabled` (eval forwards
+        are channels-last by default, with `config.cnn_fast_inference`) and returns the model.
+        """
+        warnings.warn(
+            "set_channels_last() is deprecated: set model.config.cnn_channels_last_training for training forwards; "
+            "eval forwards run channels-last by default (model.config.cnn_fast_inference).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        self.config.cnn_channels_last_training = enabled
         return self
 
 
@@ -1203,15 +1188,7 @@ class AVBertForVideoClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
         labels (`torch.LongTensor` of shape `(batch_size,)`):
             One label per video; every clip is trained against it.
         """
-        if self.config.use_visual and pixel_values is None:
-            raise ValueError("This AVBERT video classifier needs pixel_values.")
-        if self.config.use_audio and input_features is None:
-            raise ValueError(
-                "This AVBERT video classifier has an audio branch (use_audio=True) and needs input_features, the "
-                "log-mel of the sound under each clip, which these inputs lack: read the sound with the processor "
-                "(AVBertProcessor, or the video processor with load_audio_in_video=True), or use a visual-only model "
-                "(use_audio=False) for videos without sound."
-            )
+        self._check_head_inputs(pixel_values, input_features)
         outputs = self.avbert(
             pixel_values=pixel_values,
             input_features=input_features,
@@ -1280,8 +1257,7 @@ class AVBertForAudioClassification(AVBertClassifierMixin, AVBertPreTrainedModel)
         labels (`torch.LongTensor` of shape `(batch_size,)`):
             One label per recording; every clip is trained against it.
         """
-        if input_features is None:
-            raise ValueError("AVBertForAudioClassification needs input_features.")
+        self._check_head_inputs(None, input_features)
         _, audio_features = self.avbert.get_clip_features(input_features=input_features)
         clip_logits = self.clip_head(audio_features)
         loss = self._clip_loss(clip_logits, labels, **kwargs) if labels is not None else None
@@ -1518,8 +1494,7 @@ class AVBertForPreTraining(AVBertPreTrainedModel):
         In training mode the omitted masks and pair labels and the negatives are drawn from torch's global generator;
         in eval mode from one seeded afresh on every call, so evaluation losses are reproducible.
         """
-        if pixel_values is None or input_features is None:
-            raise ValueError("AVBertForPreTraining needs both pixel_values and input_features.")
+        self._check_head_inputs(pixel_values, input_features)
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states

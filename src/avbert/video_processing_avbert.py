@@ -5,12 +5,13 @@ The base class merges and validates the keyword arguments and calls, in order,
 
 1. ``sample_frames``: the clip frame indices ``(clips, num_frames)``, from :mod:`.clip_sampling`;
 2. ``_decode_and_sample_videos``: files are decoded with :mod:`.media_decoding` (PyAV), only the sampled frames, each
-   once, and resized to the output size as they are decoded (in training after the video's draw, see below); frame
-   arrays are indexed the same way;
+   once, and cut to their crop window (resized, cropped and flipped by one gather) as they are decoded (in training
+   after the video's draw, see below); frame arrays are indexed the same way;
 3. ``_preprocess``: on those unique frames, the training draw (scale, crop and flip shared by the clips of a video,
    per-clip brightness / contrast factors) where decoding did not make it, the nearest short-side resize (one
-   gather) where decoding did not do it, the crops (slices), ``x / 255``, the clips gathered from the frames, the
-   jitter and ``(x - 0.45) / 0.225``.
+   gather), crops (slices) and flip where decoding did not do them, the uint8 clips gathered from the frames, then
+   ``normalize_clips``: ``x / 255``, the jitter and ``(x - 0.45) / 0.225`` (``defer_normalization`` leaves that to
+   the caller, e.g. on the GPU).
 
 This reproduces the original data pipeline exactly (``ks_tiny_visual_seq`` and the full-size clips of the parity
 fixtures). The sound belongs to :class:`~.feature_extraction_avbert.AVBertFeatureExtractor`; with
@@ -32,11 +33,11 @@ Decisions worth knowing:
   ``np.random.randint(0, dim - crop)`` never picks. Randomness comes from ``generator`` or ``seed``.
 - ``all_views=True`` returns the three evaluation crops as batch rows, video-major: row ``3 * b + c`` is video ``b``,
   crop ``c`` (average the model's scores over each group of three, as the original's test ensemble does).
-- Files are resized while they are decoded (each kept frame, by the same nearest gather, so bit for bit as resizing
-  after): a call never holds a video's frames at source size (up to ``clips * num_frames`` frames, about 2 GB at
-  1080p). The output size must be known first, so in training each video's draw is made before it is decoded, in the
-  order ``_preprocess`` draws for frame arrays: a seed gives the same crops for a file and for its frames. Frame
-  arrays are resized in ``_preprocess`` (transformers' order).
+- Files are resized and cropped while they are decoded (each kept frame, by the same nearest gather, so bit for bit
+  as resizing and cropping after): a call never holds a video's frames at source size (up to ``clips * num_frames``
+  frames, about 2 GB at 1080p). The crop must be known first, so in training each video's draw is made before it is
+  decoded, in the order ``_preprocess`` draws for frame arrays: a seed gives the same crops for a file and for its
+  frames. Frame arrays are resized and cropped in ``_preprocess`` (transformers' order).
 - Only nearest-neighbour resizing is implemented (what the original used).
 """
 
@@ -53,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
@@ -99,6 +99,9 @@ class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
     load_audio_in_video: route calls on files to the audio-visual processor (frames and the sound under each clip).
         None (the default): as the model saved in the same folder needs (its config's ``use_audio``), so a default
         processor saved beside a model reads the sound that model hears; see ``reads_sound``.
+    defer_normalization: return the clips as uint8 (resized, cropped and flipped: every step that moves pixels) and,
+        with clip jitter, its factors as ``clip_jitter`` (batch, clips, 2: brightness, contrast); ``normalize_clips``
+        then does the rest on the device the model runs on (DataLoader workers send 4x fewer bytes).
     """
 
     num_clips: int | None
@@ -116,6 +119,7 @@ class AVBertVideoProcessorKwargs(VideosKwargs, total=False):
     seed: int | None
     generator: torch.Generator | None
     load_audio_in_video: bool | None
+    defer_normalization: bool | None
 
 
 @dataclass
@@ -136,6 +140,7 @@ class _SampledVideo:
     positions: np.ndarray  # (clips, num_frames)
     source_size: tuple[int, int] | None = None  # (height, width) before the decoder's resize; None: frames' own
     augmentation: _Augmentation | None = None
+    window: _DecodeWindow | None = None  # the part of the resized frames the decoder kept; None: all of them
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,33 @@ class _Augmentation:
                 factors[name] = tuple((1 - jitter + 2 * jitter * uniforms).tolist())
         low, high = (int(scale) for scale in kwargs["train_jitter_scales"])
         return cls(round(low + (high - low) * values[0]), (values[1], values[2], values[3]), **factors)
+
+    def jitter_factors(self, num_clips: int) -> torch.Tensor | None:
+        """``(clips, 2)`` float64 brightness and contrast factors (1 where that jitter is off); None without jitter."""
+        if not (self.brightness or self.contrast):
+            return None
+        ones = (1.0,) * num_clips
+        return torch.tensor([self.brightness or ones, self.contrast or ones], dtype=torch.float64).T.contiguous()
+
+
+@dataclass(frozen=True)
+class _DecodeWindow:
+    """What the decoder keeps of each frame: rows ``[top, top + height)`` and columns ``[left, left + width)`` of the
+    frame resized to ``out_size``, mirrored with ``flip``. One nearest gather from the source frame makes it (the
+    resize, crop and flip of ``_preprocess`` in one step, bit for bit), so a frame is never resized whole."""
+
+    out_size: tuple[int, int]
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool = False
+
+    def source_indices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The source rows and columns of the window's pixels, for frames of ``height`` x ``width``."""
+        rows = nearest_source_indices(height, self.out_size[0])[self.top : self.top + self.height]
+        cols = nearest_source_indices(width, self.out_size[1])[self.left : self.left + self.width]
+        return rows.numpy(), (cols.flip(0) if self.flip else cols).numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -264,6 +296,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     seed = None
     generator = None
     load_audio_in_video = None
+    defer_normalization = False
 
     def __init__(self, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> None:
         for name in sorted(set(kwargs) & set(_MOVED_SETTINGS)):  # saved by earlier versions: load, say where it went
@@ -327,31 +360,34 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         self,
         video_url_or_urls: Any,
         sample_indices_fn: Any = None,
-        resize_to: Callable[[int, int], tuple[int, int]] | None = None,
+        window_of: Callable[[int, int], _DecodeWindow] | None = None,
     ) -> Any:
         """Decode with PyAV (transformers would use torchcodec): the unique sampled frames of each file, and its
-        ``AVBertVideoMetadata`` whose ``frames_indices`` are the clip indices. With ``resize_to`` (the frames'
-        ``(height, width)`` -> the output size), each frame is resized as it is decoded (the nearest gather of
-        ``_preprocess``, so the result is the same), and only frames of the output size are held."""
+        ``AVBertVideoMetadata`` whose ``frames_indices`` are the clip indices. With ``window_of`` (the frames'
+        ``(height, width)`` -> the ``_DecodeWindow`` to keep), each frame is resized, cropped and flipped as it is
+        decoded, by one nearest gather (what ``_preprocess``'s steps give), and only the windows are held."""
         if isinstance(video_url_or_urls, list):
             return tuple(
-                zip(*[self.fetch_videos(item, sample_indices_fn, resize_to) for item in video_url_or_urls], strict=True)
+                zip(*[self.fetch_videos(item, sample_indices_fn, window_of) for item in video_url_or_urls], strict=True)
             )
         sampled = []
         source_size: list[tuple[int, int]] = []
+        window: list[tuple[_DecodeWindow, np.ndarray, np.ndarray]] = []
 
-        def resize(frame: np.ndarray) -> np.ndarray:
-            height, width = frame.shape[:2]  # the reader gives every frame of a file the size of the first
-            source_size[:] = [(height, width)]
-            out_size = resize_to(height, width)
-            return frame if out_size == (height, width) else resize_frames(frame, *out_size)
+        def cut(frame: np.ndarray) -> np.ndarray:
+            if not window:  # the reader gives every frame of a file the size of the first
+                source_size[:] = [frame.shape[:2]]
+                kept = window_of(*frame.shape[:2])
+                window[:] = [(kept, *kept.source_indices(*frame.shape[:2]))]
+            _, rows, cols = window[0]
+            return np.take(np.take(frame, rows, axis=0), cols, axis=1)
 
         def choose(info: Any) -> np.ndarray:
             metadata = VideoMetadata(total_num_frames=info.num_frames, fps=info.fps)
             sampled.append((sample_indices_fn or self.sample_frames)(metadata=metadata))
             return np.unique(sampled[0])
 
-        decoded = read_video(video_url_or_urls, choose, frame_transform=resize if resize_to is not None else None)
+        decoded = read_video(video_url_or_urls, choose, frame_transform=cut if window_of is not None else None)
         info = decoded.info.video
         metadata = AVBertVideoMetadata(
             total_num_frames=info.num_frames,
@@ -365,7 +401,10 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             frame_times=decoded.frame_times,
         )
         positions = np.searchsorted(decoded.indices, sampled[0])
-        return _SampledVideo(decoded.frames, positions, source_size[0] if source_size else None), metadata
+        video = _SampledVideo(decoded.frames, positions)
+        if window:
+            video.source_size, video.window = source_size[0], window[0][0]
+        return video, metadata
 
     def _decode_and_sample_videos(
         self, videos: Any, video_metadata: Any, do_sample_frames: bool | None = None, sample_indices_fn: Any = None
@@ -392,9 +431,10 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         return sampled, metadata
 
     def _decode_files(self, items: list[Any], sample_indices_fn: Any) -> tuple[list[_SampledVideo], list[Any]]:
-        """Files, each decoded straight to its output size, which is known before decoding: from the call's settings
-        (``BaseVideoProcessor.preprocess`` binds them into ``sample_indices_fn``) and, in training, the video's draw,
-        made here in the order ``_preprocess`` draws for frame arrays (so a seed gives the same crops either way)."""
+        """Files, each decoded straight to the part of its output frames that the crops take, which is known before
+        decoding: from the call's settings (``BaseVideoProcessor.preprocess`` binds them into ``sample_indices_fn``)
+        and, in training, the video's draw, made here in the order ``_preprocess`` draws for frame arrays (so a seed
+        gives the same crops either way)."""
         call = getattr(sample_indices_fn, "keywords", None)
         if call is None:  # the hook called on its own: frames at source size, resized by `_preprocess`
             return self.fetch_videos(items, sample_indices_fn)
@@ -405,10 +445,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         videos, metadata = [], []
         for item in items:
             augmentation = _Augmentation.draw(kwargs, generator, num_clips)
-            resize_to = functools.partial(
-                output_size, do_resize=kwargs["do_resize"], size=kwargs["size"], augmentation=augmentation
-            )
-            video, item_metadata = self.fetch_videos(item, sample_indices_fn, resize_to)
+            window_of = functools.partial(_decode_window, kwargs=kwargs, augmentation=augmentation)
+            video, item_metadata = self.fetch_videos(item, sample_indices_fn, window_of)
             video.augmentation = augmentation
             videos.append(video)
             metadata.append(item_metadata)
@@ -466,11 +504,12 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         return_tensors: Any = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Unique frames -> resized and cropped views -> [0, 1] -> per-clip jitter -> normalized clips, per video."""
+        """Unique frames -> resized, cropped, flipped views -> uint8 clips -> (unless ``defer_normalization``)
+        [0, 1], per-clip jitter and normalization by ``normalize_clips``, per video."""
         generator = _generator(kwargs)
-        mean, std = _per_channel(image_mean), _per_channel(image_std)
         sampling = self.clip_sampling(**kwargs)
-        rows = []
+        defer = bool(kwargs.get("defer_normalization"))
+        rows, jitters = [], []
         for video in videos:
             if video.positions.ndim == 1:  # do_sample_frames=False: the frames hold the clips in clip order
                 expected = len(sampling.selected_clips) * sampling.num_frames
@@ -484,50 +523,67 @@ class AVBertVideoProcessor(BaseVideoProcessor):
             augmentation = video.augmentation or _Augmentation.draw(kwargs, generator, len(video.positions))
             source_size = video.source_size or tuple(video.frames.shape[1:3])
             out_size = output_size(*source_size, do_resize, size, augmentation)
+            window = video.window or _DecodeWindow(out_size, 0, 0, *out_size)
             frames = video.frames
-            if tuple(frames.shape[1:3]) != out_size:  # not yet resized by the decoder
+            if video.window is None and tuple(frames.shape[1:3]) != out_size:  # not resized by the decoder
                 frames = resize_frames(frames, *out_size)
-            views = self._views(frames, do_center_crop, crop_size, kwargs, augmentation)
-            if augmentation is not None and augmentation.uniforms[2] < float(kwargs["flip_prob"]):
+            views = [
+                frames[:, y - window.top : y - window.top + crop, x - window.left : x - window.left + crop]
+                for y, x, crop in _view_boxes(out_size, do_center_crop, crop_size, kwargs, augmentation)
+            ]
+            if _flips(kwargs, augmentation) and not window.flip:
                 views = [view.flip(2) for view in views]
-            clips = _clips(views, torch.from_numpy(video.positions), do_rescale, rescale_factor)
-            if augmentation is not None and (augmentation.brightness or augmentation.contrast):
-                clips = _jitter_clips(clips, augmentation)
-            if do_normalize:
-                shape = (1, 1, -1, 1, 1, 1)
-                clips.sub_(torch.tensor(mean, device=clips.device).view(shape))
-                clips.div_(torch.tensor(std, device=clips.device).view(shape))
-            rows.append(clips)
+            clips = _clips(views, torch.from_numpy(video.positions))
+            jitter = augmentation.jitter_factors(clips.shape[1]) if augmentation is not None else None
+            jitter = jitter.expand(len(views), *jitter.shape) if jitter is not None else None  # (views, clips, 2)
+            if defer:
+                rows.append(clips)
+                jitters.append(jitter)
+            else:
+                rows.append(
+                    normalize_clips(
+                        clips, jitter, do_rescale, rescale_factor, do_normalize, image_mean, image_std, device=None
+                    )
+                )
         shapes = {tuple(item.shape[1:]) for item in rows}
         if len(shapes) > 1:
             raise ValueError(f"videos of one batch must give clips of one shape, got {sorted(shapes)}; crop them")
-        pixel_values = rows[0] if len(rows) == 1 else torch.cat(rows)
-        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+        data = {"pixel_values": rows[0] if len(rows) == 1 else torch.cat(rows)}
+        if any(jitter is not None for jitter in jitters):
+            data["clip_jitter"] = torch.cat(
+                [
+                    torch.ones(*row.shape[:2], 2, dtype=torch.float64) if jitter is None else jitter
+                    for jitter, row in zip(jitters, rows, strict=True)
+                ]
+            )
+        return BatchFeature(data, tensor_type=return_tensors)
 
-    @staticmethod
-    def _views(
-        frames: torch.Tensor,
-        do_center_crop: bool,
-        crop_size: SizeDict,
-        kwargs: dict[str, Any],
-        augmentation: _Augmentation | None,
-    ) -> list[torch.Tensor]:
-        """The crops of the resized (U, H, W, C) frames: one random crop in training, one or three evaluation crops,
-        or the whole frames."""
-        out_size = (frames.shape[1], frames.shape[2])
-        if augmentation is not None:
-            crop = int(kwargs["train_crop_size"])
-            _check_crop_fits(*out_size, crop)
-            y = int(augmentation.uniforms[0] * (out_size[0] - crop + 1))
-            x = int(augmentation.uniforms[1] * (out_size[1] - crop + 1))
-            return [frames[:, y : y + crop, x : x + crop]]
-        if not do_center_crop:
-            return [frames]
-        crop = int(crop_size.height)
-        _check_crop_fits(*out_size, crop)
-        offsets = [uniform_crop_offsets(*out_size, crop, index) for index in (0, 1, 2)]
-        chosen = offsets if kwargs.get("all_views") else [offsets[int(kwargs["spatial_crop"])]]
-        return [frames[:, y : y + crop, x : x + crop] for y, x in chosen]
+    def normalize_clips(
+        self,
+        pixel_values: torch.Tensor,
+        clip_jitter: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The rest of the processing of ``defer_normalization=True`` clips, on ``pixel_values``' device (or
+        ``device``): float32, ``x / 255``, the per-clip jitter of ``clip_jitter`` and ``(x - mean) / std``, with this
+        processor's settings (``kwargs`` override them: ``do_rescale``, ``rescale_factor``, ``do_normalize``,
+        ``image_mean``, ``image_std``). Gives what the call without ``defer_normalization`` gives: exactly on the same
+        device, within float rounding (1e-5) on another."""
+
+        def setting(name: str) -> Any:
+            return kwargs[name] if kwargs.get(name) is not None else getattr(self, name)
+
+        return normalize_clips(
+            pixel_values,
+            clip_jitter,
+            bool(setting("do_rescale")),
+            float(setting("rescale_factor")),
+            bool(setting("do_normalize")),
+            setting("image_mean"),
+            setting("image_std"),
+            device=device,
+        )
 
     # -- routing for load_audio_in_video ------------------------------------------------------------------------------
 
@@ -693,32 +749,106 @@ def _check_crop_fits(height: int, width: int, crop: int) -> None:
         raise ValueError(f"crop {crop} does not fit frames of {height}x{width}; resize them first (do_resize=True)")
 
 
-def _clips(views: list[torch.Tensor], positions: torch.Tensor, do_rescale: bool, rescale_factor: float) -> torch.Tensor:
-    """(U, H, W, C) uint8 views and (clips, T) frame rows -> float32 (views, clips, C, T, H, W), rescaled.
+def _view_boxes(
+    out_size: tuple[int, int],
+    do_center_crop: bool,
+    crop_size: SizeDict,
+    kwargs: dict[str, Any],
+    augmentation: _Augmentation | None,
+) -> list[tuple[int, int, int]]:
+    """``(top, left, side)`` of the square views of frames of ``out_size``: one random crop in training, one or three
+    evaluation crops, or the whole frames (``side`` is then their height; they need not be square)."""
+    if augmentation is not None:
+        crop = int(kwargs["train_crop_size"])
+        _check_crop_fits(*out_size, crop)
+        y = int(augmentation.uniforms[0] * (out_size[0] - crop + 1))
+        x = int(augmentation.uniforms[1] * (out_size[1] - crop + 1))
+        return [(y, x, crop)]
+    if not do_center_crop:
+        return [(0, 0, max(out_size))]  # slicing past the end keeps the whole frame
+    crop = int(crop_size.height)
+    _check_crop_fits(*out_size, crop)
+    offsets = [uniform_crop_offsets(*out_size, crop, index) for index in (0, 1, 2)]
+    chosen = offsets if kwargs.get("all_views") else [offsets[int(kwargs["spatial_crop"])]]
+    return [(y, x, crop) for y, x in chosen]
 
-    Each unique frame is converted once, then the clips gather it (clips overlap or repeat frames in short videos).
-    """
-    out = None
-    for view_index, view in enumerate(views):
-        values = torch.empty(view.permute(3, 0, 1, 2).shape, dtype=torch.float32, device=view.device)
-        values.copy_(view.permute(3, 0, 1, 2))  # (C, U, H, W), contiguous: index_select along U is fast on it
-        if do_rescale:
-            values.div_(1.0 / rescale_factor)  # divide: x / 255 differs from x * (1 / 255) in float32
-        if out is None:
-            clips, frames = positions.shape
-            out = values.new_empty((len(views), clips, values.shape[0], frames, *values.shape[2:]))
-        for clip_index, clip in enumerate(positions.to(values.device)):
-            torch.index_select(values, 1, clip, out=out[view_index, clip_index])
+
+def _flips(kwargs: dict[str, Any], augmentation: _Augmentation | None) -> bool:
+    return augmentation is not None and augmentation.uniforms[2] < float(kwargs["flip_prob"])
+
+
+def _decode_window(
+    height: int, width: int, kwargs: dict[str, Any], augmentation: _Augmentation | None
+) -> _DecodeWindow:
+    """The part of a file's resized frames that its views take (their bounding box), flipped in training. A crop
+    that does not fit keeps the whole resized frames, so that ``_preprocess`` raises its own error."""
+    out_size = output_size(height, width, kwargs["do_resize"], kwargs["size"], augmentation)
+    try:
+        boxes = _view_boxes(out_size, kwargs["do_center_crop"], kwargs["crop_size"], kwargs, augmentation)
+    except ValueError:
+        return _DecodeWindow(out_size, 0, 0, *out_size)
+    top, left = min(y for y, _, _ in boxes), min(x for _, x, _ in boxes)
+    bottom = min(max(y + side for y, _, side in boxes), out_size[0])
+    right = min(max(x + side for _, x, side in boxes), out_size[1])
+    return _DecodeWindow(out_size, top, left, bottom - top, right - left, flip=_flips(kwargs, augmentation))
+
+
+def _clips(views: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """(U, H, W, C) views of the unique frames and (clips, T) frame rows -> (views, clips, C, T, H, W), the dtype of the
+    frames: each view gathered once (clips overlap or repeat frames in short videos), then laid out channels first."""
+    clips, num_frames = positions.shape
+    height, width, channels = views[0].shape[1:]
+    out = views[0].new_empty((len(views), clips, channels, num_frames, height, width))
+    rows = positions.reshape(-1).to(views[0].device)
+    for index, view in enumerate(views):
+        out[index].copy_(view[rows].view(clips, num_frames, height, width, channels).permute(0, 4, 1, 2, 3))
     return out
 
 
-def _jitter_clips(clips: torch.Tensor, augmentation: _Augmentation) -> torch.Tensor:
-    """Per-clip brightness then contrast (torchvision's functions) of (views, clips, C, T, H, W) pixels in [0, 1]."""
-    for index in range(clips.shape[1]):
-        frames = clips[:, index].transpose(1, 2)  # (views, T, C, H, W): torchvision's layout, contrast per frame
-        if augmentation.brightness:
-            frames = TF.adjust_brightness(frames, augmentation.brightness[index])
-        if augmentation.contrast:
-            frames = TF.adjust_contrast(frames, augmentation.contrast[index])
-        clips[:, index] = frames.transpose(1, 2)
-    return clips
+def normalize_clips(
+    clips: torch.Tensor,
+    clip_jitter: torch.Tensor | None,
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: float | tuple[float, ...],
+    image_std: float | tuple[float, ...],
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """(rows, clips, C, T, H, W) clips (uint8 or float) -> float32, on ``device`` (default: their own): ``x / 255``,
+    the per-clip jitter (``clip_jitter``: (rows, clips, 2) brightness and contrast factors, for pixels in [0, 1]) and
+    ``(x - mean) / std``. Every tensor it makes is on the clips' device; a pinned CPU tensor is copied without
+    blocking."""
+    device = torch.device(device) if device is not None else clips.device
+    values = clips.to(device, non_blocking=clips.is_pinned(), dtype=torch.float32, copy=True)
+    if do_rescale:
+        values.div_(1.0 / rescale_factor)  # divide: x / 255 differs from x * (1 / 255) in float32
+    if clip_jitter is not None:
+        _jitter_clips(values, clip_jitter)
+    if do_normalize:
+        shape = (1, 1, -1, 1, 1, 1)
+        values.sub_(torch.tensor(_per_channel(image_mean), device=device).view(shape))
+        values.div_(torch.tensor(_per_channel(image_std), device=device).view(shape))
+    return values
+
+
+def _jitter_clips(values: torch.Tensor, factors: torch.Tensor) -> None:
+    """Per-clip brightness then contrast of (rows, clips, C, T, H, W) pixels in [0, 1], in place: torchvision's
+    ``adjust_brightness`` / ``adjust_contrast`` (contrast around each frame's grayscale mean), for all clips at once.
+    ``factors`` (rows, clips, 2) are float64 on the CPU (as ``_preprocess`` makes them): the factor and one minus it
+    are rounded to float32 there, as torchvision rounds its Python floats, and a factor of 1 everywhere skips its step.
+    """
+    factors = factors.to("cpu", torch.float64)
+    shape = (*factors.shape[:2], 1, 1, 1, 1)
+
+    def on_device(value: torch.Tensor) -> torch.Tensor:
+        return value.to(torch.float32).view(shape).to(values.device)
+
+    brightness, contrast = factors.unbind(-1)
+    if not bool(torch.all(brightness == 1)):
+        values.mul_(on_device(brightness)).clamp_(0, 1)
+    if not bool(torch.all(contrast == 1)):
+        red, green, blue = values.unbind(2)
+        gray = red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114)  # torchvision's rgb_to_grayscale
+        mean = gray.mean(dim=(-2, -1), keepdim=True).unsqueeze(2)  # (rows, clips, 1, T, 1, 1): per frame
+        values.mul_(on_device(contrast)).add_(mean.mul_(on_device(1 - contrast))).clamp_(0, 1)

@@ -451,22 +451,33 @@ class MediaTransform:
     A plain class holding only the processor (picklable), so it can be sent to spawned workers. A file that cannot be
     decoded does not raise: its row gets ``error = "PATH: reason"`` and ``None`` tensors, and the collator drops it,
     so one bad file among thousands costs one sample instead of the run.
+
+    With ``defer_normalization=True`` the frames leave the worker as uint8 clips (resized, cropped and flipped; a
+    quarter of the float32 bytes) with their ``clip_jitter`` factors when the augmentation jitters clips; the
+    ``avbert.training`` trainers given ``video_processor=`` finish them (``AVBertVideoProcessor.normalize_clips``) on
+    the device the model runs on.
     """
 
     def __init__(
-        self, processor: Any, modality: str, train: bool, augmentation: Mapping[str, Any] | None = None
+        self,
+        processor: Any,
+        modality: str,
+        train: bool,
+        augmentation: Mapping[str, Any] | None = None,
+        defer_normalization: bool = False,
     ) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {sorted(MODALITIES)}, not {modality!r}")
         self.processor = processor
         self.modality = modality
         self.train = train
+        self.defer_normalization = defer_normalization and "pixel_values" in MODALITIES[modality]
         # Extra processor arguments for training only (e.g. pretraining's per-clip jitter), so that they are not
         # saved with the processor and do not carry over into fine-tuning.
         self.augmentation = dict(augmentation or {}) if train else {}
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        keys = MODALITIES[self.modality]
+        keys = MODALITIES[self.modality] + (("clip_jitter",) if self.defer_normalization else ())
         out: dict[str, list] = {
             "labels": [int(label) for label in batch["label"]],
             "error": [],
@@ -497,6 +508,8 @@ class MediaTransform:
             kwargs = {"do_train_augmentation": True, **self.augmentation} if self.train else {}
             if self.modality == "visual":
                 kwargs["load_audio_in_video"] = False
+            if self.defer_normalization:
+                kwargs["defer_normalization"] = True
             inputs = self.processor(videos=path, return_tensors="pt", **kwargs)
         return {key: value[0] for key, value in inputs.items()}
 
@@ -573,7 +586,8 @@ class AVBertDataCollator:
     them as ``skipped_files`` (a list, for the Trainer subclasses of ``avbert.training``, which take it out before the
     forward): DataLoader workers are other processes, so their ``skipped`` never reaches the main one. Rows of
     ``MediaDataset`` bring the files replaced before them; a ``with_transform`` row brings its own ``error``. A batch
-    in which every row failed (only possible without ``MediaDataset``) raises.
+    in which every row failed (only possible without ``MediaDataset``) raises. uint8 ``pixel_values`` (from
+    ``MediaTransform(defer_normalization=True)``) stay uint8, with their ``clip_jitter`` when the rows have one.
     """
 
     def __init__(self, report_skipped: bool = False) -> None:
@@ -594,7 +608,7 @@ class AVBertDataCollator:
             errors = "; ".join(str(row["error"]) for row in features)
             raise RuntimeError(f"every file of a batch of {len(features)} failed to decode: {errors}")
         batch: dict[str, Any] = {"labels": torch.tensor([int(row["labels"]) for row in good], dtype=torch.long)}
-        for key in ("pixel_values", "input_features"):
+        for key in ("pixel_values", "input_features", "clip_jitter"):
             if good[0].get(key) is not None:
                 batch[key] = torch.stack([row[key] for row in good])
         if self.report_skipped:

@@ -131,8 +131,14 @@ def run_demo(
         model=model,
         args=args,
         recipe=DEMO_RECIPE,
-        train_dataset=train_set.with_transform(MediaTransform(processor, "audio-visual", train=True)),
-        eval_dataset=test_set.with_transform(MediaTransform(processor, "audio-visual", train=False)),
+        # uint8 frames from the workers, normalized by the trainer on the model's device
+        video_processor=processor.video_processor,
+        train_dataset=train_set.with_transform(
+            MediaTransform(processor, "audio-visual", train=True, defer_normalization=True)
+        ),
+        eval_dataset=test_set.with_transform(
+            MediaTransform(processor, "audio-visual", train=False, defer_normalization=True)
+        ),
         data_collator=AVBertDataCollator(),
         compute_metrics=top_k_metrics(),
         callbacks=[TrainingCurveCallback()],

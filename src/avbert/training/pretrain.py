@@ -235,7 +235,10 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         )
     model = build_model(args)
     processor = build_processor(model.config, args)
-    transform = MediaTransform(processor, "audio-visual", train=True, augmentation=args.augmentation())
+    # Frames leave the workers as uint8; the trainer normalizes (and jitters) them on the model's device.
+    transform = MediaTransform(
+        processor, "audio-visual", train=True, augmentation=args.augmentation(), defer_normalization=True
+    )
     if args.shards is not None:
         options = shard_read_options(args)
         media = shard_dataset(args.shards, transform, training_args, args.shuffle_buffer, options=options)
@@ -255,6 +258,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     trainer = shard_trainer(PreTrainer)(
         model=model,
         args=training_args,
+        video_processor=processor.video_processor,
         train_dataset=media,
         data_collator=PretrainingCollator(report_skipped=True),
         callbacks=[ResumedScheduleCallback(resume), SaveProcessorCallback(processor)],

@@ -366,7 +366,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         ("train", train_rows, data_args.train_shards),
         ("eval", eval_rows, data_args.eval_shards),
     ):
-        transform = MediaTransform(processor, recipe.modality, train=split == "train")
+        # Frames leave the workers as uint8; the trainer normalizes them on the model's device.
+        transform = MediaTransform(processor, recipe.modality, train=split == "train", defer_normalization=True)
         if rows is None:
             train = split == "train"
             options = shard_read_options(data_args)
@@ -381,6 +382,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         model=model,
         args=training_args,
         recipe=recipe,
+        video_processor=getattr(processor, "video_processor", None),
         train_dataset=datasets["train"],
         eval_dataset=datasets["eval"],
         data_collator=AVBertDataCollator(report_skipped=True),

@@ -1,7 +1,8 @@
 """The `Trainer` subclasses: `AVBertTrainer` (a fine-tuning `Recipe`'s optimizer and schedule), `PreTrainer` (the
-pretraining objectives logged) with its `PretrainingCollator`, and the skipped-files bookkeeping every AVBERT trainer
-shares. Apart from `recipes.py` and `pretrain.py` so that the command lines' `--help` (which needs the recipes and
-the argument dataclasses) does not import `transformers.Trainer` and `datasets` (seconds)."""
+pretraining objectives logged) with its `PretrainingCollator`, and what every AVBERT trainer shares: the skipped-files
+bookkeeping and the normalization of uint8 frames on the model's device. Apart from `recipes.py` and `pretrain.py` so
+that the command lines' `--help` (which needs the recipes and the argument dataclasses) does not import
+`transformers.Trainer` and `datasets` (seconds)."""
 
 from __future__ import annotations
 
@@ -110,7 +111,36 @@ class SafeCheckpointMixin:
             raise CheckpointSaveError.from_failed_write(output_dir or self.args.output_dir, error) from error
 
 
-class AVBertTrainer(SafeCheckpointMixin, SkippedFilesMixin, Trainer):
+class DeviceNormalizationMixin:
+    """Finishes uint8 ``pixel_values`` (``MediaTransform(defer_normalization=True)``) on the device the model runs
+    on: ``video_processor.normalize_clips`` (``x / 255``, the batch's ``clip_jitter``, mean and std) after the batch
+    is moved there, so that the DataLoader workers send uint8 and the float work runs on the accelerator. Batches are
+    copied from pinned memory without blocking (``dataloader_pin_memory``, the default, pins them on a GPU)."""
+
+    def __init__(self, *args: Any, video_processor: Any = None, **kwargs: Any) -> None:
+        self.video_processor = video_processor
+        super().__init__(*args, **kwargs)
+        if video_processor is not None and self.args.dataloader_pin_memory:
+            self.accelerator.dataloader_config.non_blocking = True  # read when the DataLoaders are prepared
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        clip_jitter = inputs.pop("clip_jitter", None)  # float64 factors: rounded on the CPU, see normalize_clips
+        pixels = inputs.get("pixel_values")
+        deferred = isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8
+        if deferred:
+            if self.video_processor is None:
+                raise ValueError(
+                    "the batch holds uint8 pixel_values (MediaTransform(defer_normalization=True)): give the trainer "
+                    "video_processor=processor.video_processor to normalize them on the model's device"
+                )
+            inputs["pixel_values"] = pixels.to(self.args.device, non_blocking=pixels.is_pinned())
+        inputs = super()._prepare_inputs(inputs)
+        if deferred:
+            inputs["pixel_values"] = self.video_processor.normalize_clips(inputs["pixel_values"], clip_jitter)
+        return inputs
+
+
+class AVBertTrainer(SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
     """
     `Trainer` with the original optimizer and schedule of a `Recipe`.
 
@@ -150,7 +180,7 @@ class PretrainingCollator(AVBertDataCollator):
         return batch
 
 
-class PreTrainer(SafeCheckpointMixin, SkippedFilesMixin, Trainer):
+class PreTrainer(SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
     """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
