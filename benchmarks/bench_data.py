@@ -56,9 +56,9 @@ from _report import available_cores, command_line, cpu_model, replace_section, u
 from torch.utils.data import DataLoader
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
-from avbert.data.folders import AVBertDataCollator, MediaTransform
 from avbert.data.shards import ShardedVideoDataset, load_manifests, write_shards
 from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.data.transform import AVBertDataCollator, MediaTransform
 
 STARTED = time.perf_counter()
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,8 @@ import transformers
 from transformers import set_seed
 
 from avbert import AVBertConfig, AVBertFeatureExtractor, AVBertForAudioClassification
-from avbert.data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.data.folders import load_media_dataset
+from avbert.data.transform import AVBertDataCollator, MediaTransform
 from avbert.training.recipes import RECIPES, Recipe, recipe_config_overrides, training_arguments
 from avbert.training.train import top_k_metrics
 from avbert.training.trainers import AVBertTrainer

@@ -60,8 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
 
 from avbert import AVBertModel
-from avbert.data.folders import MediaTransform, load_media_dataset, unlabeled_dataset
+from avbert.data.folders import load_media_dataset, unlabeled_dataset
 from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.data.transform import MediaTransform
 from avbert.modeling_avbert import AVBertForPreTraining, sample_clip_mask, sample_pair_labels
 from avbert.training.demo import NUM_CLIPS, demo_config, demo_processor
 from avbert.training.pretrain import CLIP_JITTER

@@ -15,7 +15,7 @@ from test_training_recipes import TINY
 from transformers import AutoProcessor, Trainer, TrainingArguments, pipeline
 
 from avbert import AVBertConfig, AVBertForVideoClassification, AVBertProcessor, MediaDecodeError
-from avbert.data.folders import AVBertDataCollator, MediaDataset, MediaTransform
+from avbert.data.transform import AVBertDataCollator, MediaDataset, MediaTransform
 
 pytest.importorskip("torchcodec")
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg program is not installed")

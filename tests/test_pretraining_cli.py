@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avbert.data.folders import MediaTransform
+from avbert.data.transform import MediaTransform
 from avbert.modeling_avbert import AVBertForAudioClassification, AVBertForVideoClassification
 from avbert.processing_avbert import AVBertProcessor
 from avbert.training.pretrain import PretrainArguments, run

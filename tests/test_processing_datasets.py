@@ -19,7 +19,7 @@ from avbert import (
     AVBertVideoProcessor,
     MediaDecodeError,
 )
-from avbert.data.folders import AVBertDataCollator, MediaTransform
+from avbert.data.transform import AVBertDataCollator, MediaTransform
 
 pytest.importorskip("torchcodec")
 

@@ -16,7 +16,7 @@ from test_training_data import make_tiny_processor
 from torch.utils.data import DataLoader
 
 from avbert.configuration_avbert import AVBertConfig
-from avbert.data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.data.folders import load_media_dataset
 from avbert.data.shards import (
     ShardedVideoDataset,
     ShardManifest,
@@ -25,6 +25,7 @@ from avbert.data.shards import (
     write_shards,
 )
 from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.data.transform import AVBertDataCollator, MediaTransform
 from avbert.modeling_avbert import AVBertForVideoClassification
 from avbert.training.train import run as train_run
 

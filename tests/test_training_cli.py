@@ -19,15 +19,9 @@ from avbert import (
     AVBertProcessor,
     AVBertVideoProcessor,
 )
-from avbert.data.folders import (
-    AVBertDataCollator,
-    MediaDataset,
-    MediaTransform,
-    load_media_dataset,
-    media_files,
-    stratified_subset,
-)
+from avbert.data.folders import load_media_dataset, media_files, stratified_subset
 from avbert.data.synthetic import make_synthetic_av_dataset
+from avbert.data.transform import AVBertDataCollator, MediaDataset, MediaTransform
 from avbert.training.cli import is_complete_checkpoint, last_complete_checkpoint, resolve_resume
 from avbert.training.train import parse_args
 

@@ -18,7 +18,8 @@ import torch
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
 from avbert.data import prepare
-from avbert.data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+from avbert.data.folders import load_media_dataset
+from avbert.data.transform import AVBertDataCollator, MediaTransform
 
 DATA = Path(os.environ.get("AVBERT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data"
 ESC50_AUDIO = DATA / "esc50" / "audio"

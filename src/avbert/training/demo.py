@@ -96,8 +96,9 @@ def run_demo(
     import torch
     from transformers import AutoModelForVideoClassification, pipeline, set_seed
 
-    from ..data.folders import AVBertDataCollator, MediaTransform, load_media_dataset
+    from ..data.folders import load_media_dataset
     from ..data.synthetic import make_synthetic_av_dataset
+    from ..data.transform import AVBertDataCollator, MediaTransform
     from ..modeling_avbert import AVBertForVideoClassification
     from .callbacks import TrainingCurveCallback
     from .evaluate import evaluate_model, write_outputs

@@ -121,7 +121,7 @@ class _ViewsDataset(TorchDataset):
         return len(self.media)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..data.folders import _media_name
+        from ..data.transform import _media_name
 
         path = _media_name(self.media[index])
         item: dict[str, Any] = {"path": path, "label": int(self.labels[index]), "error": None}

@@ -213,8 +213,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     args, training_args = parse_args(argv)
     from transformers import set_seed  # after parse_args: not for --help
 
-    from ..data.folders import MediaDataset, MediaTransform
     from ..data.shards import shard_dataset, shard_read_options
+    from ..data.transform import MediaDataset, MediaTransform
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback
     from .distributed import release_process_group
     from .shard_training import shard_trainer

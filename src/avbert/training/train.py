@@ -340,8 +340,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
 
     from transformers import set_seed  # after parse_args: not for --help
 
-    from ..data.folders import AVBertDataCollator, MediaDataset, MediaTransform
     from ..data.shards import shard_dataset, shard_read_options
+    from ..data.transform import AVBertDataCollator, MediaDataset, MediaTransform
     from .callbacks import ResumedScheduleCallback, SaveProcessorCallback, TrainingCurveCallback
     from .distributed import release_process_group
     from .shard_training import shard_trainer

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data.folders import AVBertDataCollator
+from ..data.transform import AVBertDataCollator
 from ..weights_checksum import verify_weight_checksums
 from .callbacks import CheckpointOnSignalCallback
 from .cli import CheckpointSaveError, TrainingInterrupted
