@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -108,7 +109,7 @@ def test_a_really_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, small
             if state.global_step == 2:
                 free = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
                 model_files = [size for name, size in sizes.items() if name not in AFTER_THE_MODEL]
-                room = sum(model_files) + 4096 * len(model_files) + 16 * 1024  # whole pages, and a bit
+                room = sum(model_files) + 4096 * len(model_files) + 64 * 1024  # whole pages, and a bit
                 ballast.write_bytes(b"\0" * max(0, free - room))
 
     trainer = tiny_trainer(out, callbacks=[FillDisk()])
@@ -116,7 +117,9 @@ def test_a_really_full_disk_during_a_checkpoint_is_a_clear_error(tmp_path, small
         trainer.train()
     message = str(caught.value)
     assert "disk is full" in message and "ENOSPC" in message, message
-    assert str(out / "checkpoint-4") in message and "optimizer.pt" in message, message
+    # The file being written is named; which one fills the disk depends on the page accounting of the file system.
+    written = re.search(r"checkpoint-4 \(writing ([^)]+)\)", message)
+    assert str(out / "checkpoint-4") in message and written and written.group(1) in sizes, message
     assert is_complete_checkpoint(out / "checkpoint-2") and not is_complete_checkpoint(out / "checkpoint-4")
     ballast.unlink()
     assert last_complete_checkpoint(out) == out / "checkpoint-2" and not (out / "checkpoint-4").exists()
