@@ -260,3 +260,33 @@ def test_cli_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     help_text = capsys.readouterr().out
     for option in ("--model", "--data-dir", "--recipe", "--layout", "--split-id", "--output-dir", "--max-samples"):
         assert option in help_text
+
+
+def test_installed_cli_with_bf16_matches_the_fp32_top1(model_dir: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    """`avbert-evaluate --bf16` as installed (a real subprocess): exit 0, the weights loaded in bfloat16, and the same
+    top-1 accuracy and per-file predictions as the fp32 run."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.which("avbert-evaluate", path=str(Path(sys.executable).parent))
+    assert script is not None, "the avbert-evaluate console script is not installed next to this interpreter"
+    outputs = {}
+    for name, flags in (("fp32", []), ("bf16", ["--bf16"])):
+        out = tmp_path / name
+        argv = ["--model", str(model_dir), "--data-dir", str(synthetic_dir), "--recipe", "kinetics-sounds"]
+        completed = subprocess.run(
+            [script, *argv, "--output-dir", str(out), "--device", "cpu", *flags],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        with (out / "predictions.csv").open() as handle:
+            predictions = {row["path"]: row["prediction"] for row in csv.DictReader(handle)}
+        outputs[name] = (json.loads((out / "metrics.json").read_text()), predictions)
+    (fp32, fp32_predictions), (bf16, bf16_predictions) = outputs["fp32"], outputs["bf16"]
+    assert fp32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    assert bf16["num_videos"] == fp32["num_videos"] == 4
+    assert bf16["top1_accuracy"] == fp32["top1_accuracy"]
+    assert bf16_predictions == fp32_predictions

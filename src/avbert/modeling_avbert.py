@@ -814,7 +814,7 @@ class AVBertPreTrainedModel(PreTrainedModel):
         return self
 
 
-def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str, model_dtype: torch.dtype) -> None:
+def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:
     if not torch.is_tensor(tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(tensor).__name__}.")
     if tensor.ndim != ndim:
@@ -825,12 +825,6 @@ def _check_clip_tensor(name: str, tensor: torch.Tensor, ndim: int, layout: str, 
         raise ValueError(
             f"{name} has shape {tuple(tensor.shape)}, an empty batch or zero clips per video: {layout} needs "
             "batch >= 1 and num_clips >= 1."
-        )
-    # Under autocast the convolutions cast their inputs themselves; otherwise a mismatch fails deep in a conv kernel.
-    if tensor.dtype != model_dtype and not torch.is_autocast_enabled(tensor.device.type):
-        raise ValueError(
-            f"{name} is {tensor.dtype} but the model's weights are {model_dtype}: cast the inputs "
-            f"({name}.to(model.dtype)), load the model with dtype={tensor.dtype}, or run under torch.autocast."
         )
 
 
@@ -901,16 +895,18 @@ class AVBertModel(AVBertPreTrainedModel):
         if pixel_values is not None:
             if self.visual_encoder is None:
                 raise ValueError("This AVBERT model has no visual encoder (use_visual=False) but got pixel_values.")
-            _check_clip_tensor(
-                "pixel_values", pixel_values, 6, "(batch, num_clips, channels, frames, height, width)", self.dtype
-            )
+            _check_clip_tensor("pixel_values", pixel_values, 6, "(batch, num_clips, channels, frames, height, width)")
+            # Float inputs run in the weights' dtype, as ViTModel casts its pixel_values: the processors return
+            # float32, so a model loaded with dtype=torch.bfloat16 takes their output as it is.
+            pixel_values = pixel_values.to(self.dtype)
             batch, clips = pixel_values.shape[:2]
             feature_map = self.visual_encoder(pixel_values.flatten(0, 1))
             visual_features = feature_map.mean(dim=(2, 3, 4)).view(batch, clips, -1)
         if input_features is not None:
             if self.audio_encoder is None:
                 raise ValueError("This AVBERT model has no audio encoder (use_audio=False) but got input_features.")
-            _check_clip_tensor("input_features", input_features, 5, "(batch, num_clips, 1, mel_bins, time)", self.dtype)
+            _check_clip_tensor("input_features", input_features, 5, "(batch, num_clips, 1, mel_bins, time)")
+            input_features = input_features.to(self.dtype)
             batch, clips = input_features.shape[:2]
             feature_map = self.audio_encoder(input_features.flatten(0, 1))
             audio_features = feature_map.mean(dim=(2, 3)).view(batch, clips, -1)

@@ -78,8 +78,14 @@ def infer_modality(model: torch.nn.Module) -> str:
     return "audio-visual" if getattr(config, "use_audio", True) else "visual"
 
 
-def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torch.nn.Module, Any]:
-    """Model and matching processor from one folder: ESC-50 folders hold a feature extractor, the others a processor."""
+def load_model_and_processor(
+    model_dir: str | Path, modality: str, dtype: torch.dtype | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """Model and matching processor from one folder: ESC-50 folders hold a feature extractor, the others a processor.
+
+    ``dtype``: the weights' dtype (``torch.bfloat16`` for ``--bf16``); the model casts the processors' float32
+    outputs to it.
+    """
     from transformers import AutoModelForAudioClassification, AutoModelForVideoClassification
 
     from avbert.feature_extraction_avbert import AVBertFeatureExtractor
@@ -87,10 +93,11 @@ def load_model_and_processor(model_dir: str | Path, modality: str) -> tuple[torc
 
     if modality == "audio":
         return (
-            AutoModelForAudioClassification.from_pretrained(model_dir),
+            AutoModelForAudioClassification.from_pretrained(model_dir, dtype=dtype),
             AVBertFeatureExtractor.from_pretrained(model_dir),
         )
-    return AutoModelForVideoClassification.from_pretrained(model_dir), AVBertProcessor.from_pretrained(model_dir)
+    model = AutoModelForVideoClassification.from_pretrained(model_dir, dtype=dtype)
+    return model, AVBertProcessor.from_pretrained(model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,6 +383,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, help="evaluate at most this many files, spread over the split")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader processes for decoding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="load the weights in bfloat16 (faster on GPUs and on CPUs with AMX; docs/performance.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -413,7 +425,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         if not args.data_dir.exists():
             raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
     rows = load_split(args, modality, dataset)  # a wrong split or column is said before the model loads
-    model, processor = load_model_and_processor(args.model, modality)
+    model, processor = load_model_and_processor(args.model, modality, torch.bfloat16 if args.bf16 else None)
     result = evaluate_model(
         model,
         processor,
@@ -431,6 +443,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         **({"dataset_name": args.dataset_name} if args.dataset_name else {"layout": args.layout or args.recipe}),
         "split": args.split,
         "split_id": args.split_id,
+        "dtype": str(model.dtype).removeprefix("torch."),
         **num_views(processor, modality),
     }
     files = write_outputs(result, args.output_dir or args.model / f"eval-{args.split}", extra)
