@@ -25,6 +25,7 @@ from types import ModuleType
 
 __all__ = [
     "REPO_ROOT",
+    "SHARED_DIR",
     "STARTED",
     "VIDEOS_DIR",
     "available_cores",
