@@ -13,7 +13,8 @@ default): in the timed rounds glibc still holds heap the earlier variants freed,
 would not have.
 
 The script owns the part of BENCHMARKS.md between `<!-- bench_model:start -->` and `<!-- bench_model:end -->`. Inside
-it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist.
+it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist
+(the start-up table there is bench_startup.py's).
 """
 
 import argparse
