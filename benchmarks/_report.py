@@ -23,31 +23,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-__all__ = [
-    "REPO_ROOT",
-    "SHARED_DIR",
-    "STARTED",
-    "VIDEOS_DIR",
-    "available_cores",
-    "command_line",
-    "cpu_flags",
-    "cpu_has_native_bf16",
-    "cpu_model",
-    "describe_cpu",
-    "describe_cpu_flags",
-    "format_load",
-    "library_versions",
-    "log",
-    "proc_status_mib",
-    "publish",
-    "replace_model_block",
-    "replace_section",
-    "run_python",
-    "section_markers",
-    "utc_timestamp",
-]
-
-STARTED = time.perf_counter()  # the scripts import this module after torch and transformers
+STARTED = time.perf_counter()  # log stamps and run times count from here, after the scripts import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("AVBERT_SHARED_DIR", REPO_ROOT.parent / "shared"))
 VIDEOS_DIR = SHARED_DIR / "data" / "videos"
