@@ -52,7 +52,18 @@ from pathlib import Path
 
 import torch
 import webdataset as wds
-from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
+from _report import (
+    REPO_ROOT,
+    SHARED_DIR,
+    STARTED,
+    VIDEOS_DIR,
+    available_cores,
+    command_line,
+    describe_cpu,
+    format_load,
+    publish,
+    utc_timestamp,
+)
 from torch.utils.data import DataLoader
 
 from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
@@ -60,10 +71,6 @@ from avbert.data.shards import ShardedVideoDataset, load_manifests, write_shards
 from avbert.data.synthetic import make_synthetic_av_dataset
 from avbert.data.transform import AVBertDataCollator, MediaTransform
 
-STARTED = time.perf_counter()
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("AVBERT_SHARED_DIR", REPO_ROOT.parent / "shared"))
-VIDEOS_DIR = SHARED_DIR / "data" / "videos"
 # Real videos with sound, 10-18 s, 320x240 to 480x360.
 DEFAULT_VIDEOS = (
     "activitynet/v_GGSY1Qvo990.mp4",
@@ -361,7 +368,7 @@ def report(args, rates, readers, writes, reader_bytes, model, num_files, load) -
         "",
         f"- Command: `{command_line()}` (run time {time.perf_counter() - STARTED:.0f} s)",
         f"- Date: {utc_timestamp()}; torch {torch.__version__}, webdataset {wds.__version__}",
-        f"- CPU: {cpu_model()}, {available_cores()} cores available; load average {load[0]} at the start, {load[1]} "
+        f"- CPU: {describe_cpu()}, {available_cores()} cores available; load average {load[0]} at the start, {load[1]} "
         "at the end. The machine was shared with other jobs: compare figures within this table, not across runs.",
         f"- Sample: one Kinetics-Sounds training input (10 clips x 32 frames, random scale/crop/flip, 112 x 112, and "
         f"10 log-mels) decoded + processed by `MediaTransform`; {num_files} samples per pass from "
@@ -450,12 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(recipe_rates(args.rounds)))
         return
-    load_start = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load_start = format_load()
     if args.recipes_only:
         lines = recipes_section(args)
-        load_end = "/".join(f"{x:.1f}" for x in os.getloadavg())
+        load_end = format_load()
         print(
-            f"CPU: {cpu_model()}, {available_cores()} cores available; load average {load_start} at the start, "
+            f"CPU: {describe_cpu()}, {available_cores()} cores available; load average {load_start} at the start, "
             f"{load_end} at the end (shared machine: compare within the table).\n"
         )
         print("\n".join(lines))
@@ -471,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         # After the pipeline: litdata's optimize switches multiprocessing to spawn for the rest of the process.
         readers, writes, reader_bytes = reader_rates(folder / "readers", args.rounds)
     recipe_lines = recipes_section(args) if args.recipes else []
-    load_end = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    load_end = format_load()
     body = report(
         args,
         rates,
@@ -484,9 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if recipe_lines:
         body += "\n\n" + "\n".join(recipe_lines)
-    print(body)
-    if not args.no_write:
-        replace_section(REPO_ROOT / "BENCHMARKS.md", SECTION, body)
+    publish(body, SECTION, REPO_ROOT / "BENCHMARKS.md", write=not args.no_write)
 
 
 if __name__ == "__main__":

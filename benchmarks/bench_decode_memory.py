@@ -17,39 +17,42 @@ The script owns the part of BENCHMARKS.md between `<!-- bench_decode_memory:star
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import av
 import numpy as np
-from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
+from _report import (
+    REPO_ROOT,
+    available_cores,
+    command_line,
+    describe_cpu,
+    format_load,
+    publish,
+    run_python,
+    utc_timestamp,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION = "bench_decode_memory"
 
 CHILD = """
 import hashlib, json, sys, time
 import torch
 torch.set_num_threads(1)
+from _report import proc_status_mib
 from avbert import AVBertVideoProcessor
-def rss_mib(key):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
 path, way, mode = sys.argv[1:]
 processor = AVBertVideoProcessor(do_train_augmentation=mode == "training")
-before = rss_mib("VmRSS:")
+before = proc_status_mib("VmRSS")
 start = time.perf_counter()
 if way == "decoded at source size":  # the hook as it was: no output size for the decoder
     processor._decode_files = processor.fetch_videos
 pixel_values = processor(path, seed=0)["pixel_values"]
 seconds = time.perf_counter() - start
 digest = hashlib.sha256(pixel_values.numpy().tobytes()).hexdigest()[:16]
-print(json.dumps([seconds, before, rss_mib("VmHWM:"), list(pixel_values.shape), digest]))
+print(json.dumps([seconds, before, proc_status_mib("VmHWM"), list(pixel_values.shape), digest]))
 """
 WAYS = ("decoded at source size", "resized while decoded")
 
@@ -74,11 +77,7 @@ def write_video(path: Path, width: int, height: int, seconds: int, fps: int = 30
 
 
 def measure(path: Path, way: str, mode: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), way, mode], capture_output=True, text=True, env=env, check=True
-    )
-    seconds, before, peak, shape, digest = json.loads(child.stdout.strip().splitlines()[-1])
+    seconds, before, peak, shape, digest = run_python(CHILD, str(path), way, mode)
     return {"seconds": seconds, "before": before, "peak": peak, "shape": tuple(shape), "digest": digest}
 
 
@@ -101,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         "## Decoding memory of a high-resolution file (`benchmarks/bench_decode_memory.py`)",
         "",
         f"- Command: `{command_line()}` (run time {time.perf_counter() - started:.0f} s)",
-        f"- Date: {utc_timestamp()}; CPU: {cpu_model()}, {available_cores()} cores available, torch threads 1; load "
-        f"average (1/5/15 min) {'/'.join(f'{value:.1f}' for value in load)} at the start",
+        f"- Date: {utc_timestamp()}; CPU: {describe_cpu()}, {available_cores()} cores available, torch threads 1; "
+        f"load average (1/5/15 min) {format_load(load)} at the start",
         f"- File: generated {args.width}x{args.height} H.264, {args.seconds} s at 30 fps ({size / 2**20:.1f} MiB); "
         "one `AVBertVideoProcessor()` call (10 clips x 32 frames, the default settings; training: "
         "`do_train_augmentation=True, seed=0`), each in a fresh process.",
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {mode} | {way} | {result['peak']:.0f} | {result['peak'] - result['before']:.0f} | "
             f"{result['seconds']:.1f} | {result['shape']} | {'yes' if equal else 'NO'} |"
         )
-    report = "\n".join(lines)
-    print(report)
-    if not args.no_write:
-        replace_section(args.output, SECTION, report)
+    publish("\n".join(lines), SECTION, args.output, write=not args.no_write)
 
 
 if __name__ == "__main__":

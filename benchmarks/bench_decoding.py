@@ -32,15 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, cpu_model, replace_section, utc_timestamp
+from _report import REPO_ROOT, SHARED_DIR, VIDEOS_DIR, command_line, describe_cpu, publish, utc_timestamp
 
 import avbert.media_decoding as media_decoding
 from avbert import AVBertVideoProcessor
 from avbert.media_decoding import AudioTrack, MediaDecodeError, read_audio, read_video
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-VIDEOS = SHARED / "data" / "videos"
 SECTION = "bench_decoding"
 CLIP_SECONDS = 32 * 2 / 30
 
@@ -88,7 +85,7 @@ def median_ms(call, repeats: int) -> float:
 
 def compare_video(path: Path, processor: AVBertVideoProcessor, repeats: int) -> dict:
     ours, total, decoded, fps, has_audio = pyav_frames(path, processor)
-    row = {"video": str(path.relative_to(VIDEOS)), "sampled": len(ours), "decoded_by_pyav": decoded}
+    row = {"video": str(path.relative_to(VIDEOS_DIR)), "sampled": len(ours), "decoded_by_pyav": decoded}
     try:
         theirs = torchcodec_frames(path, processor)
     except Exception as error:  # torchcodec's own failure on a real file: the row says so
@@ -149,7 +146,7 @@ def fuzz_cases(folder: Path) -> list[Path]:
 
     cases = []
     for seed, relative in fuzz.SHARED_SEEDS.items():
-        source = SHARED / "data" / relative
+        source = SHARED_DIR / "data" / relative
         data = source.read_bytes()
         for mutation in fuzz.MUTATIONS:
             case = folder / f"{seed}-{mutation}{source.suffix}"
@@ -238,7 +235,9 @@ def reader_rows(paths: list[Path], processor: AVBertVideoProcessor, repeats: int
                     elif not np.array_equal(frames, reference):
                         raise SystemExit(f"{path}: {name} gives other frames")
             cells = [f"{decoded[name]} / {statistics.median(times[name]):.0f}" for name in thresholds]
-            name = path.relative_to(VIDEOS) if path.is_relative_to(VIDEOS) else "generated 5 min, 340x256, 30 fps"
+            name = (
+                path.relative_to(VIDEOS_DIR) if path.is_relative_to(VIDEOS_DIR) else "generated 5 min, 340x256, 30 fps"
+            )
             lines.append(f"| `{name}` | {total} | {len(reference)} | " + " | ".join(cells) + " |")
             print(lines[-1], file=sys.stderr, flush=True)
     finally:
@@ -257,7 +256,7 @@ def main() -> None:
 
     processor = AVBertVideoProcessor()
     started = time.perf_counter()
-    videos = sorted(p for p in VIDEOS.rglob("*") if p.suffix in (".mp4", ".avi", ".mkv"))
+    videos = sorted(p for p in VIDEOS_DIR.rglob("*") if p.suffix in (".mp4", ".avi", ".mkv"))
     rows = []
     for path in videos:
         rows.append(compare_video(path, processor, args.repeats))
@@ -266,7 +265,7 @@ def main() -> None:
         "## Decoding backend: torchcodec against our PyAV reader (`benchmarks/bench_decoding.py`)",
         "",
         f"- Command: `{command_line()}` (run time {time.perf_counter() - started:.0f} s)",
-        f"- Date: {utc_timestamp()}; {cpu_model()}, shared with other jobs (ratios within this run only); torch "
+        f"- Date: {utc_timestamp()}; {describe_cpu()}, shared with other jobs (ratios within this run only); torch "
         f"threads 1; torchcodec {torchcodec.__version__}",
         "- One item: the unique frames of 10 clips x 32 frames (the Kinetics-Sounds recipe) and the sound under its "
         "10 clips (2.13 s windows). ms: median of interleaved rounds; torchcodec's includes building its decoders "
@@ -293,7 +292,7 @@ def main() -> None:
             "Seeking or not (the PyAV reader's frames only; ms: median of interleaved rounds; every variant gives the "
             "same frames):",
             "",
-            *reader_rows([VIDEOS / name for name in READER_VIDEOS] + [long_video], processor, args.repeats),
+            *reader_rows([VIDEOS_DIR / name for name in READER_VIDEOS] + [long_video], processor, args.repeats),
         ]
     if not args.no_fuzz:
         with tempfile.TemporaryDirectory() as folder:
@@ -303,10 +302,7 @@ def main() -> None:
             f"- Fuzz suite's damaged files ({len(cases)} cases: the shared seeds x {len(cases) // 5} mutations): "
             f"PyAV reader {dict(ours)}; torchcodec {dict(theirs)}."
         )
-    report = "\n".join(lines)
-    print(report)
-    if not args.no_write:
-        replace_section(REPO_ROOT / "BENCHMARKS.md", SECTION, report)
+    publish("\n".join(lines), SECTION, REPO_ROOT / "BENCHMARKS.md", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -211,7 +210,7 @@ def run(
     return result
 
 
-def format_report(result: dict[str, Any], command: str, date: str, cpu: str, cores: int) -> str:
+def format_report(result: dict[str, Any], command: str, date: str, cpu: str, cores: int, versions: str) -> str:
     per_epoch = ", ".join(f"{top1:.0%}" for _, top1, _ in result["epoch_evals"])
     n = result["num_classes"]
     return f"""## ESC-50 from scratch (audio model, real clips)
@@ -243,7 +242,7 @@ path learns something from real audio", against {1 / n:.0%} chance.
 
 - Command: `{command}`
 - Date: {date}; {cpu}, {cores} cores available, CPU only, 2 DataLoader workers
-- Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}
+- {versions}
 """
 
 
@@ -264,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data_dir / "meta" / "esc50.csv").is_file():
         sys.exit(f"ESC-50 data not found in {args.data_dir} (set AVBERT_SHARED_DIR or pass --data-dir)")
 
-    from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
+    # Here rather than at the top: the tests load this file without benchmarks/ on the import path.
+    from _report import available_cores, command_line, describe_cpu, library_versions, publish, utc_timestamp
 
     result = run(
         args.data_dir,
@@ -277,12 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    report = format_report(result, command_line(), utc_timestamp(), cpu_model(), available_cores())
-    print(report)
-    if args.no_write:
-        return
-    replace_section(args.benchmarks, SECTION, report)
-    print(f"Wrote the {SECTION} section of {args.benchmarks}")
+    versions = library_versions(torch, transformers)
+    report = format_report(result, command_line(), utc_timestamp(), describe_cpu(), available_cores(), versions)
+    publish(report, SECTION, args.benchmarks, write=not args.no_write)
 
 
 if __name__ == "__main__":

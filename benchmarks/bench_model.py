@@ -7,26 +7,22 @@ Examples:
     .venv/bin/python benchmarks/bench_model.py --dtypes fp32 --iters 2   # full-size Kinetics-Sounds model (~10 min)
     .venv/bin/python benchmarks/bench_model.py --tiny --no-write         # smoke run
     .venv/bin/python benchmarks/bench_model.py --device cuda             # GPU: + bf16 and torch.compile variants, MFU
-    .venv/bin/python benchmarks/bench_model.py --startup 3               # import avbert and every CLI's --help
 
 On CPU the peak memory of each variant is measured again in a fresh process of its own (`--memory isolated`, the
 default): in the timed rounds glibc still holds heap the earlier variants freed, which a process running one variant
 would not have.
 
 The script owns the part of BENCHMARKS.md between `<!-- bench_model:start -->` and `<!-- bench_model:end -->`. Inside
-it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist.
+it there is one table per (task, device type) and a run replaces only its own table, so CPU and GPU figures coexist
+(the start-up table there is bench_startup.py's).
 """
 
 import argparse
 import contextlib
 import ctypes
-import datetime
 import gc
 import os
-import platform
-import re
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -37,18 +33,24 @@ from pathlib import Path
 
 import torch
 import transformers
+from _report import (
+    REPO_ROOT,
+    STARTED,
+    command_line,
+    cpu_has_native_bf16,
+    cpu_model,
+    describe_cpu_flags,
+    format_load,
+    library_versions,
+    log,
+    proc_status_mib,
+    replace_model_block,
+    utc_timestamp,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForVideoClassification
 
-STARTED = time.perf_counter()  # after the (slow) torch and transformers imports
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-SECTION_START = "<!-- bench_model:start -->"
-SECTION_END = "<!-- bench_model:end -->"
-BLOCK_PATTERN = re.compile(
-    r"<!-- bench_model:block (?P<key>\S+) start -->\n.*?<!-- bench_model:block (?P=key) end -->", re.DOTALL
-)
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 TASKS = ("kinetics-sounds", "ucf101", "esc50")
 DEFAULT_ITERS = {"cpu": (1, 3), "cuda": (5, 20)}  # (warmup, iters)
@@ -148,18 +150,6 @@ def count_parameters(model: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _read_vm_hwm_kib() -> int | None:
-    """The process's peak resident set size (VmHWM) in KiB, or None where /proc is unavailable."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _reset_vm_hwm() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where it is not permitted."""
     try:
@@ -188,7 +178,7 @@ class PeakMemory:
 
     @staticmethod
     def _choose_cpu_method() -> str:
-        if _read_vm_hwm_kib() is not None and _reset_vm_hwm():
+        if proc_status_mib("VmHWM") is not None and _reset_vm_hwm():
             return "vmhwm"
         return "ru_maxrss"
 
@@ -234,9 +224,9 @@ class PeakMemory:
             result["mib"] = torch.cuda.max_memory_allocated(self.device) / MIB
         elif self.cpu_method == "vmhwm":
             _reset_vm_hwm()
-            start_kib = _read_vm_hwm_kib() or 0
+            start_mib = proc_status_mib("VmHWM") or 0
             yield result
-            result["mib"] = ((_read_vm_hwm_kib() or 0) - start_kib) / 1024
+            result["mib"] = (proc_status_mib("VmHWM") or 0) - start_mib
         else:
             start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             yield result
@@ -456,19 +446,6 @@ def parity(results: list[Measurement]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_cpuinfo() -> tuple[str, set[str]]:
-    """CPU model name and feature flags from /proc/cpuinfo (the platform's processor string where it is missing)."""
-    name, flags = "", set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return name or platform.processor() or "unknown CPU", flags
-
-
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
@@ -477,18 +454,7 @@ def describe_device(device: torch.device) -> str:
             f"{properties.major}.{properties.minor}; CUDA {torch.version.cuda}, "
             f"cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark={torch.backends.cudnn.benchmark})"
         )
-    name, _ = read_cpuinfo()
-    return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def describe_cpu_flags() -> str:
-    _, flags = read_cpuinfo()
-    line = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx512f", "avx512_bf16", "amx_bf16"))
-    return f"{line} (torch CPU capability: {torch.backends.cpu.get_cpu_capability()})"
-
-
-def cpu_has_native_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & read_cpuinfo()[1])
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def resolve_dtypes(requested: list[str] | None, device: torch.device, tiny: bool) -> tuple[list[str], str | None]:
@@ -577,13 +543,6 @@ def format_table(
     return "\n".join(rows)
 
 
-def command_line() -> str:
-    python = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), *sys.argv])
-
-
 @dataclass
 class RunInfo:
     args: argparse.Namespace
@@ -648,17 +607,17 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         for phase, inputs in workload.inputs.items()
     )
     threads = f"torch threads {torch.get_num_threads()}"
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"### {args.task}{' (tiny config)' if args.tiny else ''} on {device.type.upper()}",
         "",
         f"- Command: `{command_line()}` (run time {info.wall_s:.0f} s, imports excluded)",
-        f"- Date: {date}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}",
+        f"- Date: {utc_timestamp()}; {library_versions(torch, transformers)}",
         f"- Device: {describe_device(device)}",
     ]
     if device.type == "cpu":
-        lines.append(f"- CPU flags: {describe_cpu_flags()}")
+        lines.append(
+            f"- CPU flags: {describe_cpu_flags()} (torch CPU capability: {torch.backends.cpu.get_cpu_capability()})"
+        )
     lines += [
         f"- TF32: {describe_tf32()}" + ("; not applicable on CPU" if device.type == "cpu" else ""),
         f"- Model: `{type(model).__name__}`, {count_parameters(model):,} parameters, attention "
@@ -686,8 +645,9 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         f"- Allocator: {describe_allocator(args, device)}.",
     ]
     if hasattr(os, "getloadavg"):
-        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-        lines.append(f"- Load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
+        lines.append(
+            f"- Load average at the end (1, 5, 15 min): {format_load(separator=', ')} on {os.cpu_count()} cores"
+        )
     if info.note:
         lines.append(f"- Note: {info.note}")
     lines += [f"- Parity: {line}." for line in parity(results)]
@@ -695,115 +655,9 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks_file(path: Path, key: str, report: str) -> None:
-    """Replace the `key` table in the bench_model section of `path`, keeping every other table and section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION_START)
-    end = text.find(SECTION_END, max(start, 0))
-    if (start == -1) != (end == -1):
-        raise ValueError(f"{path} has an unbalanced {SECTION_START} / {SECTION_END} pair; fix it by hand.")
-    blocks = {}
-    if start != -1:
-        blocks = {m["key"]: m[0] for m in BLOCK_PATTERN.finditer(text[start:end])}
-    blocks[key] = f"<!-- bench_model:block {key} start -->\n{report}\n<!-- bench_model:block {key} end -->"
-    section = "\n\n".join(
-        [
-            SECTION_START,
-            "## Model speed and memory (`benchmarks/bench_model.py`)",
-            "One table per task and device type; each run replaces only its own table."
-            + (
-                ""
-                if any(k.endswith("/cuda") for k in blocks)
-                else " No GPU figures: no GPU was available where these were measured (the sessions' device tool lent"
-                " none; `--device cuda` adds them: bf16 autocast, `torch.compile`, the TF32 policy, videos/s and MFU)."
-            ),
-            *(blocks[k] for k in sorted(blocks)),
-            SECTION_END,
-        ]
-    )
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        text = text[:start] + section + text[end + len(SECTION_END) :]
-    path.write_text(text)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Start-up
-# ----------------------------------------------------------------------------------------------------------------
-
-STARTUP_COMMANDS = {
-    **{
-        f"`{code}`": ["-c", code]
-        for code in (
-            "import torch, transformers",  # the baseline of the ratios
-            "import torch, transformers; from transformers import PreTrainedModel",
-            # The floor of the Trainer command lines' --help: HfArgumentParser needs TrainingArguments (imports torch).
-            "import torch, transformers; from transformers import TrainingArguments",
-            "import avbert",
-            # A first use: the Auto registrations run when the Auto modules are imported.
-            "import avbert; from transformers import AutoConfig",
-            "import avbert; from transformers import AutoModel",
-        )
-    },
-    **{
-        f"`{script} --help`": ["-m", module, "--help"]
-        for script, module in (
-            ("avbert-train", "avbert.training.train"),
-            ("avbert-evaluate", "avbert.training.evaluate"),
-            ("avbert-pretrain", "avbert.training.pretrain"),
-            ("avbert-prepare", "avbert.data.prepare"),
-            ("avbert-demo", "avbert.training.demo"),
-            ("avbert-convert", "avbert.convert_original_checkpoint"),
-            ("avbert-params", "avbert.parameter_counts"),
-        )
-    },
-}
-
-
-def measure_startup(repeats: int) -> dict[str, list[float]]:
-    """Wall time of each start-up command in a fresh interpreter, the commands interleaved `repeats` times."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    times: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
-    for repeat in range(repeats):
-        for name, arguments in STARTUP_COMMANDS.items():
-            start = time.perf_counter()
-            subprocess.run([sys.executable, *arguments], env=environment, check=True, capture_output=True)
-            times[name].append(time.perf_counter() - start)
-            log(f"start-up round {repeat + 1}: {name} {times[name][-1]:.2f} s")
-    return times
-
-
-def format_startup_report(times: dict[str, list[float]], repeats: int) -> str:
-    baseline = statistics.median(next(iter(times.values())))
-    rows = ["| command | median (s) | min (s) | vs `import torch, transformers` |", "|---|---|---|---|"]
-    for name, values in times.items():
-        median = statistics.median(values)
-        rows.append(f"| {name} | {median:.2f} | {min(values):.2f} | {median / baseline:.2f}x |")
-    name, _ = read_cpuinfo()
-    lines = [
-        "### Start-up on CPU",
-        "",
-        f"- Command: `{command_line()}`",
-        f"- Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
-        f"- Machine: {name}, {os.cpu_count()} cores (shared with other jobs: compare the ratios, not the seconds)",
-        f"- Method: each command in a fresh `{Path(sys.executable).name}` process (`-c` or `-m ... --help`), the "
-        f"commands interleaved, {repeats} rounds; wall time including interpreter start-up.",
-        "",
-        "\n".join(rows),
-    ]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    """Progress on stderr, stamped with the seconds since the script started."""
-    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def parse_dtypes(value: str) -> list[str]:
@@ -845,13 +699,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CUDA fp32 matmuls and convolutions: torch's defaults, or TF32 allowed / forbidden (stated in the report)",
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column")
-    parser.add_argument(
-        "--startup",
-        type=int,
-        default=None,
-        metavar="ROUNDS",
-        help="instead of the model, measure `import avbert` and every CLI's --help (ROUNDS interleaved rounds)",
-    )
     parser.add_argument("--tiny", action="store_true", help="tiny config for a smoke run in seconds")
     parser.add_argument("--no-write", action="store_true", help="print the results without updating BENCHMARKS.md")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -901,12 +748,6 @@ def resolve_device(choice: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.startup is not None:
-        report = format_startup_report(measure_startup(args.startup), args.startup)
-        print(report)
-        if not args.no_write:
-            update_benchmarks_file(args.output, "startup/cpu", report)
-        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.malloc_mmap_threshold_kib is not None:
@@ -951,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     report = format_report(info, results)
     print(report)
     if not args.no_write:
-        update_benchmarks_file(args.output, block_key(args, device), report)
+        replace_model_block(args.output, block_key(args, device), report)
         log(f"Updated {args.output}")
 
 

@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,7 @@ from torch.optim.swa_utils import update_bn
 from transformers import Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
+from _report import available_cores, command_line, describe_cpu, library_versions, publish, utc_timestamp
 
 from avbert import AVBertModel
 from avbert.data.folders import load_media_dataset, unlabeled_dataset
@@ -391,9 +390,8 @@ def report(
         "(`benchmarks/bench_pretraining.py`)",
         "",
         f"- Command: `{command_line()}` (run time {total_s:.0f} s, imports excluded)",
-        f"- Date: {utc_timestamp()}; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}",
-        f"- Device: {cpu_model()}, {available_cores()} cores, torch threads {torch.get_num_threads()}; "
+        f"- Date: {utc_timestamp()}; {library_versions(torch, transformers)}",
+        f"- Device: {describe_cpu()}, {available_cores()} cores, torch threads {torch.get_num_threads()}; "
         f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min; other jobs were running "
         "where this exceeds ~0)",
         f"- Pretraining data: {result['num_unlabeled']} unlabeled videos of the demo's generator, "
@@ -552,10 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare_data(args)
     results = [run(argparse.Namespace(**vars(args), seed=seed), data) for seed in args.seeds]
     text = report(args, data, results, time.perf_counter() - start, load)
-    print(text)
-    if not args.no_write:
-        replace_section(REPO / "BENCHMARKS.md", SECTION, text)
-        print(f"wrote section {SECTION} of {REPO / 'BENCHMARKS.md'}")
+    publish(text, SECTION, REPO / "BENCHMARKS.md", write=not args.no_write)
 
 
 if __name__ == "__main__":

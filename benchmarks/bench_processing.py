@@ -26,11 +26,8 @@ and `<!-- bench_processing:end -->`.
 import argparse
 import importlib
 import importlib.util
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,17 +39,26 @@ import numpy as np
 import torch
 import torchaudio
 import transformers
-from _report import available_cores, command_line, cpu_model, replace_section, utc_timestamp
+from _report import (
+    REPO_ROOT,
+    STARTED,
+    VIDEOS_DIR,
+    available_cores,
+    command_line,
+    describe_cpu,
+    format_load,
+    library_versions,
+    log,
+    publish,
+    run_python,
+    utc_timestamp,
+)
 
 from avbert import AVBertFeatureExtractor, AVBertVideoProcessor
 from avbert.data.synthetic import write_long_video
 from avbert.media_decoding import AudioTrack, DecodedVideo, MediaInfo, probe, read_video
 from avbert.video_processing_avbert import resize_frames, short_side_size
 
-STARTED = time.perf_counter()  # after the (slow) torch and transformers imports
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("AVBERT_SHARED_DIR", REPO_ROOT.parent / "shared"))
-VIDEOS_DIR = SHARED_DIR / "data" / "videos"
 # The longest shared videos with audio (18.2 s and 14.0 s) and a typical 10 s Kinetics clip.
 DEFAULT_VIDEOS = (
     "activitynet/v_GGSY1Qvo990.mp4",
@@ -62,11 +68,6 @@ DEFAULT_VIDEOS = (
 SECTION = "bench_processing"
 SPATIAL_CROPS = (0, 1, 2)  # left/top, center, right/bottom: the original's 3 test items per video
 PROCESSOR_MODULE = "avbert.processing_avbert"
-
-
-def log(message: str) -> None:
-    """Progress on stderr, stamped with the seconds since the script started."""
-    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,27 +441,19 @@ class RunInfo:
     wall_s: float
 
 
-def library_versions() -> str:
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
-        f"transformers {transformers.__version__}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
-        f"numpy {np.__version__}"
-    )
-
-
 def format_report(
     info: RunInfo, videos: list[VideoFacts], pipelines: list[Pipeline], timings: dict[tuple[str, str], Timing]
 ) -> str:
     args = info.args
-    load = "/".join(f"{value:.1f}" for value in info.load_before)
-    load_after = "/".join(f"{value:.1f}" for value in info.load_after)
     lines = [
         "## Preprocessing throughput (`benchmarks/bench_processing.py`)",
         "",
         f"- Command: `{command_line()}` (run time {info.wall_s:.0f} s, imports excluded)",
-        f"- Date: {utc_timestamp()}; {library_versions()}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores ({available_cores()} available to this process), "
-        f"torch threads {info.threads}; load average (1/5/15 min) {load} at the start, {load_after} at the end",
+        f"- Date: {utc_timestamp()}; {library_versions(torch, torchaudio, transformers)}, PyAV {av.__version__} "
+        f"(FFmpeg {av.ffmpeg_version_info}), numpy {np.__version__}",
+        f"- CPU: {describe_cpu()}, {os.cpu_count()} cores ({available_cores()} available to this process), "
+        f"torch threads {info.threads}; load average (1/5/15 min) {format_load(info.load_before)} at the start, "
+        f"{format_load(info.load_after)} at the end",
         "- Item: one audio-visual evaluation input: 10 clips x 32 frames, one 128 x 128 spatial crop "
         "(`pixel_values` (1, 10, 3, 32, 128, 128)) and 10 log-mel windows at the clips' timestamps (`input_features` "
         "(1, 10, 1, 80, 128)); 3 items per video, one per spatial crop, as in the original's test set.",
@@ -550,24 +543,21 @@ LONG_VIDEO_CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
+from _report import proc_status_mib
 from avbert import AVBertProcessor
 processor = AVBertProcessor()
-def rss_mib(key):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
-before = rss_mib("VmRSS:")
+before = proc_status_mib("VmRSS")
 start = time.perf_counter()
 out = processor(videos=sys.argv[1], return_tensors="pt")
 seconds = time.perf_counter() - start
 shapes = [list(out[key].shape) for key in ("pixel_values", "input_features")]
-print(json.dumps([seconds, before, rss_mib("VmHWM:"), *shapes]))
+print(json.dumps([seconds, before, proc_status_mib("VmHWM"), *shapes]))
 """
 
 
 def long_video_report(minutes: int) -> str:
     """One `AVBertProcessor` call (10 clips, frames and sound) on a generated video of `minutes` minutes, in a fresh
     process so that its peak resident memory (VmHWM) is the call's."""
-    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -576,11 +566,7 @@ def long_video_report(minutes: int) -> str:
         write_long_video(path, 60 * minutes)
         size = path.stat().st_size
         log("processing it")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-        child = subprocess.run(
-            [sys.executable, "-c", LONG_VIDEO_CHILD, str(path)], capture_output=True, text=True, env=env, check=True
-        )
-    seconds, before, peak, pixels, features = json.loads(child.stdout.strip().splitlines()[-1])
+        seconds, before, peak, pixels, features = run_python(LONG_VIDEO_CHILD, str(path))
     return (
         f"- Long video: one `AVBertProcessor(videos=path)` call (10 clips, frames and the sound under them) on a "
         f"generated {minutes}-minute 64x48 H.264 30 fps video with 48 kHz AAC sound ({size / 2**20:.1f} MiB): "
@@ -630,10 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     report += "\n\n" + BEFORE_ISSUE_10
     if args.long_video_minutes:
         report += "\n" + long_video_report(args.long_video_minutes)
-    print(report)
-    if not args.no_write:
-        replace_section(args.output, SECTION, report)
-        log(f"Updated {args.output}")
+    publish(report, SECTION, args.output, write=not args.no_write)
 
 
 if __name__ == "__main__":
