@@ -25,17 +25,23 @@ from pathlib import Path
 
 import torch
 import transformers
-from _report import available_cores, command_line, replace_section, utc_timestamp
-from bench_model import read_cpuinfo
+from _report import (
+    REPO_ROOT,
+    SHARED_DIR,
+    available_cores,
+    command_line,
+    cpu_flags,
+    cpu_model,
+    replace_section,
+    utc_timestamp,
+)
 from safetensors.torch import load_file
 
 from avbert import AVBertConfig, AVBertForVideoClassification, AVBertProcessor
 from avbert.convert_original_checkpoint import convert_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("AVBERT_SHARED_DIR", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "original"
-VIDEOS = SHARED / "data" / "videos"
+FIXTURES = SHARED_DIR / "fixtures" / "original"
+VIDEOS = SHARED_DIR / "data" / "videos"
 SECTION = "bench_precision:block {}/cpu"
 FIXTURE_TASKS = {"tiny_ks": "kinetics-sounds", "tiny_visual": "ucf101", "tiny_audio": "esc50"}
 # Speed workloads: "small" has every stage of the full model at a quarter of its widths (eval forward about 1 s on
@@ -315,7 +321,7 @@ def pipeline_rows(folder: Path, videos: list[Path], batch_sizes: list[int], roun
 
 
 def cpu_line() -> str:
-    name, flags = read_cpuinfo()
+    name, flags = cpu_model(), cpu_flags()
     present = ", ".join(
         f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx512_bf16", "amx_bf16", "amx_tile")
     )
@@ -405,8 +411,8 @@ def main() -> None:
     if args.no_write:
         print(precision + "\n\n" + pipeline_section)
         return
-    replace_section(REPO / "BENCHMARKS.md", SECTION.format("precision"), precision)
-    replace_section(REPO / "BENCHMARKS.md", SECTION.format("pipeline-batching"), pipeline_section)
+    replace_section(REPO_ROOT / "BENCHMARKS.md", SECTION.format("precision"), precision)
+    replace_section(REPO_ROOT / "BENCHMARKS.md", SECTION.format("pipeline-batching"), pipeline_section)
     log(f"wrote BENCHMARKS.md ({elapsed:.0f} s)")
 
 
