@@ -588,8 +588,8 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     # -- routing for load_audio_in_video ------------------------------------------------------------------------------
 
     def preprocess(self, videos: Any, **kwargs: Unpack[AVBertVideoProcessorKwargs]) -> BatchFeature:
-        """``pixel_values`` of one video or a batch; with ``load_audio_in_video``, files go to the audio-visual
-        processor, which returns ``input_features`` too (the stock video-classification pipeline calls this)."""
+        """``pixel_values`` of one video or a batch; for files whose sound is read (``reads_sound``), also their
+        ``input_features`` (``preprocess_with_sound``; the stock video-classification pipeline calls this)."""
         items = videos if isinstance(videos, list | tuple) else [videos]
         files = bool(items) and all(map(is_media_source, items))
         if files and self.reads_sound(kwargs.pop("load_audio_in_video", None)):
@@ -629,7 +629,7 @@ class AVBertVideoProcessor(BaseVideoProcessor):
     def preprocess_with_sound(
         self,
         videos: Any,
-        feature_extractor: Any,
+        feature_extractor: AVBertFeatureExtractor,
         video_kwargs: dict[str, Any],
         audio_kwargs: dict[str, Any],
         return_metadata: bool = False,
