@@ -312,11 +312,8 @@ def load_manifests(locations: str | Sequence[str], options: ShardReadOptions | N
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _tar_file_bytes(members: int) -> int:
