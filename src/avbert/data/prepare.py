@@ -6,6 +6,7 @@
     avbert-prepare check --source data/mine --recipe kinetics-sounds --output-dir data/check   # probe every file
     avbert-prepare shards data/mine data/mine-shards --shard-size 1GB  # WebDataset shards (see avbert.data.shards)
     avbert-prepare shards ~/videos data/pretrain-shards --unlabeled    # only files with video and sound (pretraining)
+    avbert-prepare shards data/ks data/ks-shards --transcode kinetics-sounds --num-proc 8   # at the training geometry
 
 The dataset is arranged in ``--output-dir`` itself (``<Class>/`` + ``splits/`` for UCF101, ``audio/`` + ``meta/`` for
 ESC-50, ``train/`` + ``test/`` for Kinetics-Sounds), so that folder is what ``--data-dir`` of training takes.
@@ -22,9 +23,11 @@ import argparse
 import csv
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -464,6 +467,21 @@ def _shards_parser() -> argparse.ArgumentParser:
         "--recipe` does (default: with --unlabeled, video and sound, what avbert-pretrain reads; else any readable "
         "media)",
     )
+    parser.add_argument(
+        "--transcode",
+        choices=("ucf101", "esc50", "kinetics-sounds"),
+        help="re-encode every file once at this recipe's training geometry (short side = its largest train scale, "
+        "the frame rate its clip stride keeps, sound mono at the feature extractor's rate; a visual recipe drops the "
+        "sound, an audio one keeps only it) and shard the re-encodings; the settings go into the manifest and "
+        "training checks them (implies --recipe's probe for this recipe)",
+    )
+    parser.add_argument(
+        "--processor",
+        type=Path,
+        help="--transcode: take the geometry from the processor saved in this model folder (default: the recipe's "
+        "default processor)",
+    )
+    parser.add_argument("--num-proc", type=int, default=1, help="--transcode: ffmpeg processes at a time (default 1)")
     return parser
 
 
@@ -473,11 +491,20 @@ def prepare_shards(argv: Sequence[str]) -> int:
     Usable: readable media; with ``--recipe`` or ``--unlabeled`` (pretraining: video and sound), also holding the
     streams the training reads (`decode_problem`), so that no shard carries a sample every epoch then skips."""
     from .folders import _TABLE_SPLITS, _class_tree, find_media_files, load_media_dataset
-    from .shards import MANIFEST_NAME, write_shards  # webdataset and torch: only for this command
+    from .shards import MANIFEST_NAME, check_output_dir, write_shards  # webdataset and torch: only for this command
 
     args = _shards_parser().parse_args(argv)
     source = args.source.expanduser().absolute()
-    modality = RECIPE_MODALITIES[args.recipe] if args.recipe else "audio-visual" if args.unlabeled else None
+    output_dir = args.output_dir.expanduser().absolute()
+    if args.transcode is not None and args.recipe not in (None, args.transcode):
+        print(
+            f"avbert-prepare shards: error: --recipe {args.recipe} and --transcode {args.transcode} name different "
+            "recipes: the shards are for one (give --transcode alone)",
+            file=sys.stderr,
+        )
+        return 1
+    recipe = args.recipe or args.transcode
+    modality = RECIPE_MODALITIES[recipe] if recipe else "audio-visual" if args.unlabeled else None
     problem_of = _media_problem if modality is None else functools.partial(decode_problem, modality=modality)
     try:
         if args.unlabeled:
@@ -497,24 +524,33 @@ def prepare_shards(argv: Sequence[str]) -> int:
             problems = list(pool.map(problem_of, files))
         keep = [i for i, problem in enumerate(problems) if problem is None]
         skipped = [(files[i], problem) for i, problem in enumerate(problems) if problem is not None]
-        if not keep:
-            needs = "readable media" if modality is None else f"usable for {modality} training"
-            reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped[:3])
-            raise ValueError(f"none of the {len(files)} files under {source} is {needs} (e.g. {reasons})")
-        manifest = write_shards(
-            [files[i] for i in keep],
-            [labels[i] for i in keep] if labels is not None else None,
-            args.output_dir.expanduser().absolute(),
-            class_names=names,
-            shard_size=args.shard_size,
-            shard_samples=args.shard_samples,
-            root=root if all(root in f.parents for f in files) else None,
-            skipped=skipped,
-        )
+        check_output_dir(output_dir)
+        kept, transcode = [files[i] for i in keep], None
+        with tempfile.TemporaryDirectory(prefix=".transcoding-", dir=output_dir) as scratch:
+            if args.transcode is not None:
+                kept, keep, transcode = _transcode(args, kept, keep, Path(scratch), skipped)
+            if not keep:
+                needs = "readable media" if modality is None else f"usable for {modality} training"
+                reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped[:3])
+                raise ValueError(f"none of the {len(files)} files under {source} is {needs} (e.g. {reasons})")
+            manifest = write_shards(
+                kept,
+                [labels[i] for i in keep] if labels is not None else None,
+                output_dir,
+                class_names=names,
+                shard_size=args.shard_size,
+                shard_samples=args.shard_samples,
+                root=root if all(root in f.parents for f in files) else None,
+                skipped=skipped,
+                sources=[files[i] for i in keep],
+                transcode=transcode,
+            )
     except ValueError as error:
         print(f"avbert-prepare shards: error: {error}", file=sys.stderr)
         return 1
     total = sum(shard.num_bytes for shard in manifest.shards)
+    if manifest.transcode is not None:
+        print(f"re-encoded for {args.transcode}: {json.dumps(manifest.transcode)}")
     print(
         f"{manifest.num_samples} samples in {len(manifest.shards)} shards ({total / 1e6:.1f} MB) -> {args.output_dir}"
         f" (manifest: {args.output_dir / MANIFEST_NAME})"
@@ -524,3 +560,22 @@ def prepare_shards(argv: Sequence[str]) -> int:
         for path, reason in skipped:
             print(f"  {path}: {reason}", file=sys.stderr)
     return 0
+
+
+def _transcode(
+    args: argparse.Namespace, files: list[Path], keep: list[int], scratch: Path, skipped: list[tuple[Path, str]]
+) -> tuple[list[Path], list[int], dict]:
+    """Re-encode ``files`` (indices ``keep``) for ``--transcode``: the re-encodings that worked and their indices, and
+    the settings; the files that failed are added to ``skipped`` (the manifest lists them, the command prints them)."""
+    from .transcode import TranscodeSettings, default_processors, transcode_files
+
+    modality = RECIPE_MODALITIES[args.transcode]
+    try:
+        processors = default_processors(modality, args.processor)
+    except OSError as error:
+        raise ValueError(f"--processor {args.processor}: no saved AVBERT processor there ({error})") from error
+    settings = TranscodeSettings.for_recipe(args.transcode, modality, *processors)
+    outputs, failed = transcode_files(files, settings, scratch, args.num_proc)
+    skipped += failed
+    done = [i for i, output in enumerate(outputs) if output is not None]
+    return [outputs[i] for i in done], [keep[i] for i in done], settings.to_dict()

@@ -109,12 +109,14 @@ class ShardSpec:
 
 @dataclass
 class ShardManifest:
-    """What ``avbert-prepare shards`` wrote: the shards, the class names (None: unlabeled) and the files left out."""
+    """What ``avbert-prepare shards`` wrote: the shards, the class names (None: unlabeled), the files left out and,
+    for shards of re-encoded files (``--transcode``), how they were re-encoded (``TranscodeSettings.to_dict``)."""
 
     shards: list[ShardSpec]
     class_names: list[str] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     format: str = FORMAT
+    transcode: dict[str, Any] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -135,7 +137,12 @@ class ShardManifest:
             shards = [ShardSpec(**shard) for shard in data["shards"]]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"{location}: not an avbert shard manifest ({error})") from error
-        return cls(shards=shards, class_names=data.get("class_names"), skipped=data.get("skipped", []))
+        transcode = data.get("transcode")
+        if transcode is not None and not isinstance(transcode, dict):
+            raise ValueError(f"{location}: transcode is not an object of transcode settings")
+        return cls(
+            shards=shards, class_names=data.get("class_names"), skipped=data.get("skipped", []), transcode=transcode
+        )
 
 
 class ShardReadError(ValueError):
@@ -300,10 +307,17 @@ def load_manifests(locations: str | Sequence[str], options: ShardReadOptions | N
     names = {tuple(m.class_names) if m.class_names is not None else None for m in manifests}
     if len(names) > 1:
         raise ValueError(f"the shard manifests {expanded} have different class names")
+    transcodes = {json.dumps(m.transcode, sort_keys=True) for m in manifests}
+    if len(transcodes) > 1:
+        raise ValueError(
+            f"the shard manifests {expanded} hold files re-encoded with different settings (their 'transcode' "
+            "entries, or some re-encoded and some not): write them with the same --transcode recipe"
+        )
     return ShardManifest(
         shards=[shard for m in manifests for shard in m.shards],
         class_names=manifests[0].class_names,
         skipped=[item for m in manifests for item in m.skipped],
+        transcode=manifests[0].transcode,
     )
 
 
@@ -321,6 +335,13 @@ def _tar_file_bytes(members: int) -> int:
     return -(-(members + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Create ``output_dir``, refusing one that holds shards already (before any work is spent on the files)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if any(output_dir.glob("shard-*.tar")) or (output_dir / MANIFEST_NAME).exists():
+        raise ValueError(f"{output_dir} already holds shards; choose an empty output folder")
+
+
 def write_shards(
     files: Sequence[Path],
     labels: Sequence[int] | None,
@@ -330,18 +351,21 @@ def write_shards(
     shard_samples: int | None = None,
     root: Path | None = None,
     skipped: Sequence[tuple[Path, str]] = (),
+    sources: Sequence[Path] | None = None,
+    transcode: dict[str, Any] | None = None,
 ) -> ShardManifest:
     """Write ``files`` (already probed as readable) into ``shard-NNNNNN.tar`` in ``output_dir`` + ``manifest.json``.
 
     A shard is closed before its file would exceed ``shard_size`` bytes (a larger file gets a shard of its own) or
     when it holds ``shard_samples`` samples. Sample keys are the running index; ``KEY.json`` keeps the label, the
-    class name and the source path (relative to ``root``).
+    class name and the source path (relative to ``root``): of ``sources[i]`` when ``files`` are re-encodings of
+    them, whose settings ``transcode`` records in the manifest.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if any(output_dir.glob("shard-*.tar")) or (output_dir / MANIFEST_NAME).exists():
-        raise ValueError(f"{output_dir} already holds shards; choose an empty output folder")
+    check_output_dir(output_dir)
     if labels is not None and len(labels) != len(files):
         raise ValueError(f"{len(files)} files but {len(labels)} labels")
+    if sources is not None and len(sources) != len(files):
+        raise ValueError(f"{len(files)} files but {len(sources)} sources")
     specs: list[ShardSpec] = []
     writer: wds.TarWriter | None = None
     path: Path | None = None
@@ -358,7 +382,8 @@ def write_shards(
     for index, file in enumerate(files):
         data = file.read_bytes()
         extension = file.suffix.lower().lstrip(".") or "bin"
-        meta: dict[str, Any] = {"source": str(file.relative_to(root) if root else file.name)}
+        source = sources[index] if sources is not None else file
+        meta: dict[str, Any] = {"source": str(source.relative_to(root) if root else source.name)}
         if labels is not None:
             meta["label"] = int(labels[index])
             if class_names is not None:
@@ -383,6 +408,7 @@ def write_shards(
         shards=specs,
         class_names=list(class_names) if class_names is not None else None,
         skipped=[{"path": str(p.relative_to(root) if root else p), "reason": reason} for p, reason in skipped],
+        transcode=transcode,
     )
     (output_dir / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
@@ -762,9 +788,15 @@ def shard_dataset(
     options: ShardReadOptions | None = None,
 ) -> ShardedVideoDataset:
     """The ``ShardedVideoDataset`` of the manifests at ``locations`` for the ``Trainer`` run by ``args``: its batch
-    size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched."""
+    size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched.
+    Shards of re-encoded files must fit ``transform``'s processor (``avbert.data.transcode.check_transcode``)."""
+    from .transcode import check_transcode
+
+    manifest = load_manifests(locations, options)
+    if transform is not None:
+        check_transcode(manifest.transcode, transform, locations)
     return ShardedVideoDataset(
-        load_manifests(locations, options),
+        manifest,
         transform,
         batch_size=args.per_device_train_batch_size if train else args.per_device_eval_batch_size,
         num_workers=args.dataloader_num_workers,
