@@ -146,10 +146,45 @@ def _sample_bytes(item: dict) -> int:
     return sum(value.numel() * value.element_size() for value in item.values() if isinstance(value, torch.Tensor))
 
 
+def _transcoded_shards(recipe: str, modality: str, files: list[Path], folder: Path) -> tuple[list[Path], object]:
+    """``files`` re-encoded at the recipe's training geometry (what `avbert-prepare shards --transcode` does) and
+    written into shards: the re-encoded files (for the floor) and the shards' manifest; None without the transcode
+    module (a --baseline checkout from before it)."""
+    try:
+        from avbert.data.transcode import TranscodeSettings, default_processors, transcode_files
+    except ImportError:
+        return [], None
+    settings = TranscodeSettings.for_recipe(recipe, modality, *default_processors(modality))
+    outputs, failed = transcode_files(files, settings, folder / "files")
+    assert not failed, failed
+    write_shards(outputs, [0] * len(outputs), folder / "shards", transcode=settings.to_dict())
+    return outputs, load_manifests(str(folder / "shards"))
+
+
+def _read_files(files: list[Path], transform: MediaTransform) -> None:
+    for file in files:
+        row = transform({"path": [str(file)], "label": [0]})
+        assert row["error"] == [None], row["error"]
+
+
+def _read_shards(manifest: object, transform: MediaTransform) -> None:
+    for item in ShardedVideoDataset(manifest, transform, shuffle_buffer=0):
+        assert item["error"] is None, item["error"]
+
+
+def _time_passes(read: Callable[[MediaTransform], None], count: int, transform: MediaTransform) -> tuple[float, float]:
+    """(samples/s, samples per CPU second) of one pass of ``read`` over ``count`` samples."""
+    start, cpu = time.perf_counter(), time.process_time()
+    read(transform)
+    return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
+
+
 def recipe_rates(rounds: int) -> dict[str, dict]:
-    """Per recipe: samples/s of one worker (float frames, uint8 frames), the ffmpeg floor's samples/s on the same
-    files and the bytes per sample, each rate the median over ``rounds`` passes (and all passes); ``cpu_rates``: the
-    same per CPU second of the process (ffmpeg's: of the child), which a shared machine disturbs much less."""
+    """Per recipe, on the source files and (``"RECIPE, transcoded"``) on shards of the same files re-encoded at the
+    recipe's training geometry: samples/s of one worker (float frames, uint8 frames), the ffmpeg floor's samples/s on
+    the same files (the source files, or the re-encoded ones) and the bytes per sample, each rate the median over
+    ``rounds`` passes (and all passes); ``cpu_rates``: the same per CPU second of the process (ffmpeg's: of the
+    child), which a shared machine disturbs much less."""
     deferrable = "defer_normalization" in inspect.signature(MediaTransform).parameters  # absent before uint8 frames
     results = {}
     for recipe, (modality, names) in RECIPE_FILES.items():
@@ -160,30 +195,35 @@ def recipe_rates(rounds: int) -> dict[str, dict]:
         variants = {"float": MediaTransform(processor, modality, train=True)}
         if deferrable and modality != "audio":
             variants["uint8"] = MediaTransform(processor, modality, train=True, defer_normalization=True)
-        passes: dict[str, list[float]] = {name: [] for name in [*variants, "floor"]}
-        cpu_passes: dict[str, list[float]] = {name: [] for name in [*variants, "floor"]}
-        sizes = {}
-        for name, transform in variants.items():  # warm up (imports, caches) and measure the sample size
-            row = transform({"path": [str(files[0])], "label": [0]})
-            assert row["error"] == [None], row["error"]
-            sizes[name] = _sample_bytes({key: values[0] for key, values in row.items()})
-        for _ in range(rounds):
-            for name, transform in variants.items():
-                start, cpu = time.perf_counter(), time.process_time()
-                for file in files:
-                    transform({"path": [str(file)], "label": [0]})
-                passes[name].append(len(files) / (time.perf_counter() - start))
-                cpu_passes[name].append(len(files) / (time.process_time() - cpu))
-            wall, cpu = zip(*[_floor_seconds(file, modality) for file in files], strict=True)
-            passes["floor"].append(len(files) / sum(wall))
-            cpu_passes["floor"].append(len(files) / sum(cpu))
-        results[recipe] = {
-            "modality": modality,
-            "files": len(files),
-            "rates": passes,
-            "cpu_rates": cpu_passes,
-            "bytes": sizes,
-        }
+        with tempfile.TemporaryDirectory() as scratch:
+            transcoded, manifest = _transcoded_shards(recipe, modality, files, Path(scratch))
+            inputs = {recipe: (functools.partial(_read_files, files), files)}
+            if manifest is not None:
+                inputs[f"{recipe}, transcoded"] = (functools.partial(_read_shards, manifest), transcoded)
+            for name, (read, floor_files) in inputs.items():
+                passes: dict[str, list[float]] = {variant: [] for variant in [*variants, "floor"]}
+                cpu_passes: dict[str, list[float]] = {variant: [] for variant in [*variants, "floor"]}
+                sizes = {}
+                for variant, transform in variants.items():  # warm up (imports, caches) and measure the sample size
+                    row = transform({"path": [str(floor_files[0])], "label": [0]})
+                    assert row["error"] == [None], row["error"]
+                    sizes[variant] = _sample_bytes({key: values[0] for key, values in row.items()})
+                for _ in range(rounds):
+                    for variant, transform in variants.items():
+                        rate, cpu_rate = _time_passes(read, len(files), transform)
+                        passes[variant].append(rate)
+                        cpu_passes[variant].append(cpu_rate)
+                    wall, cpu = zip(*[_floor_seconds(file, modality) for file in floor_files], strict=True)
+                    passes["floor"].append(len(files) / sum(wall))
+                    cpu_passes["floor"].append(len(files) / sum(cpu))
+                results[name] = {
+                    "modality": modality,
+                    "files": len(files),
+                    "rates": passes,
+                    "cpu_rates": cpu_passes,
+                    "bytes": sizes,
+                    "file_bytes": sum(file.stat().st_size for file in floor_files) / len(files),
+                }
     return results
 
 
@@ -201,7 +241,8 @@ def _rate(values: list[float]) -> str:
 
 def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, rounds: int) -> list[str]:
     lines = [
-        f"### One worker per recipe, source files ({rounds} pass(es) over each recipe's files, interleaved)",
+        f"### One worker per recipe, source files and transcoded shards ({rounds} pass(es) over each recipe's files, "
+        "interleaved)",
         "",
         "samples/s: median (range). Floor: `ffmpeg -threads 1` decoding the same files and converting them to RGB "
         "(sound: float samples), as samples/s; x floor = the floor's samples/s over ours (per-sample CPU cost over "
@@ -211,10 +252,15 @@ def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, ro
         "samples/CPU-s: the same per CPU second of the process (ffmpeg: of the child process); a shared machine "
         "slows the wall clock but hardly the CPU time, so these are the figures to compare.",
         "",
+        "RECIPE, transcoded: the same files re-encoded at the recipe's training geometry (`avbert-prepare shards "
+        "--transcode RECIPE`: short side 160, 15 fps, mono 44.1 kHz sound; docs/processing.md), read from shards by "
+        "`ShardedVideoDataset`; its floor is ffmpeg on the re-encoded files. KB/file: the mean size of the files "
+        "read.",
+        "",
         "| recipe | frames out | samples/s | samples/CPU-s | x floor (CPU) | MB/sample | workers/GPU (CPU) | "
-        "floor samples/CPU-s |"
+        "floor samples/CPU-s | KB/file |"
         + (" baseline samples/CPU-s | baseline x floor (CPU) | speed-up (CPU) |" if baseline else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if baseline else ""),
     ]
     for recipe, result in results.items():
         floor = statistics.median(result["cpu_rates"]["floor"])
@@ -230,6 +276,7 @@ def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, ro
                 f"{size / 1e6:.1f}",
                 f"{GPU_SAMPLES_PER_SECOND / rate:.0f}",
                 f"{floor:.2f}",
+                f"{result['file_bytes'] / 1e3:.0f}" if "file_bytes" in result else "",
             ]
             if baseline:
                 if old is not None and "float" in old.get("cpu_rates", {}):

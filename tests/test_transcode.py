@@ -46,12 +46,13 @@ def make_video(path: Path, frames: int = 91) -> Path:
 
 
 def make_unencodable_video(path: Path) -> Path:
-    """A 1-pixel-wide video (FFV1 + PCM in Matroska): it probes and decodes (`avbert-prepare check` passes it), but
-    H.264 cannot encode an odd width, so its transcode fails inside ffmpeg."""
+    """An 8200x16 strip (FFV1 + PCM in Matroska): it probes and decodes (`avbert-prepare check` passes it), and its
+    short side is already below 160, so the transcode keeps its width, which MPEG-4 part 2 cannot code (at most
+    8191): the transcode fails inside ffmpeg."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ffmpeg(
-        "-f", "lavfi", "-i", "testsrc=size=1x64:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=44100",
-        "-t", "1", "-c:v", "ffv1", "-c:a", "pcm_s16le", str(path),
+        "-f", "lavfi", "-i", "testsrc=size=8200x16:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=44100",
+        "-t", "0.3", "-c:v", "ffv1", "-c:a", "pcm_s16le", str(path),
     )  # fmt: skip
     return path
 
@@ -87,7 +88,7 @@ def test_transcode_has_the_training_geometry_and_the_source_clips(
 ) -> None:
     """Tolerance, and why. Frames: a seeded clip's uint8 frames differ from the source's by at most 3 of 255 on
     average. The transcode resizes once more (320x240 -> 214x160 by ffmpeg, then the draw's nearest resize, against
-    one nearest resize of the source) and H.264 rounds, under 1 level on this smooth picture; the rest is time (2
+    one nearest resize of the source) and the codec rounds, under 1 level on this smooth picture; the rest is time (2
     levels a source frame). Clip times: with 91 frames at 30 fps, 15 fps cannot end where the source does (46 frames
     end 1/30 s later), so clip i starts up to i/9 x 1/30 s later: every clip start is within one transcoded frame
     (1/15 s) of the source's. Log-mels (natural log, spread ~5): within 0.2 on average where the clips start at the
@@ -144,7 +145,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     root = tmp_path_factory.mktemp("prepared")
     make_video(root / "src" / "a" / "one.mp4", frames=45)
     make_video(root / "src" / "b" / "two.mp4", frames=60)
-    make_unencodable_video(root / "src" / "a" / "thin.mkv")
+    make_unencodable_video(root / "src" / "a" / "strip.mkv")
     (root / "src" / "b" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video" * 8)
     out = root / "shards"
     args = ("--transcode", "kinetics-sounds", "--num-proc", "2", "--shard-samples", "1")
@@ -155,12 +156,12 @@ def test_prepare_transcodes_in_parallel_and_lists_the_files_that_fail(prepared) 
     out, completed = prepared
     assert completed.returncode == 0, completed.stderr
     assert "transcoding: 100%" in completed.stderr and "3/3" in completed.stderr  # the progress bar (3 probed good)
-    assert "thin.mkv: transcode failed: ffmpeg:" in completed.stderr and "broken.mp4" in completed.stderr
+    assert "strip.mkv: transcode failed: ffmpeg:" in completed.stderr and "broken.mp4" in completed.stderr
     manifest = load_manifests(str(out))
     assert manifest.num_samples == 2 and manifest.class_names == ["a", "b"]
     reasons = {item["path"]: item["reason"] for item in manifest.skipped}
-    assert set(reasons) == {"a/thin.mkv", "b/broken.mp4"}
-    assert reasons["a/thin.mkv"].startswith("transcode failed: ffmpeg:") and "width" in reasons["a/thin.mkv"]
+    assert set(reasons) == {"a/strip.mkv", "b/broken.mp4"}
+    assert reasons["a/strip.mkv"].startswith("transcode failed: ffmpeg:") and "too large" in reasons["a/strip.mkv"]
     assert manifest.transcode == {**KS_SETTINGS.to_dict()}
     assert manifest.transcode["short_side"] == 160 and manifest.transcode["fps"] == 15.0
     assert manifest.transcode["ffmpeg"].startswith("ffmpeg version")
@@ -175,12 +176,12 @@ def test_prepare_transcodes_in_parallel_and_lists_the_files_that_fail(prepared) 
 
 
 def test_prepare_fails_when_no_file_transcodes(tmp_path: Path) -> None:
-    make_unencodable_video(tmp_path / "src" / "a" / "thin.mkv")
+    make_unencodable_video(tmp_path / "src" / "a" / "strip.mkv")
     completed = console(
         "avbert-prepare", "shards", str(tmp_path / "src"), str(tmp_path / "out"), "--transcode", "ucf101"
     )
     assert completed.returncode == 1
-    assert "error: none of the 1 files" in completed.stderr and "thin.mkv: transcode failed" in completed.stderr
+    assert "error: none of the 1 files" in completed.stderr and "strip.mkv: transcode failed" in completed.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
     clash = console("avbert-prepare", "shards", "x", "y", "--transcode", "ucf101", "--recipe", "esc50")
     assert clash.returncode == 1 and "different recipes" in clash.stderr
