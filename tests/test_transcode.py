@@ -254,3 +254,30 @@ def test_manifests_of_different_transcodes_are_not_mixed(prepared, tmp_path: Pat
     write_shards([make_video(tmp_path / "x.mp4", frames=30)], [0], plain, class_names=["a", "b"])
     with pytest.raises(ValueError, match="re-encoded with different settings"):
         load_manifests([str(out), str(plain)])
+
+
+def test_avbert_train_stops_on_shards_transcoded_for_another_frame_rate(prepared, tmp_path: Path) -> None:
+    """The whole command: a model whose processor samples every frame at 30 fps (frame_sampling_rate 1) is refused
+    the 15 fps Kinetics-Sounds transcodes before any step, with the manifest, the field and the fix (exit 1)."""
+    from test_pretraining_cli import TINY
+    from test_training_data import make_tiny_processor
+
+    from avbert import AVBertConfig, AVBertForVideoClassification
+
+    out, _ = prepared
+    model_dir = tmp_path / "model"
+    AVBertForVideoClassification(AVBertConfig(**TINY, num_clips=2, num_labels=2)).save_pretrained(model_dir)
+    processor = make_tiny_processor()
+    processor.video_processor.frame_sampling_rate = 1
+    processor.save_pretrained(model_dir)
+    completed = console(
+        "avbert-train",
+        *("--recipe", "kinetics-sounds", "--model", str(model_dir), "--output_dir", str(tmp_path / "run")),
+        *("--train_shards", str(out), "--eval_shards", str(out), "--max_steps", "1", "--use_cpu"),
+        *("--report_to", "none", "--dataloader_num_workers", "0"),
+    )
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    error = completed.stderr.strip().splitlines()[-1]
+    assert error.startswith("avbert-train: error:") and str(out) in error
+    assert "fps 15 is below the 30 fps" in error and "--transcode" in error
+    assert not (tmp_path / "run" / "checkpoint-1").exists()
