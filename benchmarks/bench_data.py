@@ -7,12 +7,16 @@ Examples:
 
 A sample is one training input of the Kinetics-Sounds recipe: `AVBertProcessor` with 10 clips x 32 frames, random
 short-side scale in [128, 160], random 112 crop and flip, and the 10 log-mel windows under the clips
-(`MediaTransform(processor, "audio-visual", train=True)`, what `avbert-train` runs in its DataLoader workers).
+(`MediaTransform(processor, "audio-visual", train=True, defer_normalization=True)`, what `avbert-train` runs in its
+DataLoader workers).
 The videos are the shared real videos with sound (`../shared/data/videos`), repeated to `--samples` samples.
 
-- folder: `datasets.Dataset` of paths with `with_transform(MediaTransform)` (`load_media_dataset` rows), DataLoader.
+- folder: `datasets.Dataset` of paths with `with_transform(MediaTransform)` (`load_media_dataset` rows), DataLoader;
+  uint8 frames out of the workers (`defer_normalization=True`, what `avbert-train` sends).
 - shards: the same files written by `write_shards` (WebDataset tar, bytes as they are) and read by
   `ShardedVideoDataset` (shuffle buffer 16), same transform, same DataLoader settings.
+- transcoded shards: the same files re-encoded by `avbert-prepare shards --transcode kinetics-sounds`; and, at the
+  most workers, end to end: batches of 5 (the recipe's) through the trainer's input step (`normalize_clips`).
 - workers 0 is the main process alone with 1 torch thread: the rate of ONE worker. N workers run N processes.
 - readers: raw samples/s (bytes only, no decoding) of the shard libraries considered for `avbert.data.shards`
   over the same files, locally and from an HTTP server on 127.0.0.1; litdata and mosaicml-streaming are measured
@@ -99,6 +103,7 @@ RECIPE_FILES = {
     ),
     "esc50": ("audio", ("esc50/audio/2-103426-A-3.flac", "esc50/audio/2-103427-A-3.flac")),
 }
+STEP_VARIANT = "shards, transcoded, batches of 5 into the trainer's input step"
 # The issue's step rate: one H100 at 40% of bf16 peak, ~1.4 TFLOP per Kinetics-Sounds video train step.
 GPU_SAMPLES_PER_SECOND = 280
 
@@ -146,7 +151,9 @@ def _sample_bytes(item: dict) -> int:
     return sum(value.numel() * value.element_size() for value in item.values() if isinstance(value, torch.Tensor))
 
 
-def _transcoded_shards(recipe: str, modality: str, files: list[Path], folder: Path) -> tuple[list[Path], object]:
+def _transcoded_shards(
+    recipe: str, modality: str, files: list[Path], folder: Path, shard_samples: int | None = None
+) -> tuple[list[Path], object]:
     """``files`` re-encoded at the recipe's training geometry (what `avbert-prepare shards --transcode` does) and
     written into shards: the re-encoded files (for the floor) and the shards' manifest; None without the transcode
     module (a --baseline checkout from before it)."""
@@ -157,7 +164,9 @@ def _transcoded_shards(recipe: str, modality: str, files: list[Path], folder: Pa
     settings = TranscodeSettings.for_recipe(recipe, modality, *default_processors(modality))
     outputs, failed = transcode_files(files, settings, folder / "files")
     assert not failed, failed
-    write_shards(outputs, [0] * len(outputs), folder / "shards", transcode=settings.to_dict())
+    write_shards(
+        outputs, [0] * len(outputs), folder / "shards", shard_samples=shard_samples, transcode=settings.to_dict()
+    )
     return outputs, load_manifests(str(folder / "shards"))
 
 
@@ -302,25 +311,59 @@ def _drain(loader: DataLoader) -> int:
     return sum(batch["labels"].shape[0] for batch in loader)
 
 
-def pipeline_rates(files: list[Path], shards: Path, workers: list[int], rounds: int) -> dict[tuple[str, int], list]:
-    """samples/s of every (source, workers) variant, interleaved per round."""
-    transform = MediaTransform(kinetics_sounds_processor(), "audio-visual", train=True)
-    manifest = load_manifests(str(shards))
-    variants: dict[tuple[str, int], Callable[[], DataLoader]] = {}
+def _drain_into_step(loader: DataLoader, video_processor: AVBertVideoProcessor) -> int:
+    """Samples through the trainer's input step: each batch's uint8 clips finished by ``normalize_clips`` on the main
+    process (what ``DeviceNormalizationMixin`` does on the model's device; here the CPU), the model step left out."""
+    count = 0
+    for batch in loader:
+        pixels = video_processor.normalize_clips(batch["pixel_values"], batch.pop("clip_jitter", None))
+        assert pixels.dtype == torch.float32
+        count += batch["labels"].shape[0]
+    return count
+
+
+def pipeline_rates(
+    files: list[Path], shards: Path, transcoded: Path | None, workers: list[int], rounds: int
+) -> dict[tuple[str, int], list]:
+    """samples/s of every (source, workers) variant, interleaved per round: uint8 frames out of the workers (what
+    `avbert-train` sends), from the folder, the shards and the transcoded shards; and, at the most workers, the
+    transcoded shards in batches of the recipe's 5 through the trainer's input step."""
+    processor = kinetics_sounds_processor()
+    transform = MediaTransform(processor, "audio-visual", train=True, defer_normalization=True)
+    manifests = {"shards": load_manifests(str(shards))}
+    if transcoded is not None:
+        manifests["shards, transcoded"] = load_manifests(str(transcoded))
+    variants: dict[tuple[str, int], Callable[[], int]] = {}
+
+    def loader(dataset: torch.utils.data.Dataset, n: int, batch_size: int = 1, **kwargs) -> DataLoader:
+        # fork: Linux's default, what the Trainer's DataLoader uses
+        context = {"multiprocessing_context": "fork"} if n else {}
+        collate = AVBertDataCollator()
+        return DataLoader(dataset, batch_size=batch_size, num_workers=n, collate_fn=collate, **context, **kwargs)
+
     for n in workers:
-        common = {"batch_size": 1, "num_workers": n, "collate_fn": AVBertDataCollator()}
-        if n:
-            common["multiprocessing_context"] = "fork"  # Linux's default, what the Trainer's DataLoader uses
-        variants["folder", n] = functools.partial(DataLoader, _PathRows(files, transform), shuffle=True, **common)
-        variants["shards", n] = lambda n=n, common=common: DataLoader(
-            ShardedVideoDataset(manifest, transform, batch_size=1, num_workers=n, shuffle_buffer=16), **common
+        variants["folder", n] = lambda n=n: _drain(loader(_PathRows(files, transform), n, shuffle=True))
+        for name, manifest in manifests.items():
+            variants[name, n] = lambda n=n, manifest=manifest: _drain(
+                loader(ShardedVideoDataset(manifest, transform, batch_size=1, num_workers=n, shuffle_buffer=16), n)
+            )
+    if transcoded is not None:
+        n, batch = max(workers), 5
+        variants[STEP_VARIANT, n] = lambda: _drain_into_step(
+            loader(
+                ShardedVideoDataset(
+                    manifests["shards, transcoded"], transform, batch_size=batch, num_workers=n, shuffle_buffer=16
+                ),
+                n,
+                batch_size=batch,
+            ),
+            processor.video_processor,
         )
     rates: dict[tuple[str, int], list] = {key: [] for key in variants}
     for _ in range(rounds):
-        for key, make in variants.items():
-            loader = make()
+        for key, run in variants.items():
             start = time.perf_counter()
-            count = _drain(loader)
+            count = run()
             rates[key].append(count / (time.perf_counter() - start))
     return rates
 
@@ -416,25 +459,42 @@ def report(args, rates, readers, writes, reader_bytes, model, num_files, load) -
         f"- Command: `{command_line()}` (run time {time.perf_counter() - STARTED:.0f} s)",
         f"- Date: {utc_timestamp()}; torch {torch.__version__}, webdataset {wds.__version__}",
         f"- CPU: {describe_cpu()}, {available_cores()} cores available; load average {load[0]} at the start, {load[1]} "
-        "at the end. The machine was shared with other jobs: compare figures within this table, not across runs.",
+        "at the end. Compare figures within this table, not across runs.",
         f"- Sample: one Kinetics-Sounds training input (10 clips x 32 frames, random scale/crop/flip, 112 x 112, and "
-        f"10 log-mels) decoded + processed by `MediaTransform`; {num_files} samples per pass from "
-        f"{len(args.videos)} real videos with sound.",
+        f"10 log-mels) decoded + processed by `MediaTransform(defer_normalization=True)` (uint8 frames, what "
+        f"`avbert-train` sends); {num_files} samples per pass from {len(args.videos)} real videos with sound; "
+        "transcoded: the same files after `avbert-prepare shards --transcode kinetics-sounds`.",
         f"- Method: {args.rounds} timed pass(es) per variant, variants interleaved; cells are the median samples/s "
         "(and the range). workers 0 = the main process alone, 1 torch thread: the rate of one DataLoader worker.",
         "",
-        "| workers | folder samples/s | shards samples/s | shards / folder |",
-        "|---|---|---|---|",
+        "| workers | folder samples/s | shards samples/s | transcoded shards samples/s | shards / folder | "
+        "transcoded / folder |",
+        "|---|---|---|---|---|---|",
     ]
+    transcoded = ("shards, transcoded", args.workers[0]) in rates
+
+    def cell(key: tuple[str, int]) -> str:
+        values = rates.get(key)
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
+
     for n in args.workers:
-        folder, shards = rates["folder", n], rates["shards", n]
+        ratio = f"{median['shards, transcoded', n] / median['folder', n]:.2f}x" if transcoded else "-"
         lines.append(
-            f"| {n} | {statistics.median(folder):.2f} ({min(folder):.2f}-{max(folder):.2f}) | "
-            f"{statistics.median(shards):.2f} ({min(shards):.2f}-{max(shards):.2f}) | "
-            f"{median['shards', n] / median['folder', n]:.2f}x |"
+            f"| {n} | {cell(('folder', n))} | {cell(('shards', n))} | {cell(('shards, transcoded', n))} | "
+            f"{median['shards', n] / median['folder', n]:.2f}x | {ratio} |"
         )
-    per_worker = median["shards", args.workers[0]] * NUM_CLIPS
-    lines += ["", f"One worker (workers {args.workers[0]}, shards) delivers {per_worker:.1f} clips/s."]
+    step = [key for key in rates if key[0] == STEP_VARIANT]
+    if step:
+        lines += [
+            "",
+            f"End to end, {step[0][1]} workers: {cell(step[0])} samples/s (transcoded shards, batches of 5 as the "
+            "Kinetics-Sounds recipe, uint8 clips finished by `normalize_clips` in the main process as the trainer's "
+            "input step does on the model's device; the model step itself is left out: on this CPU one takes "
+            "seconds, on a GPU ~18 ms per 5 videos at the rate below).",
+        ]
+    source = "shards, transcoded" if transcoded else "shards"
+    per_worker = median[source, args.workers[0]] * NUM_CLIPS
+    lines += ["", f"One worker (workers {args.workers[0]}, {source}) delivers {per_worker:.1f} clips/s."]
     if model:
         for title, clips in model:
             lines.append(
@@ -442,6 +502,11 @@ def report(args, rates, readers, writes, reader_bytes, model, num_files, load) -
                 f"decoded per clip trained: one worker keeps {per_worker / clips:.1f} such models fed, "
                 f"{max(1, round(clips / per_worker + 0.49))} worker(s) needed per model."
             )
+    lines.append(
+        f"- One GPU at the issue's estimate of {GPU_SAMPLES_PER_SECOND} Kinetics-Sounds samples/s (an H100 at 40% of "
+        f"its bf16 peak, ~1.4 TFLOP per video step) needs {GPU_SAMPLES_PER_SECOND * NUM_CLIPS / per_worker:.0f} "
+        "workers at this rate."
+    )
     lines.append(
         "- No GPU was lent to this task, so no GPU clips/s exists in BENCHMARKS.md; on a GPU node run bench_model "
         "there and divide its train clips/s by the per-worker clips/s above for the workers a GPU needs."
@@ -521,7 +586,11 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp)
         files = [VIDEOS_DIR / args.videos[i % len(args.videos)] for i in range(args.samples)]
         write_shards(files, [0] * len(files), folder / "shards", shard_samples=max(1, args.samples // 6))
-        rates = pipeline_rates(files, folder / "shards", args.workers, args.rounds)
+        _, transcoded = _transcoded_shards(
+            "kinetics-sounds", "audio-visual", files, folder / "transcoded", shard_samples=max(1, args.samples // 6)
+        )
+        transcoded_shards = folder / "transcoded" / "shards" if transcoded else None
+        rates = pipeline_rates(files, folder / "shards", transcoded_shards, args.workers, args.rounds)
         # After the pipeline: litdata's optimize switches multiprocessing to spawn for the rest of the process.
         readers, writes, reader_bytes = reader_rates(folder / "readers", args.rounds)
     recipe_lines = recipes_section(args) if args.recipes else []
