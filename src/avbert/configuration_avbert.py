@@ -76,9 +76,9 @@ class AVBertConfig(PreTrainedConfig):
             with every BatchNorm folded into its convolution (recomputed from the current weights on every forward).
             It changes the order of floating-point operations only, no parameter; `False` gives the plain path
             (docs/performance.md). Configs saved without it load with the default.
-        cnn_channels_last_training (`bool`, defaults to `False`): run both CNNs on channels-last activations in
-            training forwards too (BatchNorm unfolded, on batch statistics); off by default, as it was not clearly
-            faster on the CPUs measured (docs/performance.md).
+        cnn_channels_last_training (`bool`, defaults to `True`): run both CNNs on channels-last activations in
+            training forwards too (BatchNorm unfolded, on batch statistics; the gradients match the plain path's to
+            rounding). `False` gives the plain, contiguous training path (docs/performance.md).
 
     Transformer:
         hidden_size, num_attention_heads, intermediate_size, num_hidden_layers, hidden_act, hidden_dropout_prob
@@ -145,7 +145,7 @@ class AVBertConfig(PreTrainedConfig):
     batch_norm_momentum: float = 0.1
     zero_init_final_batch_norm: bool = True
     cnn_fast_inference: bool = True
-    cnn_channels_last_training: bool = False
+    cnn_channels_last_training: bool = True
 
     hidden_size: int = 768
     num_attention_heads: int = 12

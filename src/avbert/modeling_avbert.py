@@ -113,6 +113,47 @@ def batch_norm(norm: nn.BatchNorm2d | nn.BatchNorm3d, hidden_states: torch.Tenso
     return norm(hidden_states)
 
 
+# oneDNN's 1x1 backward-weights kernel (torch 2.14's oneDNN 3.12, x86) writes past its workspace for a strided 1x1
+# convolution of a channels-last input with fewer channels than its vector block (16 floats on AVX-512, 8 on AVX2):
+# the process aborts or the weight gradient is wrong (uxlfoundation/oneDNN#6035; docs/performance.md has the repro).
+# Only narrow CNNs have such a convolution (the stage-0 shortcut of an audio CNN less than 16 wide, as the demo's).
+ONEDNN_CHANNEL_BLOCK = 16
+
+
+def contiguous_for_onednn(conv: nn.Conv2d | nn.Conv3d, hidden_states: torch.Tensor) -> torch.memory_format | None:
+    """
+    The channels-last format of `hidden_states` where `conv` would hit the oneDNN bug above (a weight gradient of a
+    strided 1x1 convolution with fewer than `ONEDNN_CHANNEL_BLOCK` input channels), else `None`. Such a convolution
+    runs on the contiguous layout and its output goes back to that format.
+    """
+    if not (
+        torch.is_grad_enabled()
+        and hidden_states.device.type == "cpu"
+        and conv.in_channels < ONEDNN_CHANNEL_BLOCK
+        and max(conv.stride) > 1
+        and all(size == 1 for size in conv.kernel_size)
+    ):
+        return None
+    memory_format = torch.channels_last if hidden_states.ndim == 4 else torch.channels_last_3d
+    if hidden_states.is_contiguous() or not hidden_states.is_contiguous(memory_format=memory_format):
+        return None
+    return memory_format
+
+
+def convolve(
+    conv: nn.Conv2d | nn.Conv3d,
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`conv(hidden_states)`, with `weight` and `bias` in place of the module's where given, clear of the oneDNN bug."""
+    memory_format = contiguous_for_onednn(conv, hidden_states)
+    if memory_format is not None:
+        hidden_states = hidden_states.contiguous()
+    output = conv(hidden_states) if weight is None else conv._conv_forward(hidden_states, weight, bias)
+    return output if memory_format is None else output.contiguous(memory_format=memory_format)
+
+
 def conv_norm(
     conv: nn.Conv2d | nn.Conv3d,
     norm: nn.BatchNorm2d | nn.BatchNorm3d,
@@ -127,15 +168,15 @@ def conv_norm(
     """
     if not fold or norm.training:
         if conv_weight is None:
-            return batch_norm(norm, conv(hidden_states))
-        return batch_norm(norm, conv._conv_forward(hidden_states, conv_weight, conv.bias))
+            return batch_norm(norm, convolve(conv, hidden_states))
+        return batch_norm(norm, convolve(conv, hidden_states, conv_weight, conv.bias))
     weight = conv.weight if conv_weight is None else conv_weight
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
     bias = norm.bias - norm.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
-    return conv._conv_forward(hidden_states, weight, bias)
+    return convolve(conv, hidden_states, weight, bias)
 
 
 def checkpoints_stem(encoder: nn.Module) -> bool:
@@ -215,7 +256,9 @@ class AVBertBottleneck(GradientCheckpointingLayer):
         else:
             hidden_states = self.act(conv_norm(self.conv2, self.bn2, hidden_states, fold))
         hidden_states = conv_norm(self.conv3, self.bn3, hidden_states, fold)
-        return self.act(hidden_states + shortcut)
+        # In place: the sum is the block's largest tensor, and a fresh one costs its page faults (eval 1.16-1.28x
+        # faster, docs/performance.md). Neither the convolution's nor BatchNorm's backward needs this output.
+        return self.act(hidden_states.add_(shortcut))
 
 
 class AVBertStageLayout(NamedTuple):
