@@ -248,7 +248,7 @@ class Variant:
     phase: str  # "eval" or "train"
     name: str
     dtype: str = "fp32"
-    fast_path: bool = False  # eval: cnn_fast_inference (the default); train: cnn_channels_last_training
+    fast_path: bool = False  # eval: cnn_fast_inference; train: cnn_channels_last_training (both default True)
     fused_optimizer: bool = False  # torch.optim.Adam(fused=True): one fused kernel for the whole update
     checkpointing: bool = False  # model.activation_checkpointing_enable(): CNN blocks and transformer layer
     compile: bool = False  # torch.compile(model)
@@ -627,11 +627,12 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         f"(interleaved, so contention hits all alike; {threads}); medians. One model and one set of inputs for all "
         "variants (weights random, BatchNorm statistics from one training-mode pass). Eval: `model.eval()` under "
         "`torch.inference_mode()`. Train step: `model.train()`, forward with labels, backward, Adam step, "
-        "`zero_grad`. Variants: *plain* = `config.cnn_fast_inference = False` in eval, the default "
+        "`zero_grad`. Variants: *plain* = `config.cnn_fast_inference = False` in eval, "
         "`cnn_channels_last_training = False` in training (contiguous NCDHW, BatchNorm after each convolution, "
-        "`torch.optim.Adam` default implementation); *fast* = in eval the default `cnn_fast_inference = True` "
+        "`torch.optim.Adam` default implementation); *fast* = the defaults: in eval `cnn_fast_inference = True` "
         "(channels-last CNNs, BatchNorm folded into the convolutions), in training `cnn_channels_last_training = "
-        "True` and `Adam(fused=True)`; *channels-last* = that training forward with the default Adam; "
+        "True` and `Adam(fused=True)` (what the recipes' optimizer picks); *channels-last* = that training forward "
+        "with the default Adam; "
         "*checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
         "block, both CNN stems and the transformer layer recomputed in the backward pass); *compile* = "
         "`torch.compile(model)`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 "
