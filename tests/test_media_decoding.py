@@ -109,6 +109,40 @@ def test_full_decode_matches_fixture_sha256():
     assert hashlib.sha256(waveform.tobytes()).hexdigest() == meta["decoded_waveform_sha256 (float32 bytes)"]
 
 
+@pytest.mark.parametrize("codec", ["aac", "pcm_s16le"])
+def test_audio_windows_are_slices_of_the_whole_track_in_any_order_and_overlap(tmp_path: Path, codec: str):
+    """read_windows fills the spans its windows cover and cuts them out: overlapping, touching, unsorted, empty and
+    past-the-end windows are exactly the slices of read_audio's waveform, for a path and for a shared file object
+    read for its length first (the first pass resumes the decode the track started; planar and packed samples)."""
+    path = write_video(tmp_path / f"{codec}.mkv", num_frames=60, audio=codec, container_format="matroska")
+    waveform, _ = read_audio(path)
+    length = waveform.shape[1]
+    windows = [(30000, 50000), (0, 1000), (40000, 41000), (1000, 1000), (999, 2000), (length - 10, length + 500)]
+    windows += [(length + 5, length + 50), (50000, 51024)]
+    with path.open("rb") as file:
+        for source, ask_length in ((path, False), (file, True)):
+            track = AudioTrack(source)
+            if ask_length:
+                assert track.num_samples == length
+            for window, (start, stop) in zip(track.read_windows(windows), windows, strict=True):
+                expected = waveform[:, start:stop] if start < length else np.zeros((1, 1), np.float32)
+                assert window.dtype == np.float32 and np.array_equal(window, expected), (start, stop)
+                window[:] = 1.0  # each window is its own array
+            assert track.num_samples == length
+
+
+def test_read_video_decodes_in_the_demux_container_as_from_a_fresh_open(tmp_path: Path):
+    """Decoding continues in the container of the demux pass, sought back to the first frame: the same frames as a
+    sequential decode, for B-frames (x264) and for MPEG-4 part 2 (the transcoded shards)."""
+    for codec in ("libx264", "mpeg4"):
+        path = write_video(tmp_path / f"{codec}.mp4", num_frames=90, codec=codec, gop=30)
+        reference = sequential_frames(path)
+        indices = [0, 1, 2, 44, 45, 89, 89, 60]
+        decoded = read_video(path, indices)
+        assert np.array_equal(decoded.frames, reference[indices]), codec
+        assert decoded.frames_decoded <= 90, codec  # one pass, no fallback that decodes again
+
+
 @needs_videos
 def test_read_video_clamps_and_the_audio_track_agrees_with_read_audio():
     indices = [302, 0, 0, 150, 500]

@@ -42,6 +42,7 @@ Decisions that differ from old torchvision (documented for users of the parity f
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import itertools
@@ -470,9 +471,22 @@ def _to_float32(samples: np.ndarray) -> np.ndarray:
     return (samples.astype(np.float64) / scale).astype(np.float32)
 
 
+# numpy's dtype of each FFmpeg sample format (planar or packed alike), as ``AudioFrame.to_ndarray`` reads them.
+_SAMPLE_DTYPES = {"dbl": "<f8", "flt": "<f4", "s16": "<i2", "s32": "<i4", "u8": "u1"}
+
+
 def _audio_frame_samples(frame: av.AudioFrame) -> np.ndarray:
-    """(channels, samples) float32 from a planar or packed frame (packed ones come out as (1, samples * channels))."""
-    data = frame.to_ndarray()
+    """(channels, samples) float32 from a planar or packed frame (packed ones come out as (1, samples * channels)).
+
+    The samples of a mono or packed float frame are a read-only view of the frame's plane: ``to_ndarray`` stacks the
+    planes into a copy, which costs as much as the rest of the per-frame work (hundreds of frames a clip sample).
+    """
+    dtype = _SAMPLE_DTYPES.get(frame.format.packed.name)
+    if dtype is not None and len(frame.planes) == 1:
+        count = frame.samples * (1 if frame.format.is_planar else frame.layout.nb_channels)
+        data = np.frombuffer(frame.planes[0], dtype=dtype, count=count)[None]
+    else:
+        data = frame.to_ndarray()
     if not frame.format.is_planar:
         data = data.reshape(-1, frame.layout.nb_channels).T
     return _to_float32(data)
@@ -505,15 +519,19 @@ class AudioTrack:
         frames = self._frames()
         try:
             head = list(itertools.islice(frames, _AUDIO_CLOCK_CHECK_FRAMES))
-        finally:
+            if not head:
+                raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
+            first = head[0]
+            self.sample_rate = int(first[0].sample_rate)
+            self.channels = first[1].shape[0]
+            self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
+            self._check_clock(head)
+        except BaseException:
             frames.close()
-        if not head:
-            raise MediaDecodeError(self.name, "the audio stream holds no decodable samples")
-        first = head[0]
-        self.sample_rate = int(first[0].sample_rate)
-        self.channels = first[1].shape[0]
-        self.start_time = _seconds(first[0].pts, first[0].time_base) or 0.0
-        self._check_clock(head)
+            raise
+        # The first pass goes on from the frames decoded here, in the same container: opening it again and decoding
+        # the head again would cost about as much as decoding the sound under a clip.
+        self._started: tuple[list[tuple[av.AudioFrame, np.ndarray]], Iterator] | None = (head, frames)
 
     def _check_clock(self, head: list[tuple[av.AudioFrame, np.ndarray]]) -> None:
         """Refuse timestamps that advance at under half the pace of the samples over the first frames: they do not
@@ -540,10 +558,24 @@ class AudioTrack:
             for frame in container.decode(stream):
                 yield frame, _audio_frame_samples(frame)
 
+    def _frames_from_start(self) -> Iterator[tuple[av.AudioFrame, np.ndarray]]:
+        """Every decoded frame and its samples: the first pass continues the one ``__init__`` started (the same
+        frames, from the same decoder), later ones decode anew."""
+        if self._started is None:
+            yield from self._frames()
+            return
+        head, rest = self._started
+        self._started = None
+        try:
+            yield from head
+            yield from rest
+        finally:
+            rest.close()
+
     def chunks(self) -> Iterator[np.ndarray]:
-        """The samples of every decoded frame in order, float32 ``(channels, samples)``; the sample rate and the
-        channel layout must not change mid-stream."""
-        for frame, samples in self._frames():
+        """The samples of every decoded frame in order, float32 ``(channels, samples)`` (read-only); the sample rate
+        and the channel layout must not change mid-stream."""
+        for frame, samples in self._frames_from_start():
             if frame.sample_rate != self.sample_rate or samples.shape[0] != self.channels:
                 raise MediaDecodeError(self.name, "the audio sample rate or channel layout changes mid-stream")
             yield samples
@@ -551,28 +583,55 @@ class AudioTrack:
     @property
     def num_samples(self) -> int:
         if self._num_samples is None:
-            self._num_samples = sum(samples.shape[1] for _, samples in self._frames())
+            self._num_samples = sum(samples.shape[1] for _, samples in self._frames_from_start())
         return self._num_samples
 
     def read_windows(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Samples ``[start, stop)`` of each window, float32 ``(channels, samples)``: cut short where the stream ends
         (what a slice of the whole waveform gives; a window past the end holds one silent sample)."""
-        out = [np.zeros((self.channels, max(stop - start, 0)), dtype=np.float32) for start, stop in windows]
+        # The samples go into the disjoint spans the windows cover (one copy per decoded frame, not one per window),
+        # which the windows are then cut from.
+        spans = _covering_spans(windows)
+        buffers = [np.zeros((self.channels, stop - start), dtype=np.float32) for start, stop in spans]
         last = max((stop for _, stop in windows), default=0)
-        position = 0
-        for samples in self.chunks():
-            end = position + samples.shape[1]
-            for (start, stop), window in zip(windows, out, strict=True):
-                low, high = max(position, start), min(end, stop)
-                if high > low:
-                    window[:, low - start : high - start] = samples[:, low - position : high - position]
-            position = end
-            if position >= last:
-                break
+        position, first_span = 0, 0
+        with contextlib.closing(self.chunks()) as chunks:
+            for samples in chunks:
+                end = position + samples.shape[1]
+                while first_span < len(spans) and spans[first_span][1] <= position:
+                    first_span += 1
+                for (start, stop), buffer in zip(spans[first_span:], buffers[first_span:], strict=True):
+                    if start >= end:
+                        break
+                    low, high = max(position, start), min(end, stop)
+                    buffer[:, low - start : high - start] = samples[:, low - position : high - position]
+                position = end
+                if position >= last:
+                    break
+        span_starts = [start for start, _ in spans]
+        out = []
+        for start, stop in windows:
+            if stop <= start:
+                out.append(np.zeros((self.channels, 0), dtype=np.float32))
+                continue
+            span = bisect.bisect_right(span_starts, start) - 1
+            offset = start - span_starts[span]
+            out.append(buffers[span][:, offset : offset + stop - start].copy())
         if position < last:
             self._num_samples = position  # the stream ended: its length is known
             out = [window[:, : max(position - start, 1)] for (start, _), window in zip(windows, out, strict=True)]
         return out
+
+
+def _covering_spans(windows: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The sorted, disjoint ``[start, stop)`` spans that the non-empty windows cover together."""
+    spans: list[tuple[int, int]] = []
+    for start, stop in sorted((start, stop) for start, stop in windows if stop > start):
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], stop))
+        else:
+            spans.append((start, stop))
+    return spans
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -664,13 +723,19 @@ class _FrameReader:
             rgb = np.ascontiguousarray(np.rot90(rgb, quarters))
         return self.transform(rgb) if self.transform is not None else rgb
 
-    def read(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    def read(self, wanted: np.ndarray, demuxed: av.container.InputContainer) -> dict[int, np.ndarray]:
         """Frames for the sorted unique ``wanted`` indices; ones past the end map to the last decoded frame.
 
-        Decoding uses a freshly opened container: the first one was consumed by the demux pass, and going back to
-        the start by reopening works for every container, where seeking there does not.
+        Decoding first goes on in ``demuxed``, the container of the demux pass, sought back to its first frame: an
+        open costs as much as decoding a dozen small frames. The first decoded frame must then be the table's first,
+        as from a fresh start. Where that seek fails or the decoder disagrees, a freshly opened container is used,
+        since going back to the start by reopening works for every container, where seeking there does not.
         """
         if self.table.reliable:
+            try:
+                return self._read(self._rewind(demuxed), wanted, seek=True)
+            except _UnreliableSeek:
+                self.last, self.sought = None, None
             try:
                 with contextlib.closing(self.media.open()) as container:
                     return self._read(container, wanted, seek=True)
@@ -678,6 +743,15 @@ class _FrameReader:
                 self.last = None
         with contextlib.closing(self.media.open()) as container:
             return self._read(container, wanted, seek=False)
+
+    def _rewind(self, container: av.container.InputContainer) -> av.container.InputContainer:
+        """``container`` sought back to the table's first frame. ``sought`` stays unset, so ``_checked_rank`` accepts
+        only rank 0 as the first decoded frame, the frame a fresh decode starts with."""
+        try:
+            container.seek(int(self.table.pts[0]), backward=True, any_frame=False, stream=_video_stream(container))
+        except av.error.FFmpegError as error:
+            raise _UnreliableSeek from error
+        return container
 
     def _read(self, container: av.container.InputContainer, wanted: np.ndarray, seek: bool) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}
@@ -915,7 +989,7 @@ def read_video(
         wanted = np.minimum(_as_index_array(requested, name), num_frames - 1)
         reader = _FrameReader(media, table, frame_transform)
         try:
-            found = reader.read(np.unique(wanted))
+            found = reader.read(np.unique(wanted), container)
         except _NoFrames:
             raise MediaDecodeError(name, "no video frames") from None
         info = MediaInfo(name, _video_info(container, video, num_frames, reader.rotation), _audio_info(container))

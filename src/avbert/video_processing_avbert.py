@@ -375,12 +375,17 @@ class AVBertVideoProcessor(BaseVideoProcessor):
         window: list[tuple[_DecodeWindow, np.ndarray, np.ndarray]] = []
 
         def cut(frame: np.ndarray) -> np.ndarray:
+            height, width, channels = frame.shape
             if not window:  # the reader gives every frame of a file the size of the first
-                source_size[:] = [frame.shape[:2]]
-                kept = window_of(*frame.shape[:2])
-                window[:] = [(kept, *kept.source_indices(*frame.shape[:2]))]
-            _, rows, cols = window[0]
-            return np.take(np.take(frame, rows, axis=0), cols, axis=1)
+                source_size[:] = [(height, width)]
+                kept = window_of(height, width)
+                rows, cols = kept.source_indices(height, width)
+                # The columns' bytes in a row of (W * C) bytes: one gather of bytes is twice as fast as one of C-byte
+                # pixels, and it is the same gather.
+                window[:] = [(kept, rows, (cols[:, None] * channels + np.arange(channels)).ravel())]
+            _, rows, row_bytes = window[0]
+            kept_rows = np.take(frame.reshape(height, width * channels), rows, axis=0)
+            return np.take(kept_rows, row_bytes, axis=1).reshape(len(rows), len(row_bytes) // channels, channels)
 
         def choose(info: Any) -> np.ndarray:
             metadata = VideoMetadata(total_num_frames=info.num_frames, fps=info.fps)
