@@ -222,6 +222,8 @@ def test_training_refuses_shards_transcoded_for_another_geometry(
         shard_dataset(str(out), transform, args)
     text = str(caught.value)
     assert str(out) in text and field in text and message in text and "--transcode" in text
+    with pytest.raises(ValueError, match="transcode settings"):  # the dataset itself checks, however it is built
+        ShardedVideoDataset(load_manifests(str(out)), transform)
 
 
 def test_sound_or_picture_missing_from_the_transcode_is_refused(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ from transformers import TrainingArguments
 
 from ..cli import parse_size
 from .folders import MEDIA_SUFFIXES
+from .transcode import check_transcode
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class ShardManifest:
     skipped: list[dict[str, str]] = field(default_factory=list)
     format: str = FORMAT
     transcode: dict[str, Any] | None = None
+    location: str | None = field(default=None, compare=False)  # where it was read from, for messages; not saved
 
     @property
     def num_samples(self) -> int:
@@ -124,6 +126,7 @@ class ShardManifest:
 
     def to_json(self) -> str:
         data = asdict(self)
+        del data["location"]
         for shard in data["shards"]:
             del shard["name"]
         return json.dumps({**data, "num_samples": self.num_samples}, indent=1) + "\n"
@@ -318,6 +321,7 @@ def load_manifests(locations: str | Sequence[str], options: ShardReadOptions | N
         class_names=manifests[0].class_names,
         skipped=[item for m in manifests for item in m.skipped],
         transcode=manifests[0].transcode,
+        location=", ".join(expanded),
     )
 
 
@@ -638,6 +642,8 @@ class ShardedVideoDataset(IterableDataset):
         super().__init__()
         if not manifest.shards:
             raise ValueError("the shard manifest lists no shards")
+        if transform is not None:  # shards of re-encoded files must fit the processor that reads them
+            check_transcode(manifest.transcode, transform, manifest.location or "the shard manifest")
         self.manifest = manifest
         self.transform = transform
         self.batch_size = batch_size
@@ -788,15 +794,9 @@ def shard_dataset(
     options: ShardReadOptions | None = None,
 ) -> ShardedVideoDataset:
     """The ``ShardedVideoDataset`` of the manifests at ``locations`` for the ``Trainer`` run by ``args``: its batch
-    size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched.
-    Shards of re-encoded files must fit ``transform``'s processor (``avbert.data.transcode.check_transcode``)."""
-    from .transcode import check_transcode
-
-    manifest = load_manifests(locations, options)
-    if transform is not None:
-        check_transcode(manifest.transcode, transform, locations)
+    size and workers, ``data_seed`` (else ``seed``); evaluation reads in order, rank 0's batches dispatched."""
     return ShardedVideoDataset(
-        manifest,
+        load_manifests(locations, options),
         transform,
         batch_size=args.per_device_train_batch_size if train else args.per_device_eval_batch_size,
         num_workers=args.dataloader_num_workers,
