@@ -471,17 +471,13 @@ def _to_float32(samples: np.ndarray) -> np.ndarray:
     return (samples.astype(np.float64) / scale).astype(np.float32)
 
 
-# numpy's dtype of each FFmpeg sample format (planar or packed alike), as ``AudioFrame.to_ndarray`` reads them.
-_SAMPLE_DTYPES = {"dbl": "<f8", "flt": "<f4", "s16": "<i2", "s32": "<i4", "u8": "u1"}
-
-
 def _audio_frame_samples(frame: av.AudioFrame) -> np.ndarray:
     """(channels, samples) float32 from a planar or packed frame (packed ones come out as (1, samples * channels)).
 
     The samples of a mono or packed float frame are a read-only view of the frame's plane: ``to_ndarray`` stacks the
     planes into a copy, which costs as much as the rest of the per-frame work (hundreds of frames a clip sample).
     """
-    dtype = _SAMPLE_DTYPES.get(frame.format.packed.name)
+    dtype = av.audio.frame.format_dtypes.get(frame.format.name)  # PyAV's own table, what to_ndarray reads with
     if dtype is not None and len(frame.planes) == 1:
         count = frame.samples * (1 if frame.format.is_planar else frame.layout.nb_channels)
         data = np.frombuffer(frame.planes[0], dtype=dtype, count=count)[None]
