@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import math
 import os
 import resource
 import statistics
@@ -50,6 +51,7 @@ from _report import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from avbert import AVBertConfig, AVBertForAudioClassification, AVBertForVideoClassification
+from avbert.training.heap import enable_freed_memory_reuse
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 TASKS = ("kinetics-sounds", "ucf101", "esc50")
@@ -160,13 +162,15 @@ def _reset_vm_hwm() -> bool:
     return True
 
 
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the OS, so one phase's RSS does not hide the next one's."""
+def _release_free_memory(trim: bool) -> None:
+    """Collect garbage and, with `trim`, hand freed heap memory back to the OS, so one phase's RSS does not hide the
+    next one's."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if trim:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class PeakMemory:
@@ -192,7 +196,7 @@ class PeakMemory:
         if self.cpu_method == "vmhwm":
             method = (
                 "process peak RSS increase over the step (`VmHWM` from /proc/self/status, reset before the step by "
-                "writing 5 to /proc/self/clear_refs, after `gc.collect()` and `malloc_trim(0)`). Weights, inputs and "
+                "writing 5 to /proc/self/clear_refs, after `gc.collect()`). Weights, inputs and "
                 "Adam's state (allocated in the warmup) predate the step and are not counted: activations, gradients "
                 "and temporaries are"
             )
@@ -204,18 +208,25 @@ class PeakMemory:
         if isolated:
             return (
                 f"{method}. *peak mem*: each variant in a fresh process of its own (`--memory isolated`: the "
-                "workload built again with the same seed, the warmup steps (at least one), then the measured step), "
-                "so the heap holds only what that variant leaves, as in a process that runs it; *in-process*: the "
-                "same measure in the timed rounds, the largest over them, after the other variants ran in the same "
-                "process (glibc keeps some of the heap they freed, so it reads higher and varies from run to run)"
+                "workload built again with the same seed, the warmup steps (at least one), `malloc_trim(0)`, then the "
+                "measured step; three steps for a reused-memory variant, whose heap grows back over them), so the "
+                "heap holds only what that variant needs, as in a process that runs it; *in-process*: the same "
+                "measure in the timed rounds without the trim (a trimmed heap faults its pages in again, which would "
+                "slow the timed step), the largest over them, after the other variants ran in the same process "
+                "(the heap they freed is reused or not, so it varies from run to run); n/a for the reused-memory "
+                "variants, whose heap keeps the last step's memory by design"
             )
-        return f"{method}; in the timed rounds, the largest over them (`--memory in-process`)"
+        return (
+            f"{method}; in the timed rounds without `malloc_trim` (a trimmed heap faults its pages in again), the "
+            "largest over them (`--memory in-process`)"
+        )
 
     @contextlib.contextmanager
-    def measure(self) -> Iterator[dict[str, float]]:
-        """Yield a dict whose "mib" entry holds the phase's peak once the block exits."""
+    def measure(self, trim: bool = True) -> Iterator[dict[str, float]]:
+        """Yield a dict whose "mib" entry holds the phase's peak once the block exits. `trim=False` leaves the heap as
+        it is (in the timed rounds: a trimmed heap faults its pages in again, which no training process does)."""
         result: dict[str, float] = {}
-        _release_free_memory()
+        _release_free_memory(trim)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -252,26 +263,34 @@ class Variant:
     fused_optimizer: bool = False  # torch.optim.Adam(fused=True): one fused kernel for the whole update
     checkpointing: bool = False  # model.activation_checkpointing_enable(): CNN blocks and transformer layer
     compile: bool = False  # torch.compile(model)
+    # CPU: glibc keeps freed memory for the next step (avbert.training.heap, what the trainers and avbert-evaluate
+    # turn on). A process-wide setting, so these variants run in a process of their own (StepChild).
+    reuse_freed_memory: bool = False
 
 
-def build_variants(dtypes: list[str], compile_model: bool) -> list[Variant]:
-    """Per dtype: the plain port and each fast path, eval then train."""
+def build_variants(dtypes: list[str], compile_model: bool, cpu: bool) -> list[Variant]:
+    """Per dtype: the plain port and each fast path, eval then train. *fast* is what a user gets by default: in eval
+    the model's own default; in training the recipes' (on the CPU with the trainers' reuse of freed memory)."""
     variants = []
     for dtype in dtypes:
         variants += [Variant("eval", "plain", dtype), Variant("eval", "fast", dtype, fast_path=True)]
+        if cpu:
+            variants.append(
+                Variant("eval", "fast + freed memory reused", dtype, fast_path=True, reuse_freed_memory=True)
+            )
         if compile_model:
             variants.append(Variant("eval", "fast + compile", dtype, fast_path=True, compile=True))
+    fast = {"fast_path": True, "fused_optimizer": True, "reuse_freed_memory": cpu}
     for dtype in dtypes:
+        variants += [Variant("train", "plain", dtype), Variant("train", "channels-last", dtype, fast_path=True)]
+        if cpu:
+            variants.append(Variant("train", "channels-last + fused Adam", dtype, fast_path=True, fused_optimizer=True))
         variants += [
-            Variant("train", "plain", dtype),
-            Variant("train", "channels-last", dtype, fast_path=True),
-            Variant("train", "fast", dtype, fast_path=True, fused_optimizer=True),
-            Variant("train", "fast + checkpointing", dtype, fast_path=True, fused_optimizer=True, checkpointing=True),
+            Variant("train", "fast", dtype, **fast),
+            Variant("train", "fast + checkpointing", dtype, checkpointing=True, **fast),
         ]
         if compile_model:
-            variants.append(
-                Variant("train", "fast + compile", dtype, fast_path=True, fused_optimizer=True, compile=True)
-            )
+            variants.append(Variant("train", "fast + compile", dtype, compile=True, **fast))
     return variants
 
 
@@ -343,24 +362,83 @@ class Runner:
         return None
 
 
+STEP_CHILD_PREFIX = "step-child ms: "
+# Steps a reused-memory variant runs before its first round: the heap takes about three steps to hold a step's blocks
+# (fragmentation), and only then faults in nothing.
+SETTLING_STEPS = 2
+
+
+class StepChild:
+    """A process that runs the reused-memory variants (`Variant.reuse_freed_memory`) one step at a time when told
+    to, so that they take their turn in the interleaved rounds with glibc set up as in a training process, while the
+    other variants run in this one with glibc's defaults. It builds the same workload (same seed)."""
+
+    def __init__(self, args: argparse.Namespace):
+        command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--step-child", "--no-write"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # its settling steps done: none of them runs beside a measured one
+
+    def _read(self) -> float:
+        while line := self.process.stdout.readline():
+            if line.startswith(STEP_CHILD_PREFIX):
+                return float(line.removeprefix(STEP_CHILD_PREFIX))
+        raise SystemExit(f"the reused-memory step process ended (exit status {self.process.wait()})")
+
+    def step(self, index: int) -> float:
+        """Run the `index`-th variant once; its time in ms."""
+        self.process.stdin.write(f"{index}\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve_steps(args: argparse.Namespace, device: torch.device, variants: list[Variant]) -> None:
+    """The StepChild side: reuse freed memory, build the workload, settle the heap, then one step per index read."""
+    enable_freed_memory_reuse()
+    runner = Runner(build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device), device)
+    for variant in variants:
+        if variant.reuse_freed_memory:
+            for _ in range(SETTLING_STEPS):
+                runner.step(variant)
+    print(f"{STEP_CHILD_PREFIX}0", flush=True)  # ready
+    for line in sys.stdin:
+        start = time.perf_counter()
+        runner.step(variants[int(line)])
+        print(f"{STEP_CHILD_PREFIX}{(time.perf_counter() - start) * 1000:.3f}", flush=True)
+
+
 def measure_interleaved(
-    runner: Runner, variants: list[Variant], warmup: int, iters: int, memory: "PeakMemory"
+    runner: Runner,
+    variants: list[Variant],
+    warmup: int,
+    iters: int,
+    memory: "PeakMemory",
+    child: StepChild | None = None,
+    all_variants: list[Variant] | None = None,
 ) -> list[Measurement]:
     """
     Round-robin over the variants, `warmup + iters` rounds: contention from other processes then hits every variant
-    alike, and the ratios of medians stay meaningful on a shared machine.
+    alike, and the ratios of medians stay meaningful on a shared machine. Reused-memory variants take their turn in
+    `child` (`all_variants` gives their index there); their in-process peak is not measured (their heap keeps the
+    last step's memory by design), only the isolated one.
     """
     device = runner.device
     results = {variant: Measurement(variant, [], []) for variant in variants}
     for round_index in range(warmup + iters):
         timed = round_index >= warmup
         for variant in variants:
-            with memory.measure() as peak:
-                start = time.perf_counter()
-                output = runner.step(variant)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                elapsed_ms = (time.perf_counter() - start) * 1000
+            if variant.reuse_freed_memory:
+                elapsed_ms, output, peak = child.step(all_variants.index(variant)), None, {"mib": float("nan")}
+            else:
+                with memory.measure(trim=False) as peak:
+                    start = time.perf_counter()
+                    output = runner.step(variant)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    elapsed_ms = (time.perf_counter() - start) * 1000
             log(
                 f"{'timed' if timed else 'warmup'} round {round_index + 1 - (warmup if timed else 0)}: "
                 f"{variant.phase} {variant.dtype} {variant.name}: {elapsed_ms:,.0f} ms, peak {peak['mib']:,.0f} MiB"
@@ -377,14 +455,19 @@ MEMORY_CHILD_PREFIX = "memory-child peak MiB: "
 
 def measure_memory_child(args: argparse.Namespace, device: torch.device, variant: Variant, warmup: int) -> None:
     """In a fresh process: build the workload, run `variant` `max(warmup, 1)` times (Adam's state, the first-call
-    allocations), then print the peak of one more step. Nothing else has run in the process, so its heap holds only
-    what this variant left, as in a training or inference process that runs it."""
+    allocations), then print the peak of one more step (of three for a reused-memory variant). Nothing else has run
+    in the process, so its heap holds only what this variant left, as in a training or inference process that runs
+    it."""
+    if variant.reuse_freed_memory:
+        enable_freed_memory_reuse()
     workload = build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device)
     runner = Runner(workload, device)
     for _ in range(max(warmup, 1)):
         runner.step(variant)
+    # A reused-memory heap, trimmed before the measure, grows back to what it keeps over a few steps.
     with PeakMemory(device).measure() as peak:
-        runner.step(variant)
+        for _ in range(1 + SETTLING_STEPS if variant.reuse_freed_memory else 1):
+            runner.step(variant)
     print(f"{MEMORY_CHILD_PREFIX}{peak['mib']:.3f}", flush=True)
 
 
@@ -427,7 +510,7 @@ def parity(results: list[Measurement]) -> list[str]:
     lines = []
     for result in results:
         reference = plain.get(result.variant.dtype)
-        if result.variant.phase != "eval" or result.variant.name == "plain" or reference is None:
+        if result.variant.phase != "eval" or result.variant.name == "plain" or None in (reference, result.output):
             continue
         parts = []
         for field in ("clip_logits", "sequence_logits", "logits"):
@@ -530,17 +613,23 @@ def format_table(
         achieved = flops[r.variant.phase] / seconds / 1e12
         peak = peaks.get(r.variant.dtype)
         memory_ratio = r.peak / reference.peak if reference.peak > 0 else float("nan")
-        in_process = max(r.peak_mib)
+        in_process = max(r.peak_mib)  # nan for a reused-memory variant (not measured)
         in_process_ratio = in_process / max(reference.peak_mib) if max(reference.peak_mib) > 0 else float("nan")
         rows.append(
             f"| {r.variant.phase} | {r.variant.dtype} | {r.variant.name} | {r.median_ms:,.0f} | {min(r.times_ms):,.0f} "
             f"| {workload.batch_size / seconds:,.3f} | {workload.clips_per_batch / seconds:,.2f} "
             f"| {reference.median_ms / r.median_ms:.2f}x | {r.peak:,.0f} | {memory_ratio:.2f}x "
-            + (f"| {in_process:,.0f} | {in_process_ratio:.2f}x " if isolated else "")
+            + (format_in_process(in_process, in_process_ratio) if isolated else "")
             + f"| {achieved:.3f} "
             f"| {'n/a' if peak is None else f'{achieved / peak:.1%}'} |"
         )
     return "\n".join(rows)
+
+
+def format_in_process(mib: float, ratio: float) -> str:
+    if math.isnan(mib):  # a reused-memory variant: its heap keeps the last step's memory, there is no step peak
+        return "| n/a | n/a "
+    return f"| {mib:,.0f} | {ratio:.2f}x "
 
 
 @dataclass
@@ -631,8 +720,15 @@ def format_report(info: RunInfo, results: list[Measurement]) -> str:
         "`cnn_channels_last_training = False` in training (contiguous NCDHW, BatchNorm after each convolution, "
         "`torch.optim.Adam` default implementation); *fast* = the defaults: in eval `cnn_fast_inference = True` "
         "(channels-last CNNs, BatchNorm folded into the convolutions), in training `cnn_channels_last_training = "
-        "True` and `Adam(fused=True)` (what the recipes' optimizer picks); *channels-last* = that training forward "
-        "with the default Adam; "
+        "True` and `Adam(fused=True)` (what the recipes' optimizer picks) and, on the CPU, freed memory reused (what "
+        "the trainers do); *channels-last* = that training forward with the default Adam; *channels-last + fused "
+        "Adam* = *fast* without the reuse of freed memory; "
+        "*freed memory reused* (on the CPU; part of *fast* in training, as the trainers do it, and what "
+        "avbert-evaluate adds in eval) = glibc's mmap and trim thresholds at their largest "
+        "(`avbert.training.heap.enable_freed_memory_reuse`), so a step reuses the memory the last one freed instead of "
+        "faulting in fresh pages; process-wide, so those variants run in a second process that takes its turn in the "
+        f"same rounds (same seed, so the same weights and inputs; {SETTLING_STEPS} settling steps per variant first: "
+        "the heap takes that long to hold a step); "
         "*checkpointing* = `model.activation_checkpointing_enable()` (every CNN bottleneck "
         "block, both CNN stems and the transformer layer recomputed in the backward pass); *compile* = "
         "`torch.compile(model)`. bf16: `torch.autocast(device_type, dtype=torch.bfloat16)` around the forward, fp32 "
@@ -724,6 +820,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "it includes heap they left to glibc). CUDA: always the allocator's peak in the timed rounds",
     )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)  # internal: one variant
+    parser.add_argument("--step-child", action="store_true", help=argparse.SUPPRESS)  # internal: StepChild
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="file to update (default: repo BENCHMARKS.md)"
     )
@@ -770,20 +867,30 @@ def main(argv: list[str] | None = None) -> None:
     compile_model = device.type == "cuda" if args.compile is None else args.compile
 
     torch.manual_seed(0)
-    variants = [variant for variant in build_variants(dtypes, compile_model) if variant.phase in args.phases]
+    variants = [
+        variant
+        for variant in build_variants(dtypes, compile_model, device.type == "cpu")
+        if variant.phase in args.phases
+    ]
     if args.memory_child is not None:
         measure_memory_child(args, device, variants[args.memory_child], warmup)
+        return
+    if args.step_child:
+        serve_steps(args, device, variants)
         return
     log(f"Building {args.task}{' (tiny)' if args.tiny else ''} on {device} ...")
     workload = build_workload(args.task, args.batch_size, args.num_clips, args.tiny, device)
     memory = PeakMemory(device)
     flops = {phase: count_flops(workload, phase) for phase in ("eval", "train")}
     runner = Runner(workload, device)
+    child = StepChild(args) if any(variant.reuse_freed_memory for variant in variants) else None
     # Eval first: training steps change the weights, and the parity check compares eval outputs.
     results = []
     for phase in args.phases:
         phase_variants = [variant for variant in variants if variant.phase == phase]
-        results += measure_interleaved(runner, phase_variants, warmup, iters, memory)
+        results += measure_interleaved(runner, phase_variants, warmup, iters, memory, child, variants)
+    if child is not None:
+        child.close()
     if device.type == "cpu" and args.memory == "isolated":
         for result in results:
             result.isolated_peak_mib = measure_memory_isolated(args, variants.index(result.variant), result.variant)

@@ -36,6 +36,7 @@ import avbert  # noqa: F401  (registers the AVBERT classes with the Auto classes
 from ..cli import UsageError
 from ..data.datasets_source import DATASET_HELP, Columns, as_splits, load_source, split_rows, train_eval_rows
 from .cli import exit_status
+from .heap import enable_freed_memory_reuse
 from .recipes import RECIPES
 
 if TYPE_CHECKING:  # `evaluate`, `datasets` and the processors take seconds to import: not for `--help`
@@ -388,6 +389,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="load the weights in bfloat16 (faster on GPUs and on CPUs with AMX; docs/performance.md)",
     )
+    parser.add_argument(
+        "--reuse-freed-memory",
+        "--reuse_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on the CPU, keep the memory a forward frees for the next one (glibc malloc; docs/performance.md, "
+        "Freed memory reused)",
+    )
     return parser.parse_args(argv)
 
 
@@ -426,6 +435,8 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
             raise UsageError(f"--data-dir {args.data_dir}: no such folder or file")
     rows = load_split(args, modality, dataset)  # a wrong split or column is said before the model loads
     model, processor = load_model_and_processor(args.model, modality, torch.bfloat16 if args.bf16 else None)
+    if args.reuse_freed_memory and torch.device(args.device).type == "cpu":
+        enable_freed_memory_reuse()
     result = evaluate_model(
         model,
         processor,

@@ -50,6 +50,7 @@ from .cli import (
     require_output_dir,
     resolve_resume,
 )
+from .heap import REUSE_FREED_MEMORY_HELP
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -114,6 +115,7 @@ class PretrainArguments:
     clip_gain_jitter_db: float = field(
         default=CLIP_JITTER["clip_gain_jitter_db"], metadata={"help": "Per-clip sound gain range +- this many dB."}
     )
+    reuse_freed_memory: bool = field(default=True, metadata={"help": REUSE_FREED_MEMORY_HELP})
 
     def augmentation(self) -> dict[str, float]:
         """The per-clip jitter, passed to the processor at training time only (it is not saved with it)."""
@@ -258,6 +260,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
     trainer = shard_trainer(PreTrainer)(
         model=model,
         args=training_args,
+        reuse_freed_memory=args.reuse_freed_memory,
         video_processor=processor.video_processor,
         train_dataset=media,
         data_collator=PretrainingCollator(report_skipped=True),

@@ -49,6 +49,7 @@ from .cli import (
     require_output_dir,
     resolve_resume,
 )
+from .heap import REUSE_FREED_MEMORY_HELP
 from .recipes import (
     LR_POLICIES,
     RECIPES,
@@ -113,6 +114,7 @@ class ModelDataArguments:
             "switched on by eval_strategy, so it cannot mean 'no training')."
         },
     )
+    reuse_freed_memory: bool = field(default=True, metadata={"help": REUSE_FREED_MEMORY_HELP})
 
 
 def explicit_flags(argv: Sequence[str]) -> set[str]:
@@ -382,6 +384,7 @@ def run(argv: Sequence[str] | None = None, dataset: Any = None) -> dict[str, Any
         model=model,
         args=training_args,
         recipe=recipe,
+        reuse_freed_memory=data_args.reuse_freed_memory,
         video_processor=getattr(processor, "video_processor", None),
         train_dataset=datasets["train"],
         eval_dataset=datasets["eval"],

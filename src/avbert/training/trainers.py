@@ -1,8 +1,8 @@
 """The `Trainer` subclasses: `AVBertTrainer` (a fine-tuning `Recipe`'s optimizer and schedule), `PreTrainer` (the
 pretraining objectives logged) with its `PretrainingCollator`, and what every AVBERT trainer shares: the skipped-files
-bookkeeping and the normalization of uint8 frames on the model's device. Apart from `recipes.py` and `pretrain.py` so
-that the command lines' `--help` (which needs the recipes and the argument dataclasses) does not import
-`transformers.Trainer` and `datasets` (seconds)."""
+bookkeeping, the normalization of uint8 frames on the model's device and, on the CPU, the reuse of freed memory.
+Apart from `recipes.py` and `pretrain.py` so that the command lines' `--help` (which needs the recipes and the
+argument dataclasses) does not import `transformers.Trainer` and `datasets` (seconds)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ..data.transform import AVBertDataCollator
 from ..weights_checksum import verify_weight_checksums
 from .callbacks import CheckpointOnSignalCallback
 from .cli import CheckpointSaveError, TrainingInterrupted
+from .heap import enable_freed_memory_reuse
 from .recipes import Recipe, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,18 @@ class DeviceNormalizationMixin:
         return inputs
 
 
-class AVBertTrainer(SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
+class FreedMemoryReuseMixin:
+    """On the CPU, glibc's malloc keeps the memory a step frees for the next one (`heap.enable_freed_memory_reuse`):
+    no page faults after the first steps, 1.2-1.3x faster full-size steps on 2 cores, for a heap that stays at the
+    largest step's peak. ``reuse_freed_memory=False`` leaves the allocator as it is."""
+
+    def __init__(self, *args: Any, reuse_freed_memory: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if reuse_freed_memory and self.args.device.type == "cpu":
+            enable_freed_memory_reuse()
+
+
+class AVBertTrainer(FreedMemoryReuseMixin, SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
     """
     `Trainer` with the original optimizer and schedule of a `Recipe`.
 
@@ -180,7 +192,7 @@ class PretrainingCollator(AVBertDataCollator):
         return batch
 
 
-class PreTrainer(SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
+class PreTrainer(FreedMemoryReuseMixin, SafeCheckpointMixin, DeviceNormalizationMixin, SkippedFilesMixin, Trainer):
     """`Trainer` that also logs the mean of each pretraining objective since the last log (this process's batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
