@@ -613,21 +613,23 @@ def format_table(
         achieved = flops[r.variant.phase] / seconds / 1e12
         peak = peaks.get(r.variant.dtype)
         memory_ratio = r.peak / reference.peak if reference.peak > 0 else float("nan")
-        in_process = max(r.peak_mib)  # nan for a reused-memory variant (not measured)
+        in_process = max(r.peak_mib)  # nan for a reused-memory variant
         in_process_ratio = in_process / max(reference.peak_mib) if max(reference.peak_mib) > 0 else float("nan")
         rows.append(
             f"| {r.variant.phase} | {r.variant.dtype} | {r.variant.name} | {r.median_ms:,.0f} | {min(r.times_ms):,.0f} "
             f"| {workload.batch_size / seconds:,.3f} | {workload.clips_per_batch / seconds:,.2f} "
-            f"| {reference.median_ms / r.median_ms:.2f}x | {r.peak:,.0f} | {memory_ratio:.2f}x "
-            + (format_in_process(in_process, in_process_ratio) if isolated else "")
+            f"| {reference.median_ms / r.median_ms:.2f}x {format_memory(r.peak, memory_ratio)}"
+            + (format_memory(in_process, in_process_ratio) if isolated else "")
             + f"| {achieved:.3f} "
             f"| {'n/a' if peak is None else f'{achieved / peak:.1%}'} |"
         )
     return "\n".join(rows)
 
 
-def format_in_process(mib: float, ratio: float) -> str:
-    if math.isnan(mib):  # a reused-memory variant: its heap keeps the last step's memory, there is no step peak
+def format_memory(mib: float, ratio: float) -> str:
+    """The peak and ratio cells; n/a for a reused-memory variant's in-process peak (its heap keeps the last step's
+    memory by design, so a step has no peak of its own)."""
+    if math.isnan(mib):
         return "| n/a | n/a "
     return f"| {mib:,.0f} | {ratio:.2f}x "
 

@@ -73,3 +73,20 @@ def test_every_command_has_the_switch(tmp_path: Path) -> None:
     evaluate_args = ["--model", str(tmp_path), "--recipe", "esc50"]
     assert evaluate.parse_args(evaluate_args).reuse_freed_memory
     assert not evaluate.parse_args([*evaluate_args, "--no-reuse-freed-memory"]).reuse_freed_memory
+
+
+@glibc_only
+def test_bench_model_times_the_reused_memory_variants_in_a_process_of_their_own() -> None:
+    """The benchmark's second process (StepChild) answers every round: its variants get times, not its peaks."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+    command = [sys.executable, str(script), "--tiny", "--no-write", "--phases", "train", "--dtypes", "fp32"]
+    command += ["--memory", "in-process", "--warmup", "0", "--iters", "2"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = {
+        cells[2]: cells for cells in (line.split(" | ") for line in completed.stdout.splitlines()) if len(cells) > 8
+    }
+    for name in ("plain", "channels-last + fused Adam", "fast", "fast + checkpointing"):
+        assert name in rows, completed.stdout
+        assert float(rows[name][3].replace(",", "")) > 0, completed.stdout  # a median time
+    assert rows["fast"][8] == "n/a" and rows["plain"][8] != "n/a"  # no in-process peak of a reused heap
