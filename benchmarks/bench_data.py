@@ -236,10 +236,15 @@ def recipe_rates(rounds: int) -> dict[str, dict]:
     return results
 
 
-def baseline_recipe_rates(checkout: Path, rounds: int) -> dict[str, dict]:
-    """``recipe_rates`` with the avbert of another checkout, in a subprocess (its own imports)."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    command = [sys.executable, __file__, "--recipes-only", "--json", "--rounds", str(rounds)]
+# glibc's own variables for what `enable_freed_memory_reuse` sets: a baseline checkout may not have that function.
+FREED_MEMORY_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
+def baseline_recipe_rates(checkout: Path, rounds: int, reuse_freed_memory: bool) -> dict[str, dict]:
+    """``recipe_rates`` with the avbert of another checkout, in a subprocess (its own imports), with the same malloc
+    settings as this process."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), **(FREED_MEMORY_REUSE_ENV if reuse_freed_memory else {})}
+    command = [sys.executable, __file__, "--recipes-only", "--json", "--rounds", str(rounds), "--no-reuse-freed-memory"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -248,7 +253,18 @@ def _rate(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, rounds: int) -> list[str]:
+def describe_allocator(reuse_freed_memory: bool) -> str:
+    if reuse_freed_memory:
+        return (
+            "glibc malloc keeping freed memory (`enable_freed_memory_reuse()`, as the trainers do on the CPU before "
+            "their DataLoader workers fork; `--no-reuse-freed-memory` for glibc's defaults)"
+        )
+    return "glibc malloc with its defaults (`--no-reuse-freed-memory`)"
+
+
+def recipe_report(
+    results: dict[str, dict], baseline: dict[str, dict] | None, rounds: int, reuse_freed_memory: bool
+) -> list[str]:
     lines = [
         f"### One worker per recipe, source files and transcoded shards ({rounds} pass(es) over each recipe's files, "
         "interleaved)",
@@ -260,6 +276,8 @@ def recipe_report(results: dict[str, dict], baseline: dict[str, dict] | None, ro
         "",
         "samples/CPU-s: the same per CPU second of the process (ffmpeg: of the child process); a shared machine "
         "slows the wall clock but hardly the CPU time, so these are the figures to compare.",
+        "",
+        f"Allocator: {describe_allocator(reuse_freed_memory)}.",
         "",
         "RECIPE, transcoded: the same files re-encoded at the recipe's training geometry (`avbert-prepare shards "
         "--transcode RECIPE`: short side 160, 15 fps, mono 44.1 kHz sound; docs/training.md), read from shards by "
@@ -460,6 +478,7 @@ def report(args, rates, readers, writes, reader_bytes, model, num_files, load) -
         f"- Date: {utc_timestamp()}; torch {torch.__version__}, webdataset {wds.__version__}",
         f"- CPU: {describe_cpu()}, {available_cores()} cores available; load average {load[0]} at the start, {load[1]} "
         "at the end. Compare figures within this table, not across runs.",
+        f"- Allocator: {describe_allocator(args.reuse_freed_memory)}.",
         f"- Sample: one Kinetics-Sounds training input (10 clips x 32 frames, random scale/crop/flip, 112 x 112, and "
         f"10 log-mels) decoded + processed by `MediaTransform(defer_normalization=True)` (uint8 frames, what "
         f"`avbert-train` sends); {num_files} samples per pass from {len(args.videos)} real videos with sound; "
@@ -537,6 +556,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipes-only", action="store_true", help="only the per-recipe table; never writes")
     parser.add_argument("--baseline", type=Path, help="a checkout whose avbert gives the table's baseline columns")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --recipes-only for --baseline
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc keeps freed memory for reuse, as in avbert-train's DataLoader workers (forked from a trainer "
+        "that turns it on; docs/performance.md); --no-reuse-freed-memory: glibc's defaults",
+    )
     args = parser.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",")]
     return args
@@ -559,13 +585,17 @@ def recipes_section(args: argparse.Namespace) -> list[str]:
     for _ in range(args.rounds):
         _add_passes(results, recipe_rates(1))
         if args.baseline:
-            _add_passes(baseline, baseline_recipe_rates(args.baseline, 1))
-    return recipe_report(results, baseline or None, args.rounds)
+            _add_passes(baseline, baseline_recipe_rates(args.baseline, 1, args.reuse_freed_memory))
+    return recipe_report(results, baseline or None, args.rounds, args.reuse_freed_memory)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.reuse_freed_memory:
+        from avbert.training.heap import enable_freed_memory_reuse
+
+        enable_freed_memory_reuse()  # forked DataLoader workers inherit it
     if args.json:
         print(json.dumps(recipe_rates(args.rounds)))
         return
