@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,11 @@ import pytest
 from test_training_recipes import RandomClips, args_for, finetune_recipe, tiny_config
 
 from avbert import AVBertForAudioClassification
-from avbert.training import evaluate, pretrain, train, trainers
+from avbert.training import evaluate, heap, pretrain, train, trainers
+from avbert.training.heap import running_on_glibc
 from avbert.training.trainers import AVBertTrainer
 
-glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+glibc_only = pytest.mark.skipif(not running_on_glibc(), reason="glibc's malloc settings")
 
 # Page faults of a "step" (three tensors, filled whole, then freed) before the switch and at the end after it, in a
 # fresh process. The heap needs a few steps to hold a step's blocks (fragmentation), then faults in nothing.
@@ -44,6 +44,11 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     # glibc maps each block over 32 MiB afresh: one fault per 4 KiB page of the 144 MiB (fewer with huge pages).
     assert int(default) > 144 * 2**20 // 4096 // 4
     assert int(reused) < 50, completed.stdout  # from the heap, resident already
+
+
+def test_another_c_library_is_left_as_it_is(monkeypatch) -> None:
+    monkeypatch.setattr(heap, "running_on_glibc", lambda: False)
+    assert heap.enable_freed_memory_reuse() is False  # no mallopt call: musl's or macOS's malloc has other knobs
 
 
 def test_the_trainers_turn_it_on_on_the_cpu_unless_told_not_to(tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import platform
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def enable_freed_memory_reuse() -> bool:
     """Set glibc's mmap and trim thresholds to their largest, for the rest of the process (and the DataLoader workers
     it forks from now on). Returns whether it did: False, with a log line, where the C library is not glibc or
     refuses the values; nothing is changed then."""
-    if platform.libc_ver()[0] != "glibc":
+    if not running_on_glibc():
         logger.info("freed memory reuse: the C library is not glibc, its malloc is left as it is")
         return False
     mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
@@ -52,4 +52,13 @@ def enable_freed_memory_reuse() -> bool:
         )
         return False
     mallopt(M_TRIM_THRESHOLD, LARGEST_THRESHOLD)
+    logger.info("glibc malloc keeps freed memory for the next step (docs/performance.md, Freed memory reused)")
     return True
+
+
+def running_on_glibc() -> bool:
+    """Whether the C library this process runs on is glibc (asked of the library itself, not of the executable)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # the name is unknown outside glibc-like systems
+        return False
