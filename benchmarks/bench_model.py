@@ -8,6 +8,10 @@ Examples:
     .venv/bin/python benchmarks/bench_model.py --tiny --no-write         # smoke run
     .venv/bin/python benchmarks/bench_model.py --device cuda             # GPU: + bf16 and torch.compile variants, MFU
 
+On CPU the variants that reuse freed memory (glibc's thresholds at their largest, what the trainers and
+avbert-evaluate set) run in a second process that takes its turn in the same rounds, since that setting is
+process-wide; the others run in this one with glibc's defaults.
+
 On CPU the peak memory of each variant is measured again in a fresh process of its own (`--memory isolated`, the
 default): in the timed rounds glibc still holds heap the earlier variants freed, which a process running one variant
 would not have.
@@ -510,7 +514,12 @@ def parity(results: list[Measurement]) -> list[str]:
     lines = []
     for result in results:
         reference = plain.get(result.variant.dtype)
-        if result.variant.phase != "eval" or result.variant.name == "plain" or None in (reference, result.output):
+        if (
+            result.variant.phase != "eval"
+            or result.variant.name == "plain"
+            or reference is None
+            or result.output is None
+        ):
             continue
         parts = []
         for field in ("clip_logits", "sequence_logits", "logits"):
