@@ -74,6 +74,7 @@ from avbert import AVBertFeatureExtractor, AVBertProcessor, AVBertVideoProcessor
 from avbert.data.shards import ShardedVideoDataset, load_manifests, write_shards
 from avbert.data.synthetic import make_synthetic_av_dataset
 from avbert.data.transform import AVBertDataCollator, MediaTransform
+from avbert.training.heap import LARGEST_THRESHOLD, enable_freed_memory_reuse
 
 # Real videos with sound, 10-18 s, 320x240 to 480x360.
 DEFAULT_VIDEOS = (
@@ -237,7 +238,7 @@ def recipe_rates(rounds: int) -> dict[str, dict]:
 
 
 # glibc's own variables for what `enable_freed_memory_reuse` sets: a baseline checkout may not have that function.
-FREED_MEMORY_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+FREED_MEMORY_REUSE_ENV = dict.fromkeys(("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"), str(LARGEST_THRESHOLD))
 
 
 def baseline_recipe_rates(checkout: Path, rounds: int, reuse_freed_memory: bool) -> dict[str, dict]:
@@ -593,8 +594,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
     if args.reuse_freed_memory:
-        from avbert.training.heap import enable_freed_memory_reuse
-
         enable_freed_memory_reuse()  # forked DataLoader workers inherit it
     if args.json:
         print(json.dumps(recipe_rates(args.rounds)))

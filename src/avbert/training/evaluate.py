@@ -390,12 +390,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="load the weights in bfloat16 (faster on GPUs and on CPUs with AMX; docs/performance.md)",
     )
     parser.add_argument(
-        "--reuse-freed-memory",
-        "--reuse_freed_memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="on the CPU, keep the memory a forward frees for the next one (glibc malloc; docs/performance.md, "
-        "Freed memory reused)",
+        "--no-reuse-freed-memory",
+        "--no_reuse_freed_memory",
+        dest="reuse_freed_memory",
+        action="store_false",
+        help="leave malloc as it is (by default, on the CPU, glibc keeps the memory a forward frees for the next one; "
+        "docs/performance.md, Freed memory reused)",
     )
     return parser.parse_args(argv)
 
